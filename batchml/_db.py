@@ -1,0 +1,260 @@
+"""The one place that opens DuckDB connections to the catalog, and its migrations.
+
+Opening a DuckDB database costs ~30 ms, far more than a catalog query, so a process keeps its
+connection (and the inter-process lock of :mod:`._locking`) while it is busy and lets both go
+once it has been idle for ``idle_s`` or has held them for ``max_hold_s``. Other processes wait on
+the lock file, never on DuckDB's own lock, so no DuckDB lock error reaches the user. Reads share
+the lock with other readers; writes hold it alone for one transaction each.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+
+from ._locking import FileLock
+from .errors import CatalogBusy, CatalogError
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """All shipped migrations as (version, name, sql), in version order."""
+    found = []
+    for entry in resources.files("batchml.migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text()))
+    return sorted(found)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (what every catalog timestamp stores)."""
+    return datetime.now(UTC)
+
+
+_registry: dict[Path, Database] = {}
+_registry_lock = threading.Lock()
+_live: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+class Database:
+    """Connections to one catalog file, serialised across processes by a lock file.
+
+    Use :meth:`open` to get the process-wide instance for a path.
+    """
+
+    idle_s = 0.05
+    max_hold_s = 0.5
+
+    @classmethod
+    def open(cls, path: Path, *, lock_timeout_s: float = 60.0) -> Database:
+        """The shared instance for ``path`` in this process (one lock holder per file)."""
+        key = Path(path).expanduser().absolute()
+        with _registry_lock:
+            db = _registry.get(key)
+            if db is None or db._pid != os.getpid():
+                db = _registry[key] = cls(key, lock_timeout_s=lock_timeout_s)
+            db.lock_timeout_s = max(db.lock_timeout_s, lock_timeout_s)
+            return db
+
+    def __init__(self, path: Path, *, lock_timeout_s: float = 60.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+        self._flock = FileLock(self.path.with_name(self.path.name + ".lock"))
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._writable = False
+        self._mutex = threading.RLock()
+        self._depth = 0
+        self._held_since = 0.0
+        self._last_used = 0.0
+        self._pid = os.getpid()
+        self._reaper: threading.Thread | None = None
+        _live.add(self)
+
+    # --- holding and releasing -----------------------------------------------------------
+
+    def _connect(self, writable: bool) -> duckdb.DuckDBPyConnection:
+        # Foreign holders (a user's duckdb CLI) bypass our lock file: retry DuckDB's lock error.
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.01
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=not writable,
+                                     config={"threads": 2})
+                con.execute("SET TimeZone = 'UTC'")
+                return con
+            except duckdb.IOException as exc:
+                locked = "lock" in str(exc).lower()
+                if locked and time.monotonic() < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                if locked:
+                    raise CatalogBusy(
+                        f"The catalog {self.path} is held open by another program: {exc}",
+                        hint="Close other duckdb sessions on it, or open them with -readonly.",
+                    ) from exc
+                raise CatalogError(
+                    f"Cannot open the catalog {self.path}: {exc}",
+                    hint="Check the path and permissions, or run `batchml doctor`.",
+                ) from exc
+
+    def _release(self) -> None:
+        if self._con is not None:
+            try:
+                self._con.close()
+            finally:
+                self._con = None
+        self._flock.release()
+
+    def _acquire(self, writable: bool) -> duckdb.DuckDBPyConnection:
+        now = time.monotonic()
+        if self._con is not None and self._depth == 0:
+            if (writable and not self._writable) or now - self._held_since > self.max_hold_s:
+                fair = now - self._held_since > self.max_hold_s
+                self._release()
+                if fair:  # let a waiting process in before taking the lock again
+                    time.sleep(0.01)
+        if self._con is None:
+            if writable:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._flock.acquire(exclusive=writable, timeout_s=self.lock_timeout_s)
+            try:
+                self._con = self._connect(writable)
+            except BaseException:
+                self._flock.release()
+                raise
+            self._writable = writable
+            self._held_since = time.monotonic()
+            self._start_reaper()
+        elif writable and not self._writable:
+            raise CatalogError("A catalog write was started inside a read on the same thread.")
+        return self._con
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None or not self._reaper.is_alive():
+            self._reaper = threading.Thread(target=self._reap, name="batchml-catalog-reaper",
+                                            daemon=True)
+            self._reaper.start()
+
+    def _reap(self) -> None:
+        while True:
+            time.sleep(self.idle_s / 2)
+            with self._mutex:
+                if self._con is None:
+                    self._reaper = None
+                    return
+                if self._depth == 0 and time.monotonic() - self._last_used > self.idle_s:
+                    self._release()
+                    self._reaper = None
+                    return
+
+    def close(self) -> None:
+        """Close the connection and release the lock now."""
+        with self._mutex:
+            if self._depth == 0:
+                self._release()
+
+    @contextmanager
+    def _use(self, writable: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._mutex:
+            con = self._acquire(writable)
+            self._depth += 1
+            try:
+                yield con
+            finally:
+                self._depth -= 1
+                self._last_used = time.monotonic()
+
+    # --- public --------------------------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for reading (shared with other reading processes)."""
+        if not self.path.exists():
+            self.migrate()
+        with self._use(writable=False) as con:
+            yield con
+
+    @contextmanager
+    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A writable connection inside one transaction; committed when the block ends."""
+        with self._use(writable=True) as con:
+            if self._depth > 1:  # nested write: part of the outer transaction
+                yield con
+                return
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def migrate(self) -> list[str]:
+        """Apply every migration the file lacks, all in one transaction; return their names."""
+        applied: list[str] = []
+        with self.write() as con:
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
+                " applied_at TIMESTAMPTZ NOT NULL)"
+            )
+            done = {v for (v,) in con.execute("SELECT version FROM schema_migrations").fetchall()}
+            for version, name, sql in migrations():
+                if version in done:
+                    continue
+                con.execute(sql)
+                con.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, utcnow()]
+                )
+                applied.append(f"{version:04d}_{name}")
+        return applied
+
+    def schema_version(self) -> int:
+        """The highest migration version recorded in the file (0 for an empty file)."""
+        with self.read() as con:
+            exists = con.execute(
+                "SELECT count(*) FROM information_schema.tables"
+                " WHERE table_name = 'schema_migrations'").fetchone()
+            if not exists or not exists[0]:
+                return 0
+            row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0) if row else 0
+
+
+def _close_all() -> None:
+    for db in list(_live):
+        if db._pid == os.getpid():
+            try:
+                db.close()
+            except Exception:  # noqa: S110 - best effort at interpreter exit
+                pass
+
+
+def _after_fork_in_child() -> None:
+    # The child inherits the parent's lock descriptor and connection object: drop both
+    # without unlocking or closing what the parent still uses.
+    for db in list(_live):
+        db._flock.forget()
+        db._con = None
+        db._depth = 0
+        db._reaper = None
+        db._mutex = threading.RLock()
+    _registry.clear()
+
+
+atexit.register(_close_all)
+os.register_at_fork(after_in_child=_after_fork_in_child)

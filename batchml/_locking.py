@@ -1,0 +1,68 @@
+"""An inter-process reader/writer lock on a lock file (POSIX ``flock``).
+
+DuckDB lets one process hold a writable connection to a file, and read-only connections from
+other processes cannot coexist with it. batchml therefore wraps every catalog connection in this
+lock: readers share it, a writer holds it alone. The kernel releases ``flock`` locks when a
+process dies, so a SIGKILLed writer never leaves the catalog locked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import time
+from pathlib import Path
+
+from .errors import CatalogBusy
+
+
+class FileLock:
+    """One holder's handle on a lock file; ``acquire(exclusive=...)`` / ``release()``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.exclusive = False
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def acquire(self, *, exclusive: bool, timeout_s: float) -> None:
+        """Wait (polling with jittered backoff) up to ``timeout_s``; raise :class:`CatalogBusy`."""
+        assert self.fd is None, "lock already held"
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        deadline = time.monotonic() + timeout_s
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise CatalogBusy(
+                        f"The catalog lock {self.path} was held by another process for over "
+                        f"{timeout_s:g} s.",
+                        hint="Check for a stuck batchml process (batchml status), or raise "
+                        "BATCHML_LOCK_TIMEOUT_S.",
+                    ) from None
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.005)
+        self.fd, self.exclusive = fd, exclusive
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def forget(self) -> None:
+        """In a forked child: drop the inherited descriptor without unlocking the parent's lock."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

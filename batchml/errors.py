@@ -1,0 +1,103 @@
+"""The batchml exception tree.
+
+Every error raised on purpose by batchml derives from :class:`BatchMLError`, and most also
+derive from the builtin that fits (``LookupError``, ``ValueError``, ``OSError`` ...), so callers
+can catch either.  Each class says whether it is *transient* (retrying the same thing later can
+succeed: a busy lock, a flaky network) or *terminal* (retrying cannot help: a corrupt file, a
+missing column).  Retry logic asks :func:`is_transient` and never retries terminal errors.
+"""
+
+from __future__ import annotations
+
+
+class BatchMLError(Exception):
+    """Base class of every batchml error. Messages say what went wrong and what to do next."""
+
+    transient: bool = False
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message} {hint}" if hint else message)
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+class ConfigError(BatchMLError, ValueError):
+    """A setting is missing or invalid."""
+
+
+# --- catalog -----------------------------------------------------------------------------------
+
+
+class CatalogError(BatchMLError):
+    """The catalog could not be opened or used."""
+
+
+class CatalogBusy(CatalogError, TimeoutError):
+    """Another process held the catalog lock for longer than the configured timeout."""
+
+    transient = True
+
+
+class RunNotFound(BatchMLError, LookupError):
+    """No run matches the id or the query."""
+
+
+class ModelNotFound(BatchMLError, LookupError):
+    """No model qualifies (no run carries the tag, or the run has no model)."""
+
+    transient = True  # a later training run may tag one; files wait instead of failing
+
+
+class InvalidRunState(BatchMLError, ValueError):
+    """The run is not in a state that allows this operation."""
+
+
+# --- artifacts ---------------------------------------------------------------------------------
+
+
+class ArtifactError(BatchMLError, OSError):
+    """An artifact could not be stored or fetched."""
+
+
+class ArtifactNotFound(ArtifactError, FileNotFoundError):
+    """The artifact does not exist in the store."""
+
+
+class ChecksumMismatch(ArtifactError):
+    """Stored bytes do not match the sha256 recorded in the catalog: refuse to load them."""
+
+
+class StorageUnavailable(ArtifactError):
+    """The storage backend did not answer (network error, throttling, 5xx)."""
+
+    transient = True
+
+
+# --- data and models ---------------------------------------------------------------------------
+
+
+class DataError(BatchMLError, ValueError):
+    """Input data cannot be used (missing column, single class, empty file ...)."""
+
+
+class UnreadableFile(DataError):
+    """A file is not readable parquet (corrupt, truncated, encrypted, another format)."""
+
+
+class SchemaMismatch(DataError):
+    """Input does not match the model's signature."""
+
+
+class ModelError(BatchMLError, RuntimeError):
+    """A model could not be fitted, saved or loaded."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying the operation that raised ``exc`` may succeed."""
+    if isinstance(exc, BatchMLError):
+        return exc.transient
+    # Errors from outside batchml: network-ish builtins are worth a retry, the rest are not.
+    return isinstance(exc, ConnectionError | TimeoutError)

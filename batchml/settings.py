@@ -1,0 +1,99 @@
+"""One settings object for the whole of batchml.
+
+Values come from keyword arguments, then ``BATCHML_*`` environment variables, then a ``.env``
+file in the working directory, then the defaults below. Settings are resolved once at an entry
+point (the CLI, a flow) and passed down; no module reads them at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path.cwd() / ".batchml"
+
+
+class Settings(BaseSettings):
+    """Every knob batchml has. Environment variables use the ``BATCHML_`` prefix."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BATCHML_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    home: Path = Field(
+        default_factory=_default_home,
+        description="Directory for batchml's own state; the other local paths default inside it.",
+    )
+    catalog_path: Path | None = Field(
+        default=None, description="DuckDB catalog file. Default: HOME/catalog.duckdb."
+    )
+    artifact_root: str | None = Field(
+        default=None,
+        description="Where models and plots are stored: a local directory or s3://bucket/prefix. "
+        "Default: HOME/artifacts.",
+    )
+    inbox: str | None = Field(
+        default=None,
+        description="Watched input location: a directory, s3://bucket/prefix or sqs://queue-url. "
+        "Default: HOME/inbox.",
+    )
+    outbox: str | None = Field(
+        default=None,
+        description="Where prediction parquet is written: a directory or s3://bucket/prefix. "
+        "Default: HOME/outbox.",
+    )
+    quarantine: str | None = Field(
+        default=None,
+        description="Where unreadable local input files are moved with an error sidecar. "
+        "Default: HOME/quarantine.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3 endpoint for S3-compatible servers (MinIO, moto). Credentials always come "
+        "from boto3's standard chain (AWS_* variables, profiles, instance roles).",
+    )
+    s3_region: str | None = Field(default=None, description="AWS region for S3 and SQS clients.")
+    lock_timeout_s: float = Field(
+        default=60.0, gt=0, description="How long to wait for the catalog lock before giving up."
+    )
+    lease_s: float = Field(
+        default=300.0, gt=0, description="How long a worker's claim on an input file lasts."
+    )
+    model_tag: str = Field(
+        default="deployment_candidate",
+        description="Tag that marks the training run whose model scores new files.",
+    )
+    train_flow: str = Field(default="train", description="Flow name of training runs.")
+    batch_rows: int = Field(
+        default=65_536, gt=0, description="Rows scored per record batch (bounds memory)."
+    )
+    memory_budget_mb: int = Field(
+        default=1024,
+        gt=0,
+        description="A row group whose decoded size exceeds this is quarantined, not read.",
+    )
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        self.home = self.home.expanduser()
+        if self.catalog_path is None:
+            self.catalog_path = self.home / "catalog.duckdb"
+        for name, sub in [
+            ("artifact_root", "artifacts"),
+            ("inbox", "inbox"),
+            ("outbox", "outbox"),
+            ("quarantine", "quarantine"),
+        ]:
+            if getattr(self, name) is None:
+                setattr(self, name, str(self.home / sub))
+        return self
+
+    @property
+    def catalog_file(self) -> Path:
+        """The catalog path, never None after validation."""
+        assert self.catalog_path is not None
+        return self.catalog_path

@@ -10,6 +10,7 @@ the lock with other readers; writes hold it alone for one transaction each.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import threading
@@ -119,10 +120,11 @@ class Database:
                 self._con = None
         self._flock.release()
 
-    def _acquire(self, writable: bool) -> duckdb.DuckDBPyConnection:
+    def _acquire(self, writable: bool, strict: bool = False) -> duckdb.DuckDBPyConnection:
         now = time.monotonic()
         if self._con is not None and self._depth == 0:
-            if (writable and not self._writable) or now - self._held_since > self.max_hold_s:
+            mismatch = writable != self._writable if strict else writable and not self._writable
+            if mismatch or now - self._held_since > self.max_hold_s:
                 fair = now - self._held_since > self.max_hold_s
                 self._release()
                 if fair:  # let a waiting process in before taking the lock again
@@ -139,8 +141,8 @@ class Database:
             self._writable = writable
             self._held_since = time.monotonic()
             self._start_reaper()
-        elif writable and not self._writable:
-            raise CatalogError("A catalog write was started inside a read on the same thread.")
+        elif writable != self._writable and (writable or strict):
+            raise CatalogError("A catalog write and a read-only read were nested on one thread.")
         return self._con
 
     def _start_reaper(self) -> None:
@@ -168,9 +170,9 @@ class Database:
                 self._release()
 
     @contextmanager
-    def _use(self, writable: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _use(self, writable: bool, strict: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         with self._mutex:
-            con = self._acquire(writable)
+            con = self._acquire(writable, strict)
             self._depth += 1
             try:
                 yield con
@@ -181,11 +183,15 @@ class Database:
     # --- public --------------------------------------------------------------------------
 
     @contextmanager
-    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection for reading (shared with other reading processes)."""
+    def read(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for reading, shared with other reading processes.
+
+        A process may reuse its writable connection for reads; ``read_only=True`` insists on a
+        connection DuckDB itself opened read-only (for SQL typed by a user).
+        """
         if not self.path.exists():
             self.migrate()
-        with self._use(writable=False) as con:
+        with self._use(writable=False, strict=read_only) as con:
             yield con
 
     @contextmanager
@@ -238,10 +244,8 @@ class Database:
 def _close_all() -> None:
     for db in list(_live):
         if db._pid == os.getpid():
-            try:
+            with contextlib.suppress(Exception):  # best effort at interpreter exit
                 db.close()
-            except Exception:  # noqa: S110 - best effort at interpreter exit
-                pass
 
 
 def _after_fork_in_child() -> None:

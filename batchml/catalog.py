@@ -125,7 +125,7 @@ class Catalog:
             where.append("EXISTS (SELECT 1 FROM tags t WHERE t.run_id = r.run_id AND t.tag = ?"
                          " AND t.removed_at IS NULL)")
             args.append(tag)
-        sql = (f"SELECT r.run_id FROM runs r WHERE {' AND '.join(where)}"  # noqa: S608
+        sql = (f"SELECT r.run_id FROM runs r WHERE {' AND '.join(where)}"
                " ORDER BY r.started_at DESC, r.number DESC")
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
@@ -220,7 +220,7 @@ class Catalog:
     def sql(self, query: str, params: Iterable[Any] | None = None, *,
             write: bool = False) -> pd.DataFrame:
         """Run SQL against the catalog (read-only unless ``write``) and return a DataFrame."""
-        ctx = self.db.write() if write else self.db.read()
+        ctx = self.db.write() if write else self.db.read(read_only=True)
         with ctx as con:
             cur = con.execute(query, list(params) if params is not None else None)
             if cur.description is None:

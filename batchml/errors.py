@@ -31,7 +31,7 @@ class ConfigError(BatchMLError, ValueError):
 # --- catalog -----------------------------------------------------------------------------------
 
 
-class CatalogError(BatchMLError):
+class CatalogError(BatchMLError, OSError):
     """The catalog could not be opened or used."""
 
 

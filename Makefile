@@ -1,0 +1,36 @@
+# Every target creates or reuses the local virtual environment in .venv by itself.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO_HOME ?= .batchml-demo
+
+.PHONY: demo test test-all lint bench bench-quick clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+## The main job end to end on the embedded default (local directories, local DuckDB file).
+demo: $(STAMP)
+	BATCHML_HOME=$(DEMO_HOME) bash deploy/demo.sh
+
+## The whole test suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## Lint and type checks.
+lint: $(STAMP)
+	$(BIN)/ruff check batchml flows tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,69 @@
+"""Shared fixtures: real DuckDB files in tmp_path, moto's standalone S3 server over HTTP."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "testdata"
+
+
+@pytest.fixture(scope="session")
+def shared_testdata() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"{SHARED} is missing: clone the project beside ../shared")
+    return SHARED
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """moto's server on a free loopback port; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, moto_server: str) -> str:
+    """Fake credentials in the environment (boto3's standard chain reads them)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return moto_server
+
+
+@pytest.fixture
+def s3_bucket(aws_env: str) -> Iterator[str]:
+    """A fresh bucket on the moto server; yields its name."""
+    import uuid
+
+    from batchml.store import s3_client
+
+    name = f"bucket-{uuid.uuid4().hex[:10]}"
+    client = s3_client(aws_env, "us-east-1")
+    client.create_bucket(Bucket=name)
+    yield name
+
+
+@pytest.fixture
+def catalog(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from batchml import Catalog, open_store
+
+    return Catalog(tmp_path / "catalog.duckdb", store=open_store(str(tmp_path / "artifacts")))

@@ -1,0 +1,87 @@
+"""The CLI: every command has help, errors are one clean line, SQL works."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from batchml.cli import app
+
+runner = CliRunner()
+
+
+def all_commands(group: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = [prefix + (c.name or c.callback.__name__.replace("_", "-"),)  # type: ignore[union-attr]
+             for c in group.registered_commands]
+    for sub in group.registered_groups:
+        found += all_commands(sub.typer_instance, prefix + (sub.name,))  # type: ignore[arg-type,operator]
+    return found
+
+
+@pytest.mark.parametrize("command", all_commands(app), ids=" ".join)
+def test_every_command_has_help(command: tuple[str, ...]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output and len(result.output.splitlines()) > 4
+
+
+def test_top_level_help_lists_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    for name in ("init", "runs", "run", "tag", "sql", "doctor"):
+        assert name in result.output
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    result = runner.invoke(app, ["init", "--home", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    return tmp_path
+
+
+def test_tag_run_and_query(home: Path) -> None:
+    from batchml import Catalog
+
+    cat = Catalog(home / "catalog.duckdb")
+    run = cat.create_run("train")
+    run.log_metrics({"accuracy": 0.75})
+    run.finish()
+    cat.db.close()
+    assert runner.invoke(app, ["tag", "add", "train/1", "deployment_candidate",
+                               "--home", str(home)]).exit_code == 0
+    result = runner.invoke(app, ["sql", "select run_id, accuracy, tags from runs_overview",
+                                 "--format", "json", "--home", str(home)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.splitlines()[0]) == {
+        "run_id": "train/1", "accuracy": 0.75, "tags": "deployment_candidate"}
+    shown = runner.invoke(app, ["run", "show", "train/1", "--home", str(home)])
+    assert "deployment_candidate" in shown.output and "accuracy" in shown.output
+    assert "train/1" in runner.invoke(app, ["runs", "--home", str(home)]).output
+    csv = runner.invoke(app, ["sql", "select 1 as a", "--format", "csv", "--home", str(home)])
+    assert csv.stdout == "a\n1\n"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["run", "show", "train/99"], "error: No run 'train/99'"),
+    (["tag", "add", "train/99", "x"], "error: No run 'train/99'"),
+    (["tag", "add", "train/1", "bad tag"], "error: Invalid tag 'bad tag'"),
+    (["sql", "select * from nowhere"], "SQL error"),
+    (["sql", "delete from runs"], "read-only"),
+])
+def test_errors_are_one_clean_line(home: Path, args: list[str], message: str) -> None:
+    from batchml import Catalog
+
+    Catalog(home / "catalog.duckdb").create_run("train").finish()
+    result = runner.invoke(app, [*args, "--home", str(home)])
+    assert result.exit_code != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+
+
+def test_doctor_reports_ok(home: Path) -> None:
+    result = runner.invoke(app, ["doctor", "--home", str(home)])
+    assert result.exit_code == 0, result.output
+    assert "FAIL" not in result.output

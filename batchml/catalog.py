@@ -397,6 +397,13 @@ class Run:
                 " AND removed_at IS NULL RETURNING tag_id", [utcnow(), self.id, tag]).fetchall()
         return bool(row)
 
+    def set_data_fingerprint(self, value: str) -> None:
+        """Record the hash of the run's input data (so runs on the same data compare)."""
+        self._require_running("set the data fingerprint")
+        with self.catalog.db.write() as con:
+            con.execute("UPDATE runs SET data_fingerprint = ? WHERE run_id = ?", [value, self.id])
+        self.refresh()
+
     def finish(self, status: str = "completed", error: str | None = None) -> None:
         """End the run as ``completed`` or ``failed`` (with the error)."""
         if status not in ("completed", "failed"):

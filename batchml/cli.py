@@ -246,6 +246,266 @@ def doctor(home: HomeOpt = None, catalog: CatalogOpt = None) -> None:
         raise typer.Exit(1)
 
 
+def _prefect_env(settings: Settings) -> None:
+    """Keep Prefect's local state under the batchml home unless the user chose otherwise."""
+    import os
+
+    os.environ.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@app.command()
+@clean_errors
+def train(
+    train_uri: Annotated[str, typer.Option("--train", help="Training parquet (path or s3://).")],
+    valid_uri: Annotated[str, typer.Option("--valid", help="Validation parquet.")],
+    text_column: Annotated[str | None, typer.Option(help="Text column (text models).")] = None,
+    feature_columns: Annotated[str | None, typer.Option(
+        help="Comma-separated feature columns (tabular models).")] = None,
+    label: Annotated[str, typer.Option(help="Label column.")] = "labels",
+    candidates: Annotated[str | None, typer.Option(
+        help="Comma-separated candidates (default: all that fit the data).")] = None,
+    metric: Annotated[str, typer.Option(help="Primary metric for the gate.")] = "roc_auc",
+    margin: Annotated[float, typer.Option(help="How much the winner must beat the baseline "
+                                          "by.")] = 0.01,
+    prefect: Annotated[bool, typer.Option(help="Run as a Prefect flow (visible in Prefect); "
+                                          "--no-prefect runs the same steps directly.")] = True,
+    home: HomeOpt = None, catalog: CatalogOpt = None,
+) -> None:
+    """Train a baseline and candidates, evaluate, smoke-test and tag a deployment candidate."""
+    settings = settings_from(home, catalog)
+    if text_column is None and feature_columns is None:
+        text_column = "review"
+    kwargs: dict[str, Any] = dict(
+        train_uri=train_uri, valid_uri=valid_uri, label=label, text_column=text_column,
+        feature_columns=_split(feature_columns), candidates=_split(candidates),
+        primary_metric=metric, baseline_margin=margin)
+    if prefect:
+        _prefect_env(settings)
+        from flows.train import train_flow
+
+        result = train_flow(**kwargs, settings=settings)
+        run_id, tagged, reasons = result["run_id"], result["tagged"], result["reasons"]
+    else:
+        from . import training as tr
+        from .catalog import Catalog
+
+        outcome = tr.train(Catalog.from_settings(settings), tr.TrainingConfig(**kwargs))
+        run_id, tagged = outcome.run.id, outcome.decision.tagged
+        reasons = outcome.decision.reasons
+    cat = open_catalog(home, catalog)
+    print_frame(cat.search_runs(settings.train_flow, where=f"run_id = '{run_id}'"
+                                ).filter(regex=r"^metrics\.[a-z_0-9]+\.(roc_auc|accuracy|f1|"
+                                         r"seconds)$").T.reset_index()
+                .set_axis(["metric", "value"], axis=1), title=f"{run_id} candidates")
+    out.print(f"[bold]{run_id}[/]: {'[green]tagged ' + settings.model_tag + '[/]' if tagged else '[yellow]not tagged[/]'}"
+              f" - {'; '.join(reasons)}")
+
+
+@app.command()
+@clean_errors
+def compare(
+    flow: Annotated[str, typer.Option(help="Flow whose runs to compare.")] = "train",
+    metric: Annotated[str, typer.Option(help="Metric to sort by (descending).")] = "roc_auc",
+    limit: Annotated[int, typer.Option(help="At most this many runs.")] = 20,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    home: HomeOpt = None, catalog: CatalogOpt = None,
+) -> None:
+    """Compare runs side by side: the winner's metrics of each run, best first."""
+    cat = open_catalog(home, catalog)
+    frame = cat.search_runs(flow, order_by=f"metrics.{metric} DESC")
+    cols = ["run_id", "status"] + [c for c in frame.columns if c.count(".") == 1
+                                    and c.startswith("metrics.") and "smoke" not in c] + ["tags"]
+    print_frame(frame[cols].head(limit).rename(columns=lambda c: c.removeprefix("metrics.")),
+                fmt, title=f"{flow} runs by {metric}")
+
+
+def _worker(settings: Settings, source: Any, run_id: str | None, tag: str | None,
+            output: Path | None = None) -> Any:
+    from .catalog import Catalog
+    from .scoring import Outbox
+    from .worker import Worker
+
+    outbox = None
+    if output is not None:
+        outbox = Outbox(str(output), s3=getattr(source, "client", None))
+    return Worker(Catalog.from_settings(settings), source, settings, run_id=run_id, tag=tag,
+                  outbox=outbox)
+
+
+def _report(reports: list[Any]) -> None:
+    import pandas as pd
+
+    rows = [r for rep in reports for r in rep.table()]
+    if rows:
+        print_frame(pd.DataFrame(rows)[["file", "status", "rows", "positives", "output",
+                                        "error"]], title="files")
+
+
+@app.command()
+@clean_errors
+def predict(
+    inputs: Annotated[list[str], typer.Argument(help="Parquet files, directories or s3:// "
+                                                "URIs to score.")],
+    run: Annotated[str | None, typer.Option("--run", help="Score with this run's model.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Score with the latest run carrying this "
+                                            "tag (default: BATCHML_MODEL_TAG).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write predictions here instead of the "
+                                                "outbox.")] = None,
+    home: HomeOpt = None, catalog: CatalogOpt = None,
+) -> None:
+    """Score files now (each file version once; `batchml reprocess` to score again)."""
+    from rich.progress import Progress
+
+    from .sources import DirectorySource, ListSource
+    from .store import s3_client
+
+    settings = settings_from(home, catalog)
+    uris: list[str] = []
+    for item in inputs:
+        if "://" not in item and Path(item).is_dir():
+            uris += [r.uri for r in DirectorySource(item, use_events=False, settle_s=0).poll()]
+        else:
+            uris.append(item)
+    client = s3_client(settings.s3_endpoint_url, settings.s3_region) \
+        if any(u.startswith("s3://") for u in uris) else None
+    source = ListSource(uris, client=client)
+    worker = _worker(settings, source, run, tag, output)
+    refs = source.poll()
+    worker.ledger.discover(refs)
+    ids = [r.file_id for r in refs]
+    reports = []
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("scoring", total=len(ids))
+        while True:
+            rep = worker.run_batch(limit=10, file_ids=ids)
+            if rep.error and not rep.outcomes:
+                from .errors import ModelNotFound
+
+                raise ModelNotFound(rep.error)
+            if not rep.outcomes:
+                break
+            reports.append(rep)
+            progress.advance(task, len(rep.outcomes))
+    _report(reports)
+    done = {o.file_id for rep in reports for o in rep.outcomes}
+    skipped = [r.uri for r in refs if r.file_id not in done]
+    if skipped:
+        out.print(f"{len(skipped)} file(s) were already processed; see `batchml files`, or "
+                  "`batchml reprocess URI` to score again.")
+    if any(o.status != "scored" for rep in reports for o in rep.outcomes):
+        raise typer.Exit(1)
+
+
+@app.command()
+@clean_errors
+def watch(
+    source: Annotated[str | None, typer.Argument(help="A directory, s3://bucket/prefix or "
+                                                 "sqs://queue-url (default: BATCHML_INBOX).")]
+    = None,
+    run: Annotated[str | None, typer.Option("--run", help="Score with this run's model.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Model tag (default BATCHML_MODEL_TAG).")]
+    = None,
+    once: Annotated[bool, typer.Option(help="Process what is there now, then exit.")] = False,
+    home: HomeOpt = None, catalog: CatalogOpt = None,
+) -> None:
+    """Watch a source and score every file that lands, exactly once (Ctrl-C stops cleanly)."""
+    import signal
+    import threading
+
+    from .ledger import Ledger
+    from .sources import open_source
+
+    settings = settings_from(home, catalog)
+    from .catalog import Catalog
+
+    cat = Catalog.from_settings(settings)
+    ledger = Ledger(cat)
+    src = open_source(source or str(settings.inbox), settings=settings,
+                      on_rejected=ledger.record_rejected_event)
+    worker = _worker(settings, src, run, tag)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def show(rep: Any) -> None:
+        for o in rep.outcomes:
+            colour = "green" if o.status == "scored" else "red"
+            out.print(f"[{colour}]{o.status}[/] {o.source_uri} rows={o.rows} -> "
+                      f"{o.output_uri or o.error}")
+        if rep.error and not rep.outcomes:
+            err.print(f"[yellow]waiting:[/] {rep.error}")
+
+    out.print(f"watching {src.uri} (Ctrl-C to stop)")
+    try:
+        if once:
+            worker.discover()
+            while (rep := worker.run_batch()).outcomes:
+                show(rep)
+            if rep.error:
+                show(rep)
+        else:
+            worker.run(stop, on_batch=show)
+    except KeyboardInterrupt:
+        out.print("stopped; claims released")
+    finally:
+        src.close()
+
+
+@app.command()
+@clean_errors
+def files(
+    state: Annotated[str | None, typer.Option(help="Only this state: discovered, claimed, "
+                                              "scored, quarantined or failed.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many files.")] = 100,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    home: HomeOpt = None, catalog: CatalogOpt = None,
+) -> None:
+    """List input files from the ledger with their state, rows, output and error."""
+    from .ledger import Ledger
+
+    frame = Ledger(open_catalog(home, catalog)).files(state)
+    print_frame(frame[["source_uri", "state", "attempts", "rows", "model_run_id", "output_uri",
+                       "error"]].head(limit), fmt, title="files")
+
+
+@app.command()
+@clean_errors
+def reprocess(
+    uri: Annotated[str | None, typer.Argument(help="Input file URI to score again.")] = None,
+    model_run: Annotated[str | None, typer.Option(help="Score again every file this model run "
+                                                  "scored.")] = None,
+    home: HomeOpt = None, catalog: CatalogOpt = None,
+) -> None:
+    """Send files back to pending on purpose; the next watch/predict scores them again."""
+    from .ledger import Ledger
+
+    if uri and "://" not in uri:
+        uri = str(Path(uri).expanduser().resolve())
+    ids = Ledger(open_catalog(home, catalog)).requeue(uri=uri, model_run_id=model_run)
+    out.print(f"{len(ids)} file(s) queued for reprocessing")
+    if not ids:
+        raise typer.Exit(1)
+
+
+@app.command("demo-data")
+@clean_errors
+def demo_data(
+    directory: Annotated[Path, typer.Argument(help="Where to write the synthetic data.")],
+    n_train: Annotated[int, typer.Option(help="Training rows.")] = 4000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write a synthetic (made-up, labelled) review dataset for demos and benchmarks."""
+    from .synthetic import demo_dataset
+
+    paths = demo_dataset(directory, n_train=n_train, seed=seed)
+    for name, path in paths.items():
+        out.print(f"{name}: {path}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

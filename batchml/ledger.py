@@ -1,0 +1,244 @@
+"""The input-file ledger: every discovered file, its state, claims with leases, and batches.
+
+States: ``discovered -> claimed -> scored | quarantined | failed``. A claim is a lease: a worker
+that dies leaves a claim that expires and is taken over. Claims are taken inside one exclusive
+catalog transaction, so two workers never hold the same file at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from ._db import utcnow
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
+
+STATES = ("discovered", "claimed", "scored", "quarantined", "failed")
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file a source has seen: its URI and what identifies this version of it."""
+
+    uri: str
+    etag: str | None = None
+    size: int | None = None
+    mtime: datetime | None = None
+
+    @property
+    def identity(self) -> str:
+        """ETag when the store gives one, else size and mtime."""
+        if self.etag:
+            return f"etag:{self.etag}"
+        stamp = self.mtime.isoformat() if self.mtime else ""
+        return f"stat:{self.size}:{stamp}"
+
+    @property
+    def file_id(self) -> str:
+        """Stable id of this version of the file (a new ETag is new work)."""
+        return hashlib.sha256(f"{self.uri}\0{self.identity}".encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A ledger row."""
+
+    file_id: str
+    source_uri: str
+    etag: str | None
+    size: int | None
+    mtime: datetime | None
+    state: str
+    attempts: int
+    error: str | None = None
+    claimed_by: str | None = None
+
+    @property
+    def ref(self) -> FileRef:
+        return FileRef(self.source_uri, self.etag, self.size, self.mtime)
+
+
+def worker_id() -> str:
+    """A name for this worker: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+_COLUMNS = "file_id, source_uri, etag, size, mtime, state, attempts, error, claimed_by"
+
+
+class Ledger:
+    """The ledger tables of a :class:`~batchml.Catalog`."""
+
+    def __init__(self, catalog: Catalog, *, max_attempts: int = 5) -> None:
+        self.catalog = catalog
+        self.max_attempts = max_attempts
+
+    def discover(self, refs: Iterable[FileRef]) -> list[str]:
+        """Record files not seen before; return the ids that are new."""
+        rows = {r.file_id: r for r in refs}
+        if not rows:
+            return []
+        now = utcnow()
+        with self.catalog.db.write() as con:
+            known = {r[0] for r in con.execute(
+                "SELECT file_id FROM files WHERE file_id IN (SELECT unnest(?))",
+                [list(rows)]).fetchall()}
+            new = [r for fid, r in rows.items() if fid not in known]
+            if new:
+                con.execute(
+                    "INSERT INTO files (file_id, source_uri, etag, size, mtime, state,"
+                    " discovered_at, updated_at) SELECT unnest(?), unnest(?), unnest(?),"
+                    " unnest(?), unnest(?::TIMESTAMPTZ[]), 'discovered', ?, ?",
+                    [[r.file_id for r in new], [r.uri for r in new], [r.etag for r in new],
+                     [r.size for r in new], [r.mtime for r in new], now, now])
+        return [r.file_id for r in new]
+
+    def claim(self, worker: str, *, limit: int, lease_s: float,
+              file_ids: Sequence[str] | None = None) -> list[FileRecord]:
+        """Claim up to ``limit`` pending files (new ones, or claims whose lease expired)."""
+        now = utcnow()
+        where = ("(state = 'discovered' OR (state = 'claimed' AND lease_expires_at < ?))")
+        args: list[Any] = [now]
+        if file_ids is not None:
+            where += " AND file_id IN (SELECT unnest(?))"
+            args.append(list(file_ids))
+        with self.catalog.db.write() as con:
+            rows = con.execute(
+                f"UPDATE files SET state = 'claimed', claimed_by = ?, claimed_at = ?,"
+                f" lease_expires_at = ?, attempts = attempts + 1, updated_at = ?"
+                f" WHERE file_id IN (SELECT file_id FROM files WHERE {where}"
+                f" ORDER BY discovered_at, source_uri LIMIT {int(limit)})"
+                f" RETURNING {_COLUMNS}",
+                [worker, now, now + timedelta(seconds=lease_s), now, *args]).fetchall()
+        return [FileRecord(*r) for r in sorted(rows, key=lambda r: r[1])]
+
+    def release(self, file_ids: Sequence[str], worker: str, *, reason: str | None = None,
+                count_attempt: bool = False) -> int:
+        """Give claimed files back as pending (shutdown, no model yet, a transient error)."""
+        if not file_ids:
+            return 0
+        with self.catalog.db.write() as con:
+            done = con.execute(
+                "UPDATE files SET state = CASE WHEN ? AND attempts >= ? THEN 'failed'"
+                " ELSE 'discovered' END,"
+                " attempts = CASE WHEN ? THEN attempts ELSE greatest(attempts - 1, 0) END,"
+                " error = coalesce(?, error), claimed_by = NULL, lease_expires_at = NULL,"
+                " updated_at = ? WHERE file_id IN (SELECT unnest(?)) AND state = 'claimed'"
+                " AND claimed_by = ? RETURNING file_id",
+                [count_attempt, self.max_attempts, count_attempt, reason, utcnow(),
+                 list(file_ids), worker]).fetchall()
+        return len(done)
+
+    def finish(self, file_id: str, worker: str, *, state: str, error: str | None = None,
+               model_run_id: str | None = None, batch_id: str | None = None,
+               output_uri: str | None = None, rows: int | None = None) -> bool:
+        """Mark a claimed file scored / quarantined / failed. False if the claim was lost."""
+        assert state in ("scored", "quarantined", "failed")
+        with self.catalog.db.write() as con:
+            done = con.execute(
+                "UPDATE files SET state = ?, error = ?, model_run_id = ?, batch_id = ?,"
+                " output_uri = ?, rows = ?, claimed_by = NULL, lease_expires_at = NULL,"
+                " updated_at = ? WHERE file_id = ? AND state = 'claimed' AND claimed_by = ?"
+                " RETURNING file_id",
+                [state, error, model_run_id, batch_id, output_uri, rows, utcnow(), file_id,
+                 worker]).fetchall()
+        return bool(done)
+
+    def requeue(self, *, uri: str | None = None, model_run_id: str | None = None) -> list[str]:
+        """Send scored or quarantined files back to pending on purpose (``batchml reprocess``)."""
+        where, args = [], []
+        if uri is not None:
+            where.append("source_uri = ?")
+            args.append(uri)
+        if model_run_id is not None:
+            where.append("model_run_id = ?")
+            args.append(model_run_id)
+        if not where:
+            raise ValueError("Say which files to reprocess: a URI or a model run.")
+        with self.catalog.db.write() as con:
+            rows = con.execute(
+                "UPDATE files SET state = 'discovered', attempts = 0, claimed_by = NULL,"
+                " lease_expires_at = NULL, error = 'reprocess requested', updated_at = ?"
+                f" WHERE {' AND '.join(where)} AND state IN ('scored', 'quarantined', 'failed')"
+                " RETURNING file_id", [utcnow(), *args]).fetchall()
+        return [r[0] for r in rows]
+
+    def get(self, file_id: str) -> FileRecord | None:
+        """One ledger row."""
+        with self.catalog.db.read() as con:
+            row = con.execute(f"SELECT {_COLUMNS} FROM files WHERE file_id = ?",
+                              [file_id]).fetchone()
+        return FileRecord(*row) if row else None
+
+    def files(self, state: str | None = None) -> pd.DataFrame:
+        """The ``file_status`` view, optionally one state."""
+        if state is not None and state not in STATES:
+            raise ValueError(f"Unknown state {state!r}; use one of {', '.join(STATES)}.")
+        sql = "SELECT * FROM file_status"
+        return self.catalog.sql(sql + (" WHERE state = ?" if state else ""),
+                                [state] if state else None)
+
+    def counts(self) -> dict[str, int]:
+        """Files per state."""
+        with self.catalog.db.read() as con:
+            rows = con.execute("SELECT state, count(*) FROM files GROUP BY state").fetchall()
+        return {s: 0 for s in STATES} | {s: int(n) for s, n in rows}
+
+    # --- batches ---------------------------------------------------------------------------
+
+    def start_batch(self, model_run_id: str | None, *,
+                    prefect_flow_run_id: str | None = None) -> str:
+        """Open a prediction batch and return its id."""
+        batch_id = f"batch-{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        with self.catalog.db.write() as con:
+            con.execute("INSERT INTO prediction_batches (batch_id, model_run_id, status,"
+                        " started_at, prefect_flow_run_id) VALUES (?, ?, 'running', ?, ?)",
+                        [batch_id, model_run_id, utcnow(), prefect_flow_run_id])
+        return batch_id
+
+    def record_file(self, batch_id: str, outcome: Any, worker: str) -> bool:
+        """Record one file's outcome in the batch and move its ledger row, atomically."""
+        with self.catalog.db.write() as con:
+            ok = self.finish(outcome.file_id, worker, state=outcome.status, error=outcome.error,
+                             model_run_id=outcome.model_run_id, batch_id=batch_id,
+                             output_uri=outcome.output_uri, rows=outcome.rows)
+            if ok:
+                con.execute(
+                    "INSERT OR REPLACE INTO batch_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                    " ?, ?)",
+                    [batch_id, outcome.file_id, outcome.source_uri, outcome.model_run_id,
+                     outcome.status, outcome.output_uri, outcome.rows, outcome.positives,
+                     outcome.duration_ms, outcome.error, outcome.reprocess, utcnow()])
+        return ok
+
+    def end_batch(self, batch_id: str, *, files: int, rows: int, duration_ms: float,
+                  error: str | None = None) -> None:
+        """Close a batch with its totals."""
+        with self.catalog.db.write() as con:
+            con.execute("UPDATE prediction_batches SET status = ?, ended_at = ?, files = ?,"
+                        " rows = ?, duration_ms = ?, error = ? WHERE batch_id = ?",
+                        ["failed" if error else "completed", utcnow(), files, rows, duration_ms,
+                         error, batch_id])
+
+    def record_rejected_event(self, source: str, message_id: str, body: str,
+                              error: str) -> None:
+        """Keep an unparseable source event in the ledger (quarantined) so it is not lost."""
+        ref = FileRef(f"{source}#message={message_id}", etag=message_id)
+        now = utcnow()
+        with self.catalog.db.write() as con:
+            con.execute(
+                "INSERT OR IGNORE INTO files (file_id, source_uri, etag, state, attempts, error,"
+                " discovered_at, updated_at) VALUES (?, ?, ?, 'quarantined', 0, ?, ?, ?)",
+                [ref.file_id, ref.uri, message_id,
+                 json.dumps({"error": error, "body": body[:4000]}), now, now])

@@ -1,0 +1,288 @@
+"""Scoring one input file: validate it against the model's signature, stream it through the
+model in record batches (flat memory), and write one prediction parquet atomically."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ._db import utcnow
+from .errors import (
+    BatchMLError,
+    DataError,
+    ModelNotFound,
+    SchemaMismatch,
+    StorageUnavailable,
+    UnreadableFile,
+)
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
+    from .estimators import Estimator
+    from .ledger import FileRecord
+    from .signature import Signature
+
+LINEAGE = ("model_run_id", "model_flavor", "input_uri", "input_etag", "batch_id", "scored_at")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to score, with the run it came from."""
+
+    run_id: str
+    name: str
+    flavor: str
+    estimator: Estimator
+
+    @property
+    def signature(self) -> Signature:
+        return self.estimator.signature
+
+
+class ModelCache:
+    """Loaded models by run id, so a long-running service loads each model once."""
+
+    def __init__(self, catalog: Catalog, *, flow: str = "train", max_models: int = 4) -> None:
+        self.catalog = catalog
+        self.flow = flow
+        self.max_models = max_models
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, *, run_id: str | None = None, tag: str | None = None) -> LoadedModel:
+        """The model of ``run_id``, or of the latest successful run carrying ``tag``.
+
+        Raises :class:`ModelNotFound` (transient) when no run qualifies.
+        """
+        if run_id is None:
+            if tag is None:
+                raise ModelNotFound("Give a run id or a tag to choose the model.")
+            run_id = self.catalog.latest_run(self.flow, tag=tag).id
+        with self._lock:
+            cached = self._models.get(run_id)
+            if cached is not None:
+                return cached
+        run = self.catalog.run(run_id)
+        if not run.successful:
+            raise ModelNotFound(f"Run {run_id} is {run.status}; only completed runs score.",
+                                hint="Pick a completed run (batchml runs).")
+        primary = next((n for n, m in run.models.items() if m["is_primary"]), None)
+        if primary is None:
+            raise ModelNotFound(f"Run {run_id} has no primary model.",
+                                hint="Choose a training run whose gate picked a winner.")
+        estimator = run.load_model(primary)
+        model = LoadedModel(run_id, primary, estimator.flavor, estimator)
+        with self._lock:
+            if len(self._models) >= self.max_models:
+                self._models.pop(next(iter(self._models)))
+            self._models[run_id] = model
+        return model
+
+
+@dataclass
+class FileOutcome:
+    """What happened to one file in a batch."""
+
+    file_id: str
+    source_uri: str
+    status: str  # scored | quarantined | failed
+    model_run_id: str | None = None
+    output_uri: str | None = None
+    rows: int | None = None
+    positives: int | None = None
+    duration_ms: float | None = None
+    error: str | None = None
+    reprocess: bool = False
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+
+
+def output_key(record: FileRecord, model_run_id: str) -> str:
+    """Where a file's predictions go, relative to the outbox: derived from the model run and
+    the input's identity, so a retry replaces and never duplicates, and two inputs whose names
+    collide after cleaning still get different outputs."""
+    base = record.source_uri.rstrip("/").rsplit("/", 1)[-1]
+    base = base[:-8] if base.lower().endswith(".parquet") else base
+    base = _UNSAFE.sub("_", base).strip("._")[:80] or "input"
+    return f"{model_run_id.replace('/', '-')}/{base}-{record.file_id[:16]}.parquet"
+
+
+class Outbox:
+    """Where prediction parquet goes: a local directory or ``s3://bucket/prefix``."""
+
+    def __init__(self, root: str, *, s3: Any = None) -> None:
+        self.root = root.rstrip("/")
+        self.s3 = s3
+        self.is_s3 = root.startswith("s3://")
+        if not self.is_s3:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def temp_path(self) -> Path:
+        """A temp file to write into: inside the outbox locally (so rename is atomic)."""
+        directory = tempfile.gettempdir() if self.is_s3 else self.root
+        fd, path = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=directory)
+        os.close(fd)
+        return Path(path)
+
+    def commit(self, tmp: Path, key: str) -> str:
+        """Move a finished temp file into place as one complete object; return its URI."""
+        if self.is_s3:
+            from .store import split_s3_uri, translate_s3_error
+
+            bucket, prefix = split_s3_uri(self.root + "/")
+            uri = f"{self.root}/{key}"
+            try:
+                self.s3.upload_file(str(tmp), bucket, f"{prefix}{key}")
+            except Exception as exc:
+                raise translate_s3_error(exc, uri) from exc
+            finally:
+                tmp.unlink(missing_ok=True)
+            return uri
+        target = Path(self.root) / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+        return str(target)
+
+
+def _constant(value: str | None, n: int) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)),
+                                          pa.array([value], pa.string()))
+
+
+def _open_parquet(path: Path, uri: str) -> pq.ParquetFile:
+    try:
+        if path.stat().st_size == 0:
+            raise UnreadableFile(f"{uri} is empty (0 bytes).",
+                                 hint="Write the whole file, then move it into the inbox.")
+        return pq.ParquetFile(path, memory_map=True)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        raise UnreadableFile(f"{uri} is not readable parquet: {exc}",
+                             hint="Re-export it as parquet; the original is kept.") from exc
+
+
+def check_file(pf: pq.ParquetFile, model: LoadedModel, uri: str, budget_bytes: int) -> None:
+    """Refuse a file before scoring: schema against the signature, zero rows, row groups
+    that would not fit the memory budget."""
+    try:
+        schema = pf.schema_arrow
+    except (pa.ArrowException, OSError) as exc:
+        raise UnreadableFile(f"{uri} has an unreadable schema: {exc}") from exc
+    try:
+        model.signature.check_schema(schema)
+    except SchemaMismatch as exc:
+        raise SchemaMismatch(f"{uri}: {exc}") from exc
+    if pf.metadata.num_rows == 0:
+        raise DataError(f"{uri} has zero rows.", hint="Nothing to score; drop files with rows.")
+    for i in range(pf.metadata.num_row_groups):
+        size = pf.metadata.row_group(i).total_byte_size
+        if size > budget_bytes:
+            raise DataError(
+                f"{uri}: row group {i} decodes to {size / 2**20:.0f} MiB, over the memory "
+                f"budget of {budget_bytes / 2**20:.0f} MiB.",
+                hint="Rewrite the file with smaller row groups or raise "
+                     "BATCHML_MEMORY_BUDGET_MB.")
+
+
+def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbox,
+               batch_id: str, *, batch_rows: int = 65_536, budget_bytes: int = 2**30,
+               reprocess: bool = False) -> FileOutcome:
+    """Score one local parquet file into the outbox; never raises for bad input.
+
+    Bad input (unreadable, schema mismatch, zero rows, over budget) comes back ``quarantined``
+    with the reason; a vanished file ``failed``. Transient errors (the outbox unreachable or
+    full) propagate, so the caller releases the claim and retries later.
+    """
+    start = time.perf_counter()
+    outcome = FileOutcome(record.file_id, record.source_uri, "scored", model.run_id,
+                          reprocess=reprocess)
+    tmp: Path | None = None
+    try:
+        pf = _open_parquet(path, record.source_uri)
+        check_file(pf, model, record.source_uri, budget_bytes)
+        tmp = outbox.temp_path()
+        rows, positives = _stream(pf, model, record, batch_id, tmp, batch_rows)
+        outcome.output_uri = outbox.commit(tmp, output_key(record, model.run_id))
+        tmp = None
+        outcome.rows, outcome.positives = rows, positives
+    except FileNotFoundError:
+        outcome.status = "failed"
+        outcome.error = (f"{record.source_uri} was deleted before it could be read; nothing to "
+                         "score. Drop it again to score it.")
+    except (DataError, pa.ArrowException) as exc:
+        outcome.status = "quarantined"
+        outcome.error = str(exc) if isinstance(exc, BatchMLError) else \
+            f"{record.source_uri} could not be decoded: {type(exc).__name__}: {exc}"
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            raise StorageUnavailable(f"Cannot write predictions to {outbox.root}: {exc}",
+                                     hint="Free space or fix permissions; the file stays "
+                                          "pending and is scored once it can be.") from exc
+        outcome.status = "quarantined"
+        outcome.error = f"{record.source_uri} could not be read: {exc}"
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    outcome.duration_ms = (time.perf_counter() - start) * 1000
+    return outcome
+
+
+def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id: str,
+            tmp: Path, batch_rows: int) -> tuple[int, int]:
+    sig = model.signature
+    classes = list(model.estimator.classes_)
+    inputs = set(sig.input_names)
+    scored_at = utcnow().isoformat()
+    lineage = {"model_run_id": model.run_id, "model_flavor": model.flavor,
+               "input_uri": record.source_uri, "input_etag": record.etag or record.ref.identity,
+               "batch_id": batch_id, "scored_at": scored_at}
+    writer: pq.ParquetWriter | None = None
+    rows = positives = 0
+    try:
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            n = batch.num_rows
+            if n == 0:
+                continue
+            frame = sig.coerce(batch)
+            proba = model.estimator.predict_proba(frame)
+            labels = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+            if len(classes) == 2:
+                threshold = float(sig.params.get("threshold", 0.5))
+                labels = np.where(proba[:, 1] >= threshold, classes[1], classes[0])
+                positives += int((proba[:, 1] >= threshold).sum())
+            cols: dict[str, pa.Array] = {"row_index": pa.array(np.arange(rows, rows + n))}
+            for name in batch.schema.names:
+                if name not in inputs and name not in cols:
+                    cols[name] = batch.column(name)
+            cols["label"] = pa.array(labels.tolist())
+            if len(classes) == 2:
+                cols["proba"] = pa.array(proba[:, 1].astype(np.float64))
+            for i, c in enumerate(classes):
+                cols[f"proba_{c}"] = pa.array(proba[:, i].astype(np.float64))
+            for key, value in lineage.items():
+                cols[key] = _constant(value, n)
+            table = pa.table(cols)
+            if writer is None:
+                schema = table.schema.with_metadata(
+                    {b"batchml.lineage": json.dumps(lineage).encode()})
+                writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+            writer.write_table(table.cast(writer.schema))
+            rows += n
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows, positives

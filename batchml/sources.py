@@ -1,0 +1,368 @@
+"""File sources: where new parquet files come from.
+
+One interface, several implementations: a local directory, an S3 prefix polled with
+``list_objects_v2``, and S3 event notifications through SQS. A source lists what it sees
+(``poll()``), makes a file readable locally (``fetch()``), and puts away a bad file
+(``quarantine()``). A source never crashes on a bad event or an unreadable object.
+
+**The landing contract for directories.** Write the file under a temporary name (a leading dot
+or ``_``, or a ``.tmp``/``.part`` suffix) and rename it into place; renaming is atomic. A file
+written in place is taken only once it is complete: its last four bytes are parquet's ``PAR1``
+footer magic and its size and mtime did not change for ``settle_s``. Hidden files, temp names
+and markers such as ``_SUCCESS`` are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
+
+from .errors import ConfigError
+from .ledger import FileRecord, FileRef
+
+log = logging.getLogger("batchml.sources")
+
+_TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".inprogress", ".writing")
+
+
+def is_candidate_name(name: str) -> bool:
+    """True for a name that may be a landed parquet file (not hidden, temp or a marker)."""
+    lower = name.lower()
+    if name.startswith((".", "_", "~")) or lower.endswith(_TEMP_SUFFIXES):
+        return False
+    return lower.endswith(".parquet")
+
+
+class Source(Protocol):
+    """What every source offers."""
+
+    uri: str
+
+    def poll(self) -> list[FileRef]: ...
+    def fetch(self, record: FileRecord) -> Any: ...  # a context manager yielding a local Path
+    def quarantine(self, record: FileRecord, reason: str) -> str | None: ...
+    def wait(self, timeout: float) -> None: ...
+    def close(self) -> None: ...
+
+
+class DirectorySource:
+    """A local inbox directory, woken by filesystem events with polling as the fallback."""
+
+    def __init__(self, path: str | Path, *, quarantine_dir: str | Path | None = None,
+                 settle_s: float = 1.0, use_events: bool = True) -> None:
+        self.path = Path(path).expanduser().resolve()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.uri = str(self.path)
+        self.quarantine_dir = Path(quarantine_dir).expanduser().resolve() if quarantine_dir \
+            else self.path.parent / "quarantine"
+        self.settle_s = settle_s
+        self._seen: dict[Path, tuple[int, int]] = {}
+        self._wake = threading.Event()
+        self._observer: Any = None
+        if use_events:
+            self._start_observer()
+
+    def _start_observer(self) -> None:
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:  # polling still works
+            return
+        wake = self._wake
+
+        class _Handler(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                wake.set()
+
+        observer = Observer()
+        observer.schedule(_Handler(), str(self.path), recursive=True)
+        observer.daemon = True
+        try:
+            observer.start()
+            self._observer = observer
+        except OSError as exc:  # e.g. inotify limits: fall back to polling
+            log.warning("filesystem events unavailable (%s); polling %s", exc, self.path)
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a filesystem event or ``timeout`` seconds."""
+        self._wake.wait(timeout)
+        self._wake.clear()
+
+    def close(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer = None
+
+    def _complete(self, path: Path, st: os.stat_result) -> bool:
+        if st.st_size >= 12:
+            try:
+                with path.open("rb") as fh:
+                    fh.seek(-4, os.SEEK_END)
+                    if fh.read(4) == b"PAR1":
+                        return True
+            except OSError:
+                return False
+        # Not (yet) parquet-shaped: take it once it has stopped changing, so a bad file is
+        # quarantined instead of waiting forever.
+        return time.time() - st.st_mtime >= self.settle_s
+
+    def poll(self) -> list[FileRef]:
+        """Every complete candidate file under the directory (recursively), in name order."""
+        found = []
+        for root, dirs, files in os.walk(self.path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+            for name in sorted(files):
+                if not is_candidate_name(name):
+                    continue
+                path = Path(root) / name
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                if not self._complete(path, st):
+                    continue
+                found.append(FileRef(str(path), None, st.st_size,
+                                     datetime.fromtimestamp(st.st_mtime_ns / 1e9, UTC)))
+        return found
+
+    def _inside(self, uri: str) -> Path:
+        path = Path(uri).resolve()
+        if not path.is_relative_to(self.path):
+            raise ConfigError(f"{uri} is outside the inbox {self.path}; refusing to touch it.")
+        return path
+
+    @contextmanager
+    def fetch(self, record: FileRecord) -> Iterator[Path]:
+        """The file itself: local files are read in place."""
+        yield self._inside(record.source_uri)
+
+    def quarantine(self, record: FileRecord, reason: str) -> str | None:
+        """Move the file to the quarantine directory with an ``.error.json`` sidecar."""
+        src = self._inside(record.source_uri)
+        rel = src.relative_to(self.path)
+        target = self.quarantine_dir / rel.parent / f"{record.file_id[:16]}-{rel.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.move(str(src), str(target))
+        except FileNotFoundError:
+            return None
+        sidecar = target.with_name(target.name + ".error.json")
+        sidecar.write_text(json.dumps({"source_uri": record.source_uri, "file_id":
+                                       record.file_id, "error": reason,
+                                       "quarantined_at": datetime.now(UTC).isoformat()},
+                                      indent=2))
+        return str(target)
+
+
+class S3PrefixSource:
+    """An ``s3://bucket/prefix`` polled with ``list_objects_v2`` (all pages, every poll)."""
+
+    def __init__(self, uri: str, *, client: Any, poll_s: float = 2.0) -> None:
+        from .store import split_s3_uri
+
+        self.uri = uri.rstrip("/")
+        self.bucket, self.prefix = split_s3_uri(self.uri + "/")
+        self.client = client
+        self.poll_s = poll_s
+
+    def poll(self) -> list[FileRef]:
+        """Every parquet object under the prefix, keyed by key + ETag."""
+        found = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    name = obj["Key"].rsplit("/", 1)[-1]
+                    if is_candidate_name(name):
+                        found.append(FileRef(f"s3://{self.bucket}/{obj['Key']}",
+                                             obj.get("ETag", "").strip('"') or None,
+                                             int(obj.get("Size", 0)),
+                                             obj.get("LastModified")))
+        except Exception as exc:  # a listing failure is retried on the next poll
+            log.warning("listing %s failed: %s", self.uri, exc)
+        return found
+
+    @contextmanager
+    def fetch(self, record: FileRecord) -> Iterator[Path]:
+        """Download the exact version (If-Match on the ETag) to a temp file."""
+        yield from _download(self.client, record)
+
+    def quarantine(self, record: FileRecord, reason: str) -> str | None:
+        """S3 objects stay where they are; the ledger says why they were not scored."""
+        return None
+
+    def wait(self, timeout: float) -> None:
+        time.sleep(min(timeout, self.poll_s))
+
+    def close(self) -> None:
+        pass
+
+
+def _download(client: Any, record: FileRecord) -> Iterator[Path]:
+    from .store import split_s3_uri, translate_s3_error
+
+    bucket, key = split_s3_uri(record.source_uri)
+    fd, name = tempfile.mkstemp(prefix="batchml-in-", suffix=".parquet")
+    os.close(fd)
+    path = Path(name)
+    try:
+        extra = {"IfMatch": f'"{record.etag}"'} if record.etag else {}
+        try:
+            client.download_file(bucket, key, name, ExtraArgs=extra or None)
+        except Exception as exc:
+            err = translate_s3_error(exc, record.source_uri)
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NotFound", "412", "PreconditionFailed"):
+                raise FileNotFoundError(record.source_uri) from exc
+            raise err from exc
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+class SQSSource:
+    """S3 event notifications delivered to an SQS queue (the production way).
+
+    ``poll()`` long-polls the queue, parses each body with :func:`batchml.events.parse_message`
+    and returns the created parquet objects. Messages are deleted only by :meth:`ack`, which the
+    caller invokes after the files are recorded in the ledger; an unparseable message is handed
+    to ``on_rejected`` (the ledger keeps it quarantined) and then deleted.
+    """
+
+    def __init__(self, queue_url: str, *, sqs: Any, s3: Any, wait_s: int = 1,
+                 on_rejected: Any = None) -> None:
+        self.queue_url = queue_url
+        self.uri = f"sqs://{queue_url}"
+        self.sqs = sqs
+        self.client = s3
+        self.wait_s = wait_s
+        self.on_rejected = on_rejected
+        self._pending: list[str] = []
+
+    def poll(self) -> list[FileRef]:
+        from .events import EventParseError, parse_message
+
+        try:
+            resp = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10,
+                                            WaitTimeSeconds=self.wait_s)
+        except Exception as exc:
+            log.warning("receiving from %s failed: %s", self.queue_url, exc)
+            return []
+        refs: list[FileRef] = []
+        for msg in resp.get("Messages", []):
+            try:
+                events = parse_message(msg["Body"])
+            except EventParseError as exc:
+                log.warning("unparseable message %s: %s", msg.get("MessageId"), exc)
+                if self.on_rejected is not None:
+                    self.on_rejected(self.uri, msg.get("MessageId", "?"), msg["Body"], str(exc))
+                events = []
+            for ev in events:
+                if ev.kind == "created" and is_candidate_name(ev.key.rsplit("/", 1)[-1]):
+                    refs.append(FileRef(ev.uri, ev.etag, ev.size, ev.event_time))
+            self._pending.append(msg["ReceiptHandle"])
+        return refs
+
+    def ack(self) -> None:
+        """Delete the messages received so far (call after the ledger recorded their files)."""
+        handles, self._pending = self._pending, []
+        for i in range(0, len(handles), 10):
+            chunk = handles[i:i + 10]
+            self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=[
+                {"Id": str(n), "ReceiptHandle": h} for n, h in enumerate(chunk)])
+
+    @contextmanager
+    def fetch(self, record: FileRecord) -> Iterator[Path]:
+        yield from _download(self.client, record)
+
+    def quarantine(self, record: FileRecord, reason: str) -> str | None:
+        return None
+
+    def wait(self, timeout: float) -> None:
+        pass  # receive_message already long-polls
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(uri: str, *, settings: Any, on_rejected: Any = None) -> Any:
+    """The source for ``uri``: a directory, ``s3://bucket/prefix`` or ``sqs://queue-url``."""
+    from .store import s3_client
+
+    if uri.startswith("s3://"):
+        return S3PrefixSource(uri, client=s3_client(settings.s3_endpoint_url, settings.s3_region))
+    if uri.startswith("sqs://"):
+        import boto3
+
+        queue_url = unquote(uri[len("sqs://"):])
+        if not urlparse(queue_url).scheme:
+            queue_url = "https://" + queue_url
+        sqs = boto3.client("sqs", endpoint_url=settings.s3_endpoint_url,
+                           region_name=settings.s3_region)
+        return SQSSource(queue_url, sqs=sqs,
+                         s3=s3_client(settings.s3_endpoint_url, settings.s3_region),
+                         on_rejected=on_rejected)
+    if "://" in uri:
+        raise ConfigError(f"Unsupported source {uri!r}.",
+                          hint="Use a directory, s3://bucket/prefix or sqs://queue-url.")
+    return DirectorySource(uri, quarantine_dir=settings.quarantine)
+
+
+class ListSource:
+    """An explicit list of files (local paths or ``s3://`` URIs), for one-off scoring."""
+
+    def __init__(self, uris: list[str], *, client: Any = None) -> None:
+        self.uris = uris
+        self.uri = "list"
+        self.client = client
+
+    def poll(self) -> list[FileRef]:
+        refs = []
+        for uri in self.uris:
+            if uri.startswith("s3://"):
+                from .store import split_s3_uri
+
+                bucket, key = split_s3_uri(uri)
+                try:
+                    head = self.client.head_object(Bucket=bucket, Key=key)
+                except Exception as exc:
+                    raise ConfigError(f"Cannot read {uri}: {exc}") from exc
+                refs.append(FileRef(uri, head["ETag"].strip('"'), int(head["ContentLength"]),
+                                    head["LastModified"]))
+            else:
+                path = Path(uri).expanduser().resolve()
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    raise ConfigError(f"{uri} does not exist.", hint="Check the path.") from None
+                refs.append(FileRef(str(path), None, st.st_size,
+                                    datetime.fromtimestamp(st.st_mtime_ns / 1e9, UTC)))
+        return refs
+
+    @contextmanager
+    def fetch(self, record: FileRecord) -> Iterator[Path]:
+        if record.source_uri.startswith("s3://"):
+            yield from _download(self.client, record)
+        else:
+            yield Path(record.source_uri)
+
+    def quarantine(self, record: FileRecord, reason: str) -> str | None:
+        return None  # files named explicitly stay where the user put them
+
+    def wait(self, timeout: float) -> None:
+        time.sleep(timeout)
+
+    def close(self) -> None:
+        pass

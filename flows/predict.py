@@ -1,0 +1,59 @@
+"""The prediction flow: thin Prefect wiring over :class:`batchml.worker.Worker`.
+
+One flow run scores one micro-batch (up to ``limit`` files) with one model, and leaves a table
+artifact of files and row counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
+
+from batchml import Catalog, Settings
+from batchml.sources import ListSource, open_source
+from batchml.worker import Worker
+
+
+def _worker(settings: Settings, source: str | None, files: list[str] | None,
+            run_id: str | None, tag: str | None) -> Worker:
+    catalog = Catalog.from_settings(settings)
+    if files:
+        from batchml.store import s3_client
+
+        src: Any = ListSource(files, client=s3_client(settings.s3_endpoint_url,
+                                                      settings.s3_region))
+    else:
+        src = open_source(source or str(settings.inbox), settings=settings)
+    return Worker(catalog, src, settings, run_id=run_id, tag=tag)
+
+
+@flow(name="predict", log_prints=True)
+def predict_flow(
+    files: list[str] | None = None,
+    source: str | None = None,
+    run_id: str | None = None,
+    tag: str | None = None,
+    limit: int = 100,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Score pending files (the listed ones, or whatever the source has) in one batch."""
+    settings = settings or Settings()
+    worker = _worker(settings, source, files, run_id, tag)
+    try:
+        new = worker.discover()
+        ids = [f.file_id for f in worker.source.poll()] if files else None
+        report = worker.run_batch(limit=limit, file_ids=ids,
+                                  prefect_flow_run_id=str(flow_run.id) if flow_run.id else None)
+    finally:
+        worker.source.close()
+    if report.outcomes:
+        create_table_artifact(report.table(), key="prediction-batch",
+                              description=f"{report.batch_id} with model {report.model_run_id}")
+    print(f"discovered {len(new)}, scored {sum(o.status == 'scored' for o in report.outcomes)}"
+          f", quarantined {sum(o.status == 'quarantined' for o in report.outcomes)}"
+          + (f"; {report.error}" if report.error else ""))
+    return {"batch_id": report.batch_id, "model_run_id": report.model_run_id,
+            "files": report.table(), "error": report.error}

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from .errors import DataError, UnreadableFile
 
-_TAG = re.compile(r"<[^>]{0,200}>")
+_TAG = re.compile(r"<!--.*?-->|</?[A-Za-z][^<>]{0,200}>", re.S)
 _SPACE = re.compile(r"\s+")
 
 

@@ -1,0 +1,108 @@
+"""The input-file ledger: identities, claims with leases, exactly-once across processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from batchml import Catalog
+from batchml.ledger import FileRef, Ledger
+
+
+def refs(n: int, prefix: str = "/in/f") -> list[FileRef]:
+    return [FileRef(f"{prefix}{i}.parquet", None, 100 + i, datetime(2026, 1, 1, tzinfo=UTC))
+            for i in range(n)]
+
+
+def test_identity_changes_with_etag_or_stat() -> None:
+    a = FileRef("s3://b/k.parquet", "e1")
+    assert a.file_id == FileRef("s3://b/k.parquet", "e1").file_id
+    assert a.file_id != FileRef("s3://b/k.parquet", "e2").file_id  # modified object = new work
+    b = FileRef("/x.parquet", None, 10, datetime(2026, 1, 1, tzinfo=UTC))
+    assert b.file_id != FileRef("/x.parquet", None, 11, b.mtime).file_id
+
+
+def test_discover_is_idempotent(catalog: Catalog) -> None:
+    ledger = Ledger(catalog)
+    assert len(ledger.discover(refs(5))) == 5
+    assert ledger.discover(refs(6)) == [refs(6)[5].file_id]
+    assert ledger.counts()["discovered"] == 6
+
+
+def test_claims_do_not_overlap_and_leases_expire(catalog: Catalog) -> None:
+    ledger = Ledger(catalog)
+    ledger.discover(refs(5))
+    first = ledger.claim("w1", limit=3, lease_s=0.3)
+    second = ledger.claim("w2", limit=10, lease_s=60)
+    assert len(first) == 3 and len(second) == 2
+    assert not {r.file_id for r in first} & {r.file_id for r in second}
+    assert ledger.claim("w3", limit=10, lease_s=60) == []
+    time.sleep(0.35)  # w1 "died": its leases expire and w3 takes over
+    taken = ledger.claim("w3", limit=10, lease_s=60)
+    assert {r.file_id for r in taken} == {r.file_id for r in first}
+    assert all(r.attempts == 2 for r in taken)
+    # the dead worker's late completion is refused: w3 owns the claim now
+    assert not ledger.finish(first[0].file_id, "w1", state="scored")
+    assert ledger.finish(first[0].file_id, "w3", state="scored")
+
+
+def test_release_and_retry_limit(catalog: Catalog) -> None:
+    ledger = Ledger(catalog, max_attempts=2)
+    ledger.discover(refs(1))
+    rec = ledger.claim("w", limit=1, lease_s=60)[0]
+    assert ledger.release([rec.file_id], "w", reason="no model") == 1
+    again = ledger.claim("w", limit=1, lease_s=60)[0]
+    assert again.attempts == 1  # a release that does not count keeps the attempt count
+    ledger.release([rec.file_id], "w", reason="S3 503", count_attempt=True)
+    ledger.claim("w", limit=1, lease_s=60)
+    ledger.release([rec.file_id], "w", reason="S3 503", count_attempt=True)
+    row = ledger.get(rec.file_id)
+    assert row is not None and (row.state, row.error) == ("failed", "S3 503")
+
+
+def test_requeue_for_reprocessing(catalog: Catalog) -> None:
+    ledger = Ledger(catalog)
+    ledger.discover(refs(2))
+    for r in ledger.claim("w", limit=2, lease_s=60):
+        ledger.finish(r.file_id, "w", state="scored", model_run_id="train/1")
+    assert ledger.requeue(model_run_id="train/2") == []
+    assert len(ledger.requeue(model_run_id="train/1")) == 2
+    assert ledger.counts()["discovered"] == 2
+
+
+CLAIMER = textwrap.dedent("""
+    import sys, time
+    from batchml import Catalog
+    from batchml.ledger import Ledger
+    ledger = Ledger(Catalog(sys.argv[1], lock_timeout_s=120))
+    got = []
+    while True:
+        batch = ledger.claim(sys.argv[2], limit=3, lease_s=600)
+        if not batch:
+            break
+        for r in batch:
+            ledger.finish(r.file_id, sys.argv[2], state="scored")
+            got.append(r.file_id)
+    print("\\n".join(got))
+""")
+
+
+def test_four_processes_never_claim_the_same_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.duckdb"
+    cat = Catalog(path)
+    Ledger(cat).discover(refs(200))
+    cat.db.close()
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(path), f"w{i}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(4)]
+    claimed: list[str] = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        claimed += [line for line in out.splitlines() if line]
+    assert len(claimed) == 200 and len(set(claimed)) == 200
+    assert Ledger(Catalog(path)).counts()["scored"] == 200

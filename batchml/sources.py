@@ -168,9 +168,11 @@ class DirectorySource:
 class S3PrefixSource:
     """An ``s3://bucket/prefix`` polled with ``list_objects_v2`` (all pages, every poll)."""
 
-    def __init__(self, uri: str, *, client: Any, poll_s: float = 2.0) -> None:
+    def __init__(self, uri: str, *, client: Any, poll_s: float = 2.0,
+                 page_size: int = 1000) -> None:
         from .store import split_s3_uri
 
+        self.page_size = page_size
         self.uri = uri.rstrip("/")
         self.bucket, self.prefix = split_s3_uri(self.uri + "/")
         self.client = client
@@ -181,7 +183,8 @@ class S3PrefixSource:
         found = []
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self.prefix)
+                Bucket=self.bucket, Prefix=self.prefix,
+                PaginationConfig={"PageSize": self.page_size})
             for page in pages:
                 for obj in page.get("Contents", []):
                     name = obj["Key"].rsplit("/", 1)[-1]
@@ -220,7 +223,12 @@ def _download(client: Any, record: FileRecord) -> Iterator[Path]:
     try:
         extra = {"IfMatch": f'"{record.etag}"'} if record.etag else {}
         try:
-            client.download_file(bucket, key, name, ExtraArgs=extra or None)
+            # get_object (not download_file) so If-Match pins the version that was claimed;
+            # the body is streamed to disk in chunks, so memory stays flat for large files.
+            body = client.get_object(Bucket=bucket, Key=key, **extra)["Body"]
+            with path.open("wb") as fh:
+                for chunk in body.iter_chunks(chunk_size=8 * 2**20):
+                    fh.write(chunk)
         except Exception as exc:
             err = translate_s3_error(exc, record.source_uri)
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")

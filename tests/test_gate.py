@@ -1,0 +1,71 @@
+"""The gate: tag only when the winner beats the baseline by the margin and passes smoke tests."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from batchml.training import (
+    CandidateResult,
+    SmokeResult,
+    TrainingConfig,
+    choose_winner,
+    decide,
+)
+
+
+def result(name: str, auc: float | None, error: str | None = None) -> CandidateResult:
+    metrics = {} if auc is None else {"roc_auc": auc, "log_loss": 1 - auc}
+    return CandidateResult(name, None, metrics, 0.1, error=error)
+
+
+CONFIG = TrainingConfig(train_uri="t", valid_uri="v", text_column="review", baseline_margin=0.05)
+PASS = [SmokeResult("love it", 1, 1, True), SmokeResult("poor fit", 0, 0, True)]
+FAIL = [SmokeResult("love it", 1, 1, True), SmokeResult("poor fit", 0, 1, False)]
+
+
+def test_winner_is_best_and_ties_are_deterministic() -> None:
+    results = [result("baseline", 0.5), result("b", 0.9), result("a", 0.9), result("c", 0.8)]
+    assert choose_winner(results, "roc_auc").name == "a"  # type: ignore[union-attr]
+    assert choose_winner(list(reversed(results)), "roc_auc").name == "a"  # type: ignore[union-attr]
+    lower = [result("baseline", 0.5), result("x", 0.7), result("y", 0.6)]
+    assert choose_winner(lower, "log_loss").name == "x"  # type: ignore[union-attr]
+
+
+def test_nan_and_failed_candidates_never_win() -> None:
+    results = [result("baseline", 0.5), result("a", math.nan), result("b", None, "boom"),
+               result("c", 0.6)]
+    assert choose_winner(results, "roc_auc").name == "c"  # type: ignore[union-attr]
+
+
+def test_tagged_when_it_beats_the_baseline_and_passes_smoke() -> None:
+    d = decide([result("baseline", 0.5), result("m", 0.9)], PASS, CONFIG)
+    assert d.tagged and d.winner == "m"
+    assert "beats the baseline" in d.reasons[0]
+
+
+@pytest.mark.parametrize(("results", "smoke", "reason"), [
+    ([result("baseline", 0.5), result("m", 0.53)], PASS,
+     "m roc_auc=0.5300 does not beat the baseline 0.5000 by the margin 0.05"),
+    ([result("baseline", 0.5), result("m", 0.9)], FAIL,
+     "smoke test failed on 1 of 2 examples: 'poor fit' expected 0 got 1"),
+    ([result("baseline", 0.5), result("m", None, "ValueError: x")], None,
+     "no candidate produced a roc_auc: m: ValueError: x"),
+    ([result("baseline", None, "boom"), result("m", 0.9)], PASS,
+     "the baseline failed"),
+    ([result("baseline", 0.5), result("m", 0.9)], None, "the smoke test did not run"),
+])
+def test_not_tagged_with_the_reason(results, smoke, reason: str) -> None:
+    d = decide(results, smoke, CONFIG)
+    assert not d.tagged
+    assert any(reason in r for r in d.reasons), d.reasons
+
+
+def test_config_needs_exactly_one_kind_of_input() -> None:
+    from batchml.errors import DataError
+
+    with pytest.raises(DataError, match="exactly one"):
+        TrainingConfig(train_uri="t", valid_uri="v")
+    with pytest.raises(DataError, match="exactly one"):
+        TrainingConfig(train_uri="t", valid_uri="v", text_column="r", feature_columns=["a"])

@@ -109,7 +109,7 @@ class DirectorySource:
             try:
                 with path.open("rb") as fh:
                     fh.seek(-4, os.SEEK_END)
-                    if fh.read(4) == b"PAR1":
+                    if fh.read(4) in (b"PAR1", b"PARE"):  # PARE: encrypted footer
                         return True
             except OSError:
                 return False

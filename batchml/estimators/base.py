@@ -1,0 +1,291 @@
+"""The :class:`Estimator` interface shared by every model flavor."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from ..errors import ConfigError, DataError, ModelError
+from ..signature import Signature, infer_signature, normalise_classes
+
+Labels = pd.Series | np.ndarray | Sequence[Any]
+Frame = pd.DataFrame | pa.Table | pa.RecordBatch
+
+_META_VERSION = 1
+
+
+def n_cpus() -> int:
+    """CPUs this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Estimator(ABC):
+    """A classifier with a signature, saved as bytes in one file.
+
+    Subclasses set ``flavor`` (how the bytes are loaded), ``file_suffix`` and ``candidates``
+    (candidate name -> default hyper-parameters), and implement :meth:`_fit`,
+    :meth:`_predict_proba`, :meth:`to_bytes` and :meth:`from_bytes`. Everything about labels,
+    columns and signatures is handled here, so every flavor validates data the same way.
+
+    ``predict_proba`` columns follow ``classes_`` (sorted labels); for a binary model the last
+    class is the positive one and ``predict`` compares its probability with the ``threshold``
+    inference parameter (default 0.5).
+    """
+
+    flavor: ClassVar[str]
+    file_suffix: ClassVar[str]
+    candidates: ClassVar[dict[str, dict[str, Any]]]
+    text_candidates: ClassVar[frozenset[str]] = frozenset()
+    """Candidates that read a single text column."""
+
+    common_params: ClassVar[dict[str, Any]] = {"threshold": 0.5}
+
+    def __init__(self, name: str, *, text_column: str | None = None,
+                 feature_columns: Sequence[str] | None = None, seed: int = 0,
+                 params: Mapping[str, Any] | None = None) -> None:
+        if name not in self.candidates:
+            raise ConfigError(f"{type(self).__name__} has no candidate {name!r}.",
+                              hint=f"Use one of {', '.join(self.candidates)}.")
+        defaults = {**self.common_params, **self.candidates[name]}
+        unknown = sorted(set(params or {}) - set(defaults))
+        if unknown:
+            raise ConfigError(f"Candidate {name!r} has no parameter {', '.join(unknown)}.",
+                              hint=f"It takes: {', '.join(sorted(defaults))}.")
+        if name in self.text_candidates:
+            if not text_column:
+                raise ConfigError(f"Candidate {name!r} reads a text column, and none was given.",
+                                  hint="Pass text_column='<column>'.")
+            if feature_columns:
+                raise ConfigError(f"Candidate {name!r} reads only the text column "
+                                  f"{text_column!r}, not feature columns.",
+                                  hint="Use a tabular candidate for feature columns.")
+        self.name = name
+        self.text_column = text_column
+        self.feature_columns = list(feature_columns) if feature_columns is not None else None
+        self.seed = int(seed)
+        self.params: dict[str, Any] = {**defaults, **(params or {})}
+        self.classes_: list[Any] = []
+        self.history: dict[str, list[float]] = {}
+        """Per-epoch training curves (``loss``, ``val_loss`` ...) for flavors that have them."""
+        self._signature: Signature | None = None
+
+    def __repr__(self) -> str:
+        state = f"classes={self.classes_}" if self._signature else "unfitted"
+        return f"<{type(self).__name__} {self.name!r} {state}>"
+
+    @property
+    def signature(self) -> Signature:
+        """The signature learnt by :meth:`fit`; raises :class:`ModelError` before fitting."""
+        if self._signature is None:
+            raise ModelError(f"Estimator {self.name!r} is not fitted.",
+                             hint="Call fit(frame, labels) first.")
+        return self._signature
+
+    @property
+    def is_text(self) -> bool:
+        """True when the estimator reads one text column."""
+        return self.name in self.text_candidates
+
+    # --- fitting -----------------------------------------------------------------------------
+
+    def input_columns(self, frame: pd.DataFrame) -> list[str]:
+        """The columns of ``frame`` this estimator reads (all of them if none were named)."""
+        if self.is_text:
+            return [str(self.text_column)]
+        named = ([self.text_column] if self.text_column else []) + (self.feature_columns or [])
+        return named or [str(c) for c in frame.columns]
+
+    def fit(self, frame: pd.DataFrame, labels: Labels, *,
+            validation: tuple[pd.DataFrame, Labels] | None = None) -> Self:
+        """Fit on ``frame`` and ``labels`` and set :attr:`signature` and :attr:`classes_`.
+
+        ``validation`` (frame, labels) is used by flavors that track a validation curve
+        (keras); the others ignore it. Raises :class:`DataError` for a missing column,
+        unusable labels, or a single class.
+        """
+        if not isinstance(frame, pd.DataFrame):
+            raise DataError(f"fit() needs a pandas DataFrame, got {type(frame).__name__}.",
+                            hint="Convert the data with .to_pandas().")
+        if len(frame) == 0:
+            raise DataError("The training data has no rows.",
+                            hint="Check the training file and any filters applied to it.")
+        columns = self.input_columns(frame)
+        for column in columns:
+            if column not in frame.columns:
+                raise DataError(f"column {column!r} is missing from the training data.",
+                                hint=f"It has: {', '.join(map(str, frame.columns))}.")
+        labels_ = _label_series(labels, len(frame))
+        classes = normalise_classes(labels_)
+        if len(classes) < 2:
+            raise DataError(f"training labels have a single class ({classes[0]!r}): need at "
+                            "least two.",
+                            hint="Train on data that contains every class to be predicted.")
+        params = {"threshold": float(self.params["threshold"])} if len(classes) == 2 else {}
+        signature = infer_signature(frame, columns, classes, params)
+        self._check_signature(signature)
+        x = signature.coerce(frame)
+        y = _encode(labels_, classes)
+        valid = None
+        if validation is not None:
+            vframe, vlabels = validation
+            valid = (signature.coerce(vframe),
+                     _encode(_label_series(vlabels, len(vframe)), classes))
+        self.classes_ = list(classes)
+        self._signature = signature
+        self.history = {}
+        try:
+            self._fit(x, y, valid)
+        except BaseException:
+            self._signature = None
+            raise
+        return self
+
+    def _check_signature(self, signature: Signature) -> None:
+        """Reject input types the flavor cannot use (text flavors need a string column)."""
+        if self.is_text:
+            spec = signature.inputs[0]
+            if spec.type != "string":
+                raise DataError(f"column {spec.name!r} holds {spec.type} values, but candidate "
+                                f"{self.name!r} reads text.",
+                                hint="Pass the review/text column as text_column, or use a "
+                                     "tabular candidate.")
+
+    @abstractmethod
+    def _fit(self, x: pd.DataFrame, y: np.ndarray,
+             validation: tuple[pd.DataFrame, np.ndarray] | None) -> None:
+        """Fit on coerced inputs ``x`` and class indices ``y`` (positions in ``classes_``)."""
+
+    # --- predicting --------------------------------------------------------------------------
+
+    def predict_proba(self, frame: Frame) -> np.ndarray:
+        """Class probabilities, shape (n_rows, n_classes), columns in ``classes_`` order.
+
+        ``frame`` may be a DataFrame or arrow data; it is checked and coerced with the
+        signature first, so a missing column or wrong type raises :class:`SchemaMismatch`.
+        """
+        x = self.signature.coerce(frame)
+        if len(x) == 0:
+            return np.zeros((0, len(self.classes_)), dtype=np.float64)
+        proba = np.asarray(self._predict_proba(x), dtype=np.float64)
+        if proba.shape != (len(x), len(self.classes_)):
+            raise ModelError(f"Model {self.name!r} returned probabilities of shape "
+                             f"{proba.shape}, expected {(len(x), len(self.classes_))}.",
+                             hint="The model file does not match its signature; re-train it.")
+        return proba
+
+    @abstractmethod
+    def _predict_proba(self, x: pd.DataFrame) -> np.ndarray:
+        """Probabilities for coerced inputs ``x`` (at least one row)."""
+
+    def predict(self, frame: Frame, *, threshold: float | None = None) -> np.ndarray:
+        """Predicted labels. Binary: positive class when its probability >= ``threshold``
+        (default: the signature's ``threshold`` param); otherwise the most probable class,
+        ties going to the later (larger) label."""
+        return self.labels_from_proba(self.predict_proba(frame), threshold=threshold)
+
+    def labels_from_proba(self, proba: np.ndarray, *,
+                          threshold: float | None = None) -> np.ndarray:
+        """The labels :meth:`predict` returns for probabilities from :meth:`predict_proba`."""
+        k = len(self.classes_)
+        if k == 2:
+            if threshold is None:
+                threshold = float(self.signature.params.get("threshold", 0.5))
+            index = (proba[:, 1] >= threshold).astype(np.intp)
+        else:
+            index = k - 1 - np.argmax(proba[:, ::-1], axis=1)
+        classes = np.array(self.classes_, dtype=object if isinstance(self.classes_[0], str)
+                           else None)
+        return classes[index]
+
+    # --- saving ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def to_bytes(self) -> bytes:
+        """The fitted estimator as bytes that :meth:`from_bytes` (and ``load_estimator``)
+        read."""
+
+    @classmethod
+    @abstractmethod
+    def from_bytes(cls, data: bytes) -> Estimator:
+        """The estimator saved by :meth:`to_bytes`; raises :class:`ModelError` for bytes of
+        another flavor, corrupt bytes, or content that is not allowed."""
+
+    def _meta(self) -> dict[str, Any]:
+        """JSON-safe description of everything but the fitted model itself."""
+        return {
+            "format": "batchml", "version": _META_VERSION, "flavor": self.flavor,
+            "name": self.name, "text_column": self.text_column,
+            "feature_columns": self.feature_columns, "seed": self.seed,
+            "params": _json_params(self.params), "classes": self.signature.to_dict()["classes"],
+            "signature": self.signature.to_dict(), "history": self.history,
+        }
+
+    @classmethod
+    def _from_meta(cls, meta: Any) -> Self:
+        """A fitted shell (no model yet) from :meth:`_meta`'s output."""
+        if not isinstance(meta, dict) or meta.get("format") != "batchml":
+            raise ModelError(f"These bytes are not a batchml {cls.flavor} model (no batchml "
+                             "metadata).", hint="Load it with the flavor it was saved with.")
+        if meta.get("flavor") != cls.flavor:
+            raise ModelError(f"This is a {meta.get('flavor')!r} model, not {cls.flavor!r}.",
+                             hint="Load it with the flavor recorded in the catalog.")
+        if int(meta.get("version", 0)) > _META_VERSION:
+            raise ModelError(f"The model was saved by a newer batchml (format "
+                             f"{meta.get('version')}).", hint="Upgrade batchml to load it.")
+        try:
+            params = {k: v for k, v in meta["params"].items()
+                      if k in cls.common_params or k in cls.candidates.get(meta["name"], {})}
+            estimator = cls(meta["name"], text_column=meta.get("text_column"),
+                            feature_columns=meta.get("feature_columns"),
+                            seed=int(meta.get("seed", 0)), params=params)
+            estimator._signature = Signature.from_dict(meta["signature"])
+        except (KeyError, TypeError, AttributeError, ConfigError) as exc:
+            raise ModelError(f"The {cls.flavor} model's metadata is malformed ({exc}).",
+                             hint="Re-train and log the model again.") from exc
+        estimator.classes_ = list(estimator._signature.classes)
+        estimator.history = {str(k): [float(v) for v in vals]
+                             for k, vals in (meta.get("history") or {}).items()}
+        return estimator
+
+
+def _json_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+
+
+def _label_series(labels: Labels, n_rows: int) -> pd.Series:
+    series = labels.reset_index(drop=True) if isinstance(labels, pd.Series) \
+        else pd.Series(np.asarray(labels))
+    if len(series) != n_rows:
+        raise DataError(f"There are {len(series)} labels for {n_rows} rows.",
+                        hint="Pass one label per row.")
+    nulls = int(series.isna().sum())
+    if nulls:
+        first = int(np.flatnonzero(series.isna().to_numpy())[0])
+        raise DataError(f"{nulls} labels are missing (first at row {first}).",
+                        hint="Drop unlabelled rows before training.")
+    return series
+
+
+def _encode(labels: pd.Series, classes: Sequence[Any]) -> np.ndarray:
+    """Positions of ``labels`` in ``classes``; raises for labels outside them."""
+    if pd.api.types.is_float_dtype(labels.dtype):
+        if not (labels == labels.round()).all():
+            raise DataError("labels hold fractional values; labels are classes.",
+                            hint="Use string, integer or boolean labels.")
+        labels = labels.astype("int64")
+    values = labels.astype(object)
+    codes = pd.Index(list(classes), dtype=object).get_indexer(values)
+    if (codes < 0).any():
+        unknown = values[codes < 0].iloc[0]
+        raise DataError(f"label {unknown!r} is not one of the training classes {list(classes)}.",
+                        hint="Validation labels must come from the training classes.")
+    return codes.astype(np.int64)

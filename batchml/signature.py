@@ -1,0 +1,363 @@
+"""Model signatures: which input columns a model reads, what it returns, and how to check data.
+
+A :class:`Signature` is stored in the catalog next to every model. Scoring checks a file's
+parquet schema against it *before* reading any rows (:meth:`Signature.check_schema`), then
+turns each batch into exactly the frame the model was trained on (:meth:`Signature.coerce`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import DataError, ModelError, SchemaMismatch
+
+TYPES: tuple[str, ...] = ("string", "float64", "int64", "bool")
+"""The column types a signature can name."""
+
+_ARROW_TYPES = {"string": pa.string(), "float64": pa.float64(), "int64": pa.int64(),
+                "bool": pa.bool_()}
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One column of a signature: its name, its type (one of :data:`TYPES`) and whether every
+    row needs a value."""
+
+    name: str
+    type: str
+    required: bool = True
+
+    def __post_init__(self) -> None:
+        if self.type not in TYPES:
+            raise ValueError(f"Column {self.name!r} has type {self.type!r}; "
+                             f"use one of {', '.join(TYPES)}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The column as a JSON-safe dict."""
+        return {"name": self.name, "type": self.type, "required": self.required}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ColumnSpec:
+        """The column described by :meth:`to_dict`'s output."""
+        return cls(str(data["name"]), str(data["type"]), bool(data.get("required", True)))
+
+
+def _safe_cast(actual: pa.DataType, expected: str) -> bool:
+    """True when a column of arrow type ``actual`` converts to ``expected`` without loss."""
+    if pa.types.is_dictionary(actual):
+        return _safe_cast(actual.value_type, expected)
+    if pa.types.is_null(actual):
+        return True  # all-null column: the null check in coerce() reports it if required
+    if expected == "string":
+        return (pa.types.is_string(actual) or pa.types.is_large_string(actual)
+                or pa.types.is_string_view(actual))
+    if expected == "float64":
+        return pa.types.is_integer(actual) or pa.types.is_floating(actual)
+    if expected == "int64":
+        # uint64 can exceed int64's range, so it is not a safe cast.
+        return pa.types.is_integer(actual) and not pa.types.is_uint64(actual)
+    return pa.types.is_boolean(actual)
+
+
+def _type_name(arrow_type: pa.DataType) -> str:
+    """Arrow's type name, with the float names this project uses ("double" is float64)."""
+    name = str(arrow_type)
+    return {"double": "float64", "float": "float32", "halffloat": "float16"}.get(name, name)
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value JSON can hold."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    value = _plain(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise ModelError(f"Signature parameter value {value!r} ({type(value).__name__}) cannot be "
+                     "stored as JSON.", hint="Use str, int, float, bool, lists or dicts.")
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a model reads and returns.
+
+    ``inputs`` are the columns it reads (extra columns in the data are ignored), ``outputs``
+    the columns scoring writes, ``classes`` the labels in the order of ``predict_proba``'s
+    columns (the last one is the positive class of a binary model), and ``params`` the
+    inference parameters with their defaults (``{"threshold": 0.5}`` for a binary model).
+    """
+
+    inputs: tuple[ColumnSpec, ...]
+    outputs: tuple[ColumnSpec, ...] = ()
+    classes: tuple[str | int, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the input columns, in order."""
+        return [c.name for c in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the output columns, in order."""
+        return [c.name for c in self.outputs]
+
+    # --- serialisation -----------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The signature as a JSON-safe dict; :meth:`from_dict` reverses it."""
+        return {
+            "version": _FORMAT_VERSION,
+            "inputs": [c.to_dict() for c in self.inputs],
+            "outputs": [c.to_dict() for c in self.outputs],
+            "classes": [_plain(c) for c in self.classes],
+            "params": _json_safe(self.params),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Signature:
+        """The signature described by ``data`` (from :meth:`to_dict`)."""
+        try:
+            version = int(data.get("version", 1))
+            if version > _FORMAT_VERSION:
+                raise ModelError(f"The model's signature has format version {version}; this "
+                                 f"batchml reads up to {_FORMAT_VERSION}.",
+                                 hint="Upgrade batchml to load this model.")
+            return cls(
+                inputs=tuple(ColumnSpec.from_dict(c) for c in data["inputs"]),
+                outputs=tuple(ColumnSpec.from_dict(c) for c in data.get("outputs", ())),
+                classes=tuple(data.get("classes", ())),
+                params=dict(data.get("params") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"The model's signature is malformed ({exc!r}).",
+                             hint="Re-train and log the model again.") from exc
+
+    # --- checking data -----------------------------------------------------------------------
+
+    def check_schema(self, schema: pa.Schema) -> None:
+        """Raise :class:`SchemaMismatch` unless data with ``schema`` can be scored.
+
+        Every required input must be present and safely castable to its expected type
+        (integers to float64, narrower integers to int64, any arrow string or dictionary of
+        strings to string). Extra columns are fine. All problems are reported at once.
+        """
+        problems: list[str] = []
+        hints: list[str] = []
+        names = set(schema.names)
+        for spec in self.inputs:
+            if spec.name not in names:
+                if spec.required:
+                    problems.append(f"column {spec.name!r} is missing; the model expects "
+                                    f"{spec.type}.")
+                    hints.append("Add the column or score with another model.")
+                continue
+            arrow_type = schema.field(spec.name).type
+            if not _safe_cast(arrow_type, spec.type):
+                actual = _type_name(arrow_type)
+                problems.append(f"column {spec.name!r} has type {actual} but the model expects "
+                                f"{spec.type}, and {actual} cannot be safely cast to "
+                                f"{spec.type}.")
+                hints.append(f"Write {spec.name!r} as {spec.type} or score with another "
+                             "model.")
+        if problems:
+            raise SchemaMismatch(" ".join(problems), hint=" ".join(dict.fromkeys(hints)))
+
+    def coerce(self, batch: pa.RecordBatch | pa.Table | pd.DataFrame) -> pd.DataFrame:
+        """The input columns of ``batch`` as a DataFrame with the expected types.
+
+        String columns come back as object dtype holding ``str``; a missing value of an
+        optional column is NaN. Raises :class:`SchemaMismatch` when the schema does not fit
+        (see :meth:`check_schema`) or a required column holds nulls.
+        """
+        if isinstance(batch, pd.DataFrame):
+            ready = self._already_coerced(batch)
+            if ready is not None:
+                return ready
+            batch = _arrow_from_pandas(batch, self.input_names)
+        self.check_schema(batch.schema)
+        out: dict[str, Any] = {}
+        problems: list[str] = []
+        for spec in self.inputs:
+            if spec.name not in batch.schema.names:  # optional and absent
+                out[spec.name] = _empty(spec.type, batch.num_rows)
+                continue
+            column = batch.column(spec.name)
+            nulls = column.null_count
+            if nulls and spec.required:
+                first = pc.index(pc.is_null(column), True).as_py()
+                problems.append(f"column {spec.name!r} has {nulls} null value"
+                                f"{'s' if nulls != 1 else ''} (first at row {first}) but the "
+                                "model needs a value in every row.")
+                continue
+            out[spec.name] = _to_numpy(column, spec.type, has_nulls=bool(nulls))
+        if problems:
+            raise SchemaMismatch(" ".join(problems),
+                                 hint="Fill or drop those rows before scoring.")
+        index = pd.RangeIndex(batch.num_rows)
+        # Explicit Series: pandas 3 would otherwise turn object arrays of str into "str" dtype.
+        return pd.DataFrame({name: pd.Series(values, index=index, dtype=values.dtype, copy=False)
+                             for name, values in out.items()}, index=index)
+
+
+    def _already_coerced(self, frame: pd.DataFrame) -> pd.DataFrame | None:
+        """``frame``'s inputs if they already have coerce()'s dtypes, else None.
+
+        Scoring coerces each arrow batch and hands the frame to the estimator, which coerces
+        again; this makes the second call cheap instead of a round trip through arrow.
+        """
+        for spec in self.inputs:
+            if spec.name not in frame.columns:
+                return None
+            column = frame[spec.name]
+            if spec.type == "string":
+                ok = (column.dtype == object and not column.isna().any()
+                      and pd.api.types.infer_dtype(column, skipna=False) in ("string", "empty"))
+            elif spec.type == "bool":
+                ok = column.dtype == np.bool_
+            else:
+                ok = column.dtype == np.dtype(spec.type) and not (
+                    spec.required and column.isna().any())
+            if not ok:
+                return None
+        out = frame[self.input_names]
+        if not out.index.equals(pd.RangeIndex(len(out))):
+            out = out.reset_index(drop=True)
+        return out
+
+
+def _arrow_from_pandas(frame: pd.DataFrame, names: Sequence[str]) -> pa.Table:
+    present = [n for n in names if n in frame.columns]
+    columns = {}
+    for name in present:
+        try:
+            columns[name] = pa.array(frame[name], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise SchemaMismatch(f"column {name!r} mixes value types and cannot be read as "
+                                 f"one column ({exc}).",
+                                 hint="Give the column a single type.") from exc
+    if not columns:
+        return pa.table({"__rows__": pa.nulls(len(frame))}).drop_columns(["__rows__"])
+    return pa.table(columns)
+
+
+def _empty(kind: str, n: int) -> np.ndarray:
+    if kind in ("string", "bool"):
+        return np.full(n, np.nan, dtype=object)
+    return np.full(n, np.nan, dtype=np.float64)
+
+
+def _to_numpy(column: pa.ChunkedArray | pa.Array, kind: str, *, has_nulls: bool) -> np.ndarray:
+    if pa.types.is_dictionary(column.type) or pa.types.is_string_view(column.type):
+        column = column.cast(_ARROW_TYPES[kind] if kind == "string"
+                             else column.type.value_type)
+    if pa.types.is_null(column.type):
+        return _empty(kind, len(column))
+    if kind == "string":
+        values = column.to_numpy(zero_copy_only=False)
+        values = values if values.dtype == object else values.astype(object)
+    elif kind == "float64":
+        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    elif kind == "int64":
+        # With nulls the values become float64 and NaN: int64 cannot hold a missing value.
+        values = (column.cast(pa.float64()) if has_nulls else column.cast(pa.int64())
+                  ).to_numpy(zero_copy_only=False)
+    else:
+        values = column.to_numpy(zero_copy_only=False)
+    if has_nulls and values.dtype == object:
+        values = np.where(pd.isna(values), np.nan, values).astype(object)
+    return values
+
+
+# --- inference ---------------------------------------------------------------------------------
+
+
+def column_type(series: pd.Series) -> str:
+    """The signature type of a pandas column; raises :class:`DataError` for other dtypes."""
+    dtype = series.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return column_type(pd.Series(dtype.categories))
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "int64"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float64"
+    if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
+        kind = pd.api.types.infer_dtype(series, skipna=True)
+        if kind in ("string", "empty"):
+            return "string"
+        if kind == "boolean":
+            return "bool"
+        raise DataError(f"column {series.name!r} holds {kind} values in an object column; "
+                        "batchml reads string, float64, int64 or bool columns.",
+                        hint="Convert the column to one of those types.")
+    raise DataError(f"column {series.name!r} has dtype {dtype}; batchml reads string, "
+                    "float64, int64 or bool columns.",
+                    hint="Convert the column to one of those types.")
+
+
+def normalise_classes(labels: Iterable[Any]) -> tuple[str | int, ...]:
+    """Sorted distinct labels as plain Python values (integral floats become ints)."""
+    values = [_plain(v) for v in pd.unique(pd.Series(list(labels)).dropna())]
+    out: list[Any] = []
+    for v in values:
+        if isinstance(v, float):
+            if not math.isfinite(v) or v != int(v):
+                raise DataError(f"label {v!r} is not a class label.",
+                                hint="Use string, integer or boolean labels.")
+            v = int(v)
+        if not isinstance(v, str | int):
+            raise DataError(f"label {v!r} ({type(v).__name__}) is not a class label.",
+                            hint="Use string, integer or boolean labels.")
+        out.append(v)
+    if len({type(v) is str for v in out}) > 1:
+        raise DataError("labels mix strings and numbers.",
+                        hint="Use one type for all labels.")
+    return tuple(sorted(set(out)))
+
+
+def _label_type(classes: Sequence[str | int]) -> str:
+    if classes and all(isinstance(c, bool) for c in classes):
+        return "bool"
+    if classes and all(isinstance(c, int) for c in classes):
+        return "int64"
+    return "string"
+
+
+def infer_signature(frame: pd.DataFrame, input_columns: Sequence[str],
+                    classes: Sequence[str | int], params: Mapping[str, Any] | None = None
+                    ) -> Signature:
+    """The signature of a model trained on ``frame[input_columns]`` to predict ``classes``.
+
+    Input types come from the pandas dtypes; a column with missing values in ``frame`` is
+    optional (the model learned to impute it). Outputs are ``label``, ``proba_<class>`` per
+    class and, for a binary model, ``proba`` (the probability of the last, positive class).
+    """
+    missing = [c for c in input_columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"column {missing[0]!r} is missing from the training data.",
+                        hint=f"It has: {', '.join(map(str, frame.columns))}.")
+    inputs = tuple(ColumnSpec(str(c), column_type(frame[c]), not bool(frame[c].isna().any()))
+                   for c in input_columns)
+    classes = normalise_classes(classes)
+    outputs = [ColumnSpec("label", _label_type(classes))]
+    outputs += [ColumnSpec(f"proba_{c}", "float64") for c in classes]
+    if len(classes) == 2:
+        outputs.append(ColumnSpec("proba", "float64"))
+    return Signature(inputs=inputs, outputs=tuple(outputs), classes=classes,
+                     params=dict(params or {}))

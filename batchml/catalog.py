@@ -435,6 +435,10 @@ class Run:
         if info is None:
             raise ArtifactNotFound(f"Run {self.id} has no artifact {name!r}.",
                                    hint=f"It has: {', '.join(sorted(self.artifacts)) or 'none'}.")
+        if self.catalog._store is None:
+            from .store import store_for_uri
+
+            return store_for_uri(info["uri"]).get(info["uri"], sha256=info["sha256"])
         return self.catalog.store.get(info["uri"], sha256=info["sha256"])
 
     def log_model(self, name: str, estimator: Estimator, *, primary: bool = False) -> None:

@@ -258,3 +258,13 @@ def open_store(root: str, *, endpoint_url: str | None = None,
         raise ConfigError(f"Unsupported artifact root {root!r}.",
                           hint="Use a local directory or s3://bucket/prefix.")
     return LocalStore(root.removeprefix("file://"))
+
+
+def store_for_uri(uri: str) -> LocalStore | S3Store:
+    """A store able to read ``uri`` when no artifact root was configured (a plain
+    ``Catalog(path)`` in a notebook). S3 endpoints then come from boto3's own configuration
+    (``AWS_ENDPOINT_URL``, profiles)."""
+    if uri.startswith("s3://"):
+        bucket, _ = split_s3_uri(uri)
+        return S3Store(f"s3://{bucket}")
+    return LocalStore(Path(uri).parent)

@@ -68,6 +68,16 @@ def clean_errors(fn: F) -> F:
         except (ValueError, FileNotFoundError) as exc:
             err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
             raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # a third-party failure: one line, traceback on request
+            import os
+
+            if os.environ.get("BATCHML_DEBUG"):
+                raise
+            err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc} "
+                      "(set BATCHML_DEBUG=1 for the traceback)", markup=True, highlight=False)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -250,8 +260,12 @@ def _prefect_env(settings: Settings) -> None:
     """Keep Prefect's local state under the batchml home unless the user chose otherwise."""
     import os
 
-    os.environ.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
+    home = Path(os.environ.setdefault("PREFECT_HOME", str(settings.home / "prefect")))
+    home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The first start of the temporary server migrates its database: allow for a busy machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -298,10 +312,13 @@ def train(
         run_id, tagged = outcome.run.id, outcome.decision.tagged
         reasons = outcome.decision.reasons
     cat = open_catalog(home, catalog)
-    print_frame(cat.search_runs(settings.train_flow, where=f"run_id = '{run_id}'"
-                                ).filter(regex=r"^metrics\.[a-z_0-9]+\.(roc_auc|accuracy|f1|"
-                                         r"seconds)$").T.reset_index()
-                .set_axis(["metric", "value"], axis=1), title=f"{run_id} candidates")
+    metrics = cat.run(run_id).metrics
+    import pandas as pd
+
+    rows = [{"candidate": name, **{k: metrics.get(f"{name}.{k}") for k in
+                                   ("roc_auc", "accuracy", "f1", "log_loss", "seconds")}}
+            for name in cat.run(run_id).params.get("candidates", [])]
+    print_frame(pd.DataFrame(rows), title=f"{run_id} candidates")
     out.print(f"[bold]{run_id}[/]: {'[green]tagged ' + settings.model_tag + '[/]' if tagged else '[yellow]not tagged[/]'}"
               f" - {'; '.join(reasons)}")
 

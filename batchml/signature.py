@@ -340,10 +340,11 @@ def _label_type(classes: Sequence[str | int]) -> str:
 
 
 def infer_signature(frame: pd.DataFrame, input_columns: Sequence[str],
-                    classes: Sequence[str | int], params: Mapping[str, Any] | None = None
+                    classes: Iterable[Any], params: Mapping[str, Any] | None = None
                     ) -> Signature:
     """The signature of a model trained on ``frame[input_columns]`` to predict ``classes``.
 
+    ``classes`` may be the training labels themselves (duplicates and numpy values are fine).
     Input types come from the pandas dtypes; a column with missing values in ``frame`` is
     optional (the model learned to impute it). Outputs are ``label``, ``proba_<class>`` per
     class and, for a binary model, ``proba`` (the probability of the last, positive class).
@@ -354,10 +355,10 @@ def infer_signature(frame: pd.DataFrame, input_columns: Sequence[str],
                         hint=f"It has: {', '.join(map(str, frame.columns))}.")
     inputs = tuple(ColumnSpec(str(c), column_type(frame[c]), not bool(frame[c].isna().any()))
                    for c in input_columns)
-    classes = normalise_classes(classes)
-    outputs = [ColumnSpec("label", _label_type(classes))]
-    outputs += [ColumnSpec(f"proba_{c}", "float64") for c in classes]
-    if len(classes) == 2:
+    distinct = normalise_classes(classes)
+    outputs = [ColumnSpec("label", _label_type(distinct))]
+    outputs += [ColumnSpec(f"proba_{c}", "float64") for c in distinct]
+    if len(distinct) == 2:
         outputs.append(ColumnSpec("proba", "float64"))
-    return Signature(inputs=inputs, outputs=tuple(outputs), classes=classes,
+    return Signature(inputs=inputs, outputs=tuple(outputs), classes=distinct,
                      params=dict(params or {}))

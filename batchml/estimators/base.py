@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -14,8 +14,8 @@ import pyarrow as pa
 from ..errors import ConfigError, DataError, ModelError
 from ..signature import Signature, infer_signature, normalise_classes
 
-Labels = pd.Series | np.ndarray | Sequence[Any]
-Frame = pd.DataFrame | pa.Table | pa.RecordBatch
+Labels: TypeAlias = pd.Series | np.ndarray | Sequence[Any]
+Frame: TypeAlias = pd.DataFrame | pa.Table | pa.RecordBatch
 
 _META_VERSION = 1
 

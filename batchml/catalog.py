@@ -217,15 +217,25 @@ class Catalog:
             mem.close()
         return frame.reset_index(drop=True)
 
-    def sql(self, query: str, params: Iterable[Any] | None = None, *,
-            write: bool = False) -> pd.DataFrame:
-        """Run SQL against the catalog (read-only unless ``write``) and return a DataFrame."""
+    def sql(self, query: str, params: Iterable[Any] | None = None, *, write: bool = False,
+            views: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        """Run SQL against the catalog (read-only unless ``write``) and return a DataFrame.
+
+        ``views`` registers extra relations (DataFrames, pyarrow datasets) for this query only,
+        e.g. the predictions of an S3 outbox.
+        """
         ctx = self.db.write() if write else self.db.read(read_only=True)
         with ctx as con:
-            cur = con.execute(query, list(params) if params is not None else None)
-            if cur.description is None:
-                return pd.DataFrame()
-            return cur.df()
+            for name, obj in (views or {}).items():
+                con.register(name, obj)
+            try:
+                cur = con.execute(query, list(params) if params is not None else None)
+                if cur.description is None:
+                    return pd.DataFrame()
+                return cur.df()
+            finally:
+                for name in views or {}:
+                    con.unregister(name)
 
 
 class Run:

@@ -225,9 +225,20 @@ def sql(query: Annotated[str, typer.Argument(help="SQL to run against the catalo
     """Run SQL against the catalog (read-only unless --write) and print the result."""
     if fmt not in ("table", "csv", "json"):
         raise typer.BadParameter("--format must be table, csv or json")
-    cat = open_catalog(home, catalog)
+    settings = settings_from(home, catalog)
+    from .catalog import Catalog
+
+    cat = Catalog.from_settings(settings)
+    views = {}
+    if "predictions" in query.lower() and str(settings.outbox).startswith("s3://"):
+        from .scoring import Outbox
+
+        dataset = Outbox(str(settings.outbox)).dataset(endpoint_url=settings.s3_endpoint_url,
+                                                       region=settings.s3_region)
+        if dataset is not None:
+            views["predictions"] = dataset
     try:
-        frame = cat.sql(query, write=write)
+        frame = cat.sql(query, write=write, views=views)
     except Exception as exc:
         import duckdb
 

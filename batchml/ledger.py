@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -242,3 +243,25 @@ class Ledger:
                 " discovered_at, updated_at) VALUES (?, ?, ?, 'quarantined', 0, ?, ?, ?)",
                 [ref.file_id, ref.uri, message_id,
                  json.dumps({"error": error, "body": body[:4000]}), now, now])
+
+    def ensure_predictions_view(self, outbox_root: str) -> bool:
+        """Create the ``predictions`` view over a local outbox's parquet (once it has files).
+
+        A plain ``duckdb`` session on the catalog can then query predictions with their lineage.
+        S3 outboxes are registered per session by ``batchml sql`` instead (no extension needed).
+        """
+        if "://" in outbox_root:
+            return False
+        pattern = str(Path(outbox_root).resolve() / "**" / "*.parquet").replace("'", "''")
+        sql = (f"CREATE OR REPLACE VIEW predictions AS SELECT * FROM read_parquet('{pattern}',"
+               " union_by_name = true)")
+        with self.catalog.db.read() as con:
+            row = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'predictions'"
+                              ).fetchone()
+        if row and pattern in row[0]:
+            return False
+        if not any(Path(outbox_root).rglob("*.parquet")):
+            return False
+        with self.catalog.db.write() as con:
+            con.execute(sql)
+        return True

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
@@ -129,6 +130,31 @@ class Outbox:
         self.is_s3 = root.startswith("s3://")
         if not self.is_s3:
             Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def dataset(self, *, endpoint_url: str | None = None, region: str | None = None) -> Any:
+        """The outbox's prediction parquet as one pyarrow dataset (S3 without DuckDB
+        extensions); ``None`` while it holds no files."""
+        import pyarrow.dataset as ds
+
+        if not self.is_s3:
+            files = sorted(str(p) for p in Path(self.root).rglob("*.parquet")
+                           if not p.name.startswith("."))
+            return ds.dataset(files, format="parquet") if files else None
+        from pyarrow import fs
+
+        from .store import split_s3_uri
+
+        kwargs: dict[str, Any] = {"region": region} if region else {}
+        if endpoint_url:
+            parsed = urlparse(endpoint_url)
+            kwargs.update(endpoint_override=parsed.netloc or endpoint_url,
+                          scheme=parsed.scheme or "https")
+        s3fs = fs.S3FileSystem(**kwargs)
+        bucket, prefix = split_s3_uri(self.root + "/")
+        infos = s3fs.get_file_info(fs.FileSelector(f"{bucket}/{prefix}".rstrip("/"),
+                                                   recursive=True, allow_not_found=True))
+        files = sorted(i.path for i in infos if i.path.endswith(".parquet"))
+        return ds.dataset(files, format="parquet", filesystem=s3fs) if files else None
 
     def temp_path(self) -> Path:
         """A temp file to write into: inside the outbox locally (so rename is atomic)."""
@@ -259,11 +285,9 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
                 continue
             frame = sig.coerce(batch)
             proba = model.estimator.predict_proba(frame)
-            labels = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+            labels = model.estimator.labels_from_proba(proba)
             if len(classes) == 2:
-                threshold = float(sig.params.get("threshold", 0.5))
-                labels = np.where(proba[:, 1] >= threshold, classes[1], classes[0])
-                positives += int((proba[:, 1] >= threshold).sum())
+                positives += int((labels == classes[1]).sum())
             cols: dict[str, pa.Array] = {"row_index": pa.array(np.arange(rows, rows + n))}
             for name in batch.schema.names:
                 if name not in inputs and name not in cols:

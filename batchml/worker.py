@@ -70,6 +70,7 @@ class Worker:
         self.tag = tag if tag is not None or run_id is not None else settings.model_tag
         self.cache = cache or ModelCache(catalog, flow=settings.train_flow)
         self.name = name or worker_id()
+        self._view_ready = False
 
     def discover(self) -> list[str]:
         """Poll the source and record new files; acknowledge queue messages afterwards."""
@@ -115,6 +116,9 @@ class Worker:
         self.ledger.end_batch(batch_id, files=len(report.outcomes), rows=report.rows,
                               duration_ms=(time.perf_counter() - start) * 1000,
                               error=report.error)
+        if not self._view_ready and any(o.output_uri for o in report.outcomes):
+            self.ledger.ensure_predictions_view(self.outbox.root)
+            self._view_ready = True
         return report
 
     def _score_one(self, record: FileRecord, model: Any, batch_id: str) -> FileOutcome:

@@ -254,3 +254,67 @@ def test_s3_inbox_and_outbox(trained: Settings, tmp_path: Path, s3_bucket: str,
     client.upload_file(str(local), s3_bucket, "in/a.parquet")
     again = drain(worker)
     assert [o.rows for o in again] == [7]
+
+
+EXAMPLE_QUERIES = {
+    "which files were scored by which model, how many rows and positives":
+        "SELECT source_uri, model_run_id, model_flavor, rows, positives FROM prediction_outputs"
+        " WHERE status = 'scored' ORDER BY source_uri",
+    "positive rate per model run":
+        "SELECT model_run_id, sum(rows) AS rows, sum(positives) / sum(rows) AS positive_rate"
+        " FROM prediction_outputs WHERE status = 'scored' GROUP BY ALL",
+    "the predictions themselves joined to their lineage":
+        "SELECT p.review_id, p.label, p.proba, o.source_uri, o.model_flavor"
+        " FROM predictions p JOIN prediction_outputs o ON o.source_uri = p.input_uri"
+        " ORDER BY p.review_id",
+}
+
+
+def test_outputs_queryable_in_sql(trained: Settings, tmp_path: Path) -> None:
+    settings = fresh(trained, tmp_path)
+    for i in range(3):
+        drop(Path(settings.inbox) / f"q{i}.parquet", synthetic_reviews(10, seed=20 + i)
+             .assign(review_id=lambda f, i=i: f.review_id + 100 * i))
+    worker = worker_for(settings)
+    outcomes = drain(worker)
+    cat = worker.catalog
+    per_file = cat.sql(EXAMPLE_QUERIES["which files were scored by which model, how many rows "
+                                       "and positives"])
+    mine = per_file[per_file["source_uri"].str.startswith(str(settings.inbox))]
+    assert mine["rows"].tolist() == [10, 10, 10]
+    assert sum(mine["positives"]) == sum(o.positives for o in outcomes)
+    rate = cat.sql(EXAMPLE_QUERIES["positive rate per model run"])
+    assert rate["positive_rate"].between(0, 1).all()
+    joined = cat.sql(EXAMPLE_QUERIES["the predictions themselves joined to their lineage"])
+    ours = joined[joined["source_uri"].str.startswith(str(settings.inbox))]
+    assert len(ours) == 30 and ours["review_id"].is_unique
+    # the same view works from a plain duckdb session on the catalog file
+    import duckdb
+
+    cat.db.close()
+    con = duckdb.connect(str(settings.catalog_file), read_only=True)
+    n = con.execute("SELECT count(*) FROM predictions WHERE input_uri LIKE ?",
+                    [f"{settings.inbox}%"]).fetchone()
+    con.close()
+    assert n == (30,)
+
+
+def test_s3_outbox_queryable_without_extensions(trained: Settings, tmp_path: Path,
+                                                s3_bucket: str, aws_env: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from batchml.cli import app
+
+    settings = fresh(trained, tmp_path, outbox=f"s3://{s3_bucket}/preds",
+                     s3_endpoint_url=aws_env)
+    drop(Path(settings.inbox) / "s.parquet", synthetic_reviews(12, seed=5))
+    assert [o.status for o in drain(worker_for(settings))] == ["scored"]
+    for key, value in {"BATCHML_OUTBOX": settings.outbox, "BATCHML_S3_ENDPOINT_URL": aws_env,
+                       "BATCHML_S3_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, str(value))
+    result = CliRunner().invoke(app, ["sql", "SELECT count(*) AS n, min(model_flavor) AS f "
+                                      "FROM predictions", "--format", "csv",
+                                      "--home", str(settings.home)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["n,f", "12,sklearn"]

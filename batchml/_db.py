@@ -74,6 +74,7 @@ class Database:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
         self._flock = FileLock(self.path.with_name(self.path.name + ".lock"))
+        self._intent = FileLock(self.path.with_name(self.path.name + ".wlock"))
         self._con: duckdb.DuckDBPyConnection | None = None
         self._writable = False
         self._mutex = threading.RLock()
@@ -124,15 +125,25 @@ class Database:
         now = time.monotonic()
         if self._con is not None and self._depth == 0:
             mismatch = writable != self._writable if strict else writable and not self._writable
-            if mismatch or now - self._held_since > self.max_hold_s:
-                fair = now - self._held_since > self.max_hold_s
+            held_long = now - self._held_since > self.max_hold_s
+            if mismatch or held_long or not self._intent.is_free():
                 self._release()
-                if fair:  # let a waiting process in before taking the lock again
-                    time.sleep(0.01)
+                if not mismatch:  # let the waiting process in before taking the lock again
+                    time.sleep(0.002)
         if self._con is None:
             if writable:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._flock.acquire(exclusive=writable, timeout_s=self.lock_timeout_s)
+                # announce the write so holders in other processes let go promptly
+                self._intent.acquire(exclusive=True, timeout_s=self.lock_timeout_s)
+                try:
+                    self._flock.acquire(exclusive=True, timeout_s=self.lock_timeout_s)
+                finally:
+                    self._intent.release()
+            else:
+                deadline = time.monotonic() + self.lock_timeout_s
+                while not self._intent.is_free() and time.monotonic() < deadline:
+                    time.sleep(0.001)  # writers first
+                self._flock.acquire(exclusive=False, timeout_s=self.lock_timeout_s)
             try:
                 self._con = self._connect(writable)
             except BaseException:
@@ -153,12 +164,13 @@ class Database:
 
     def _reap(self) -> None:
         while True:
-            time.sleep(self.idle_s / 2)
+            time.sleep(0.005)
             with self._mutex:
                 if self._con is None:
                     self._reaper = None
                     return
-                if self._depth == 0 and time.monotonic() - self._last_used > self.idle_s:
+                idle = time.monotonic() - self._last_used > self.idle_s
+                if self._depth == 0 and (idle or not self._intent.is_free()):
                     self._release()
                     self._reaper = None
                     return
@@ -253,6 +265,7 @@ def _after_fork_in_child() -> None:
     # without unlocking or closing what the parent still uses.
     for db in list(_live):
         db._flock.forget()
+        db._intent.forget()
         db._con = None
         db._depth = 0
         db._reaper = None

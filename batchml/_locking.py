@@ -53,6 +53,18 @@ class FileLock:
                 delay = min(delay * 2, 0.005)
         self.fd, self.exclusive = fd, exclusive
 
+    def is_free(self) -> bool:
+        """True when nobody holds the lock exclusively (a quick non-blocking probe)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         if self.fd is not None:
             fd, self.fd = self.fd, None

@@ -226,16 +226,16 @@ class Catalog:
         """
         ctx = self.db.write() if write else self.db.read(read_only=True)
         with ctx as con:
-            for name, obj in (views or {}).items():
-                con.register(name, obj)
+            cur = con.cursor()  # registrations stay private to this query
             try:
-                cur = con.execute(query, list(params) if params is not None else None)
-                if cur.description is None:
+                for name, obj in (views or {}).items():
+                    cur.register(name, obj)
+                result = cur.execute(query, list(params) if params is not None else None)
+                if result.description is None:
                     return pd.DataFrame()
-                return cur.df()
+                return result.df()
             finally:
-                for name in views or {}:
-                    con.unregister(name)
+                cur.close()
 
 
 class Run:

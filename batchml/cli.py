@@ -519,6 +519,54 @@ def reprocess(
         raise typer.Exit(1)
 
 
+@app.command()
+@clean_errors
+def serve(home: HomeOpt = None, catalog: CatalogOpt = None) -> None:
+    """Run the service: watch the inbox, score arrivals, train on the nightly cron.
+
+    Starts its own Prefect server on 127.0.0.1 unless PREFECT_API_URL is set. Ctrl-C or SIGTERM
+    finishes the current batch and stops cleanly.
+    """
+    import logging
+
+    from .service import serve as run_service
+
+    settings = settings_from(home, catalog)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    out.print(f"batchml serve: inbox {settings.inbox} -> outbox {settings.outbox}")
+    run_service(settings)
+    out.print("stopped cleanly")
+
+
+@app.command()
+@clean_errors
+def status(
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    home: HomeOpt = None, catalog: CatalogOpt = None,
+) -> None:
+    """Is the service up? Files per state, last training run, current model. Exit 1 if down."""
+    from .service import service_state
+    from .status import collect_status
+
+    settings = settings_from(home, catalog)
+    info = collect_status(open_catalog(home, catalog), settings, service_state(settings))
+    if fmt == "json":
+        sys.stdout.write(json.dumps(info, default=str) + "\n")
+    else:
+        svc = info["service"]
+        out.print(f"service: {'[green]up[/]' if svc.get('up') else '[red]down[/]'}"
+                  + (f" (pid {svc.get('pid')}, {svc.get('files', 0)} files in "
+                     f"{svc.get('batches', 0)} batches)" if svc.get("pid") else ""))
+        out.print("files: " + ", ".join(f"{k} {v}" for k, v in info["files"].items()))
+        out.print(f"last training run: {info['last_training_run'] or '-'}")
+        out.print(f"current model: {info['current_model'] or '-'}")
+        if info["recent_errors"]:
+            out.print(f"recent errors: {info['recent_errors']}")
+    if not info["service"].get("up"):
+        raise typer.Exit(1)
+
+
 @app.command("demo-data")
 @clean_errors
 def demo_data(

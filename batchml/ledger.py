@@ -175,6 +175,14 @@ class Ledger:
                 " RETURNING file_id", [utcnow(), *args]).fetchall()
         return [r[0] for r in rows]
 
+    def has_pending(self) -> bool:
+        """True when some file waits to be claimed (new, or its claim's lease expired)."""
+        with self.catalog.db.read() as con:
+            row = con.execute("SELECT EXISTS (SELECT 1 FROM files WHERE state = 'discovered' OR"
+                              " (state = 'claimed' AND lease_expires_at < ?))",
+                              [utcnow()]).fetchone()
+        return bool(row and row[0])
+
     def get(self, file_id: str) -> FileRecord | None:
         """One ledger row."""
         with self.catalog.db.read() as con:

@@ -77,9 +77,26 @@ class Settings(BaseSettings):
         description="A row group whose decoded size exceeds this is quarantined, not read.",
     )
 
+    train_uri: str | None = Field(
+        default=None, description="Training parquet for scheduled training (path or s3://).")
+    valid_uri: str | None = Field(
+        default=None, description="Validation parquet for scheduled training.")
+    text_column: str | None = Field(
+        default="review", description="Text column scheduled training learns from.")
+    feature_columns: list[str] | None = Field(
+        default=None, description="Feature columns for tabular scheduled training (JSON list); "
+        "set BATCHML_TEXT_COLUMN to an empty value to use them.")
+    label_column: str = Field(default="labels", description="Label column for training.")
+    train_cron: str = Field(default="0 2 * * *",
+                            description="When scheduled training runs (cron, server time).")
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
-        self.home = self.home.expanduser()
+        self.home = self.home.expanduser().absolute()
+        if self.feature_columns:
+            self.text_column = None
+        elif not self.text_column:
+            self.text_column = None
         if self.catalog_path is None:
             self.catalog_path = self.home / "catalog.duckdb"
         for name, sub in [

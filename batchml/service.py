@@ -1,0 +1,244 @@
+"""``batchml serve``: the embedded default. One process watches the inbox, scores arrivals
+through the prediction flow, runs the training flow on its nightly cron, and shuts down cleanly.
+
+Without ``PREFECT_API_URL`` it starts and owns a Prefect server on 127.0.0.1 (state under the
+batchml home) and stops it on exit: Prefect's temporary in-process server cannot fire cron
+schedules. With ``PREFECT_API_URL`` set it uses that server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import BatchMLError, ConfigError
+from .settings import Settings
+
+log = logging.getLogger("batchml.service")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def prefect_env(settings: Settings) -> dict[str, str]:
+    """Environment for Prefect processes owned by batchml: state under the batchml home."""
+    home = settings.home / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    return {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+            "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+            "PREFECT_RUNNER_POLL_FREQUENCY": "5"}
+
+
+@contextlib.contextmanager
+def local_prefect_server(settings: Settings, *, timeout_s: float = 120) -> Iterator[str]:
+    """Start ``prefect server start`` on a free loopback port; yield its API URL; stop it."""
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, **prefect_env(settings), "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log_path = settings.home / "prefect" / "server.log"
+    with log_path.open("ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+             "--port", str(port)], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise ConfigError(f"The Prefect server exited at start (code {proc.returncode}).",
+                                  hint=f"See {log_path}.")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise ConfigError(f"The Prefect server did not answer within {timeout_s:g} s.",
+                                  hint=f"See {log_path}.")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Heartbeat:
+    """What the service writes to ``HOME/service.json`` for ``batchml status``."""
+
+    path: Path
+
+    def write(self, **fields: Any) -> None:
+        data = {"pid": os.getpid(), "updated_at": time.time(), **fields}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, default=str))
+        os.replace(tmp, self.path)
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.path.read_text()))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def service_state(settings: Settings) -> dict[str, Any]:
+    """Is a service up (heartbeat fresh and its pid alive)? With what it last said."""
+    beat = Heartbeat(settings.home / "service.json").read()
+    if not beat:
+        return {"up": False}
+    alive = True
+    try:
+        os.kill(int(beat["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        alive = False
+    fresh = time.time() - float(beat.get("updated_at", 0)) < 60
+    return {**beat, "up": alive and fresh}
+
+
+class Service:
+    """The embedded service: a watcher feeding the prediction flow plus a nightly trainer."""
+
+    def __init__(self, settings: Settings, *, batch_limit: int = 100,
+                 idle_s: float = 1.0) -> None:
+        self.settings = settings
+        self.batch_limit = batch_limit
+        self.idle_s = idle_s
+        self.stop_event: asyncio.Event | None = None
+        self.heartbeat = Heartbeat(settings.home / "service.json")
+        self.batches = 0
+        self.files = 0
+
+    def request_stop(self) -> None:
+        """Ask the service to finish the current batch and exit."""
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+    async def run(self, api_url: str | None = None) -> None:
+        """Run until :meth:`request_stop` (or SIGINT/SIGTERM)."""
+        from flows.predict import make_batch_flow
+
+        from .catalog import Catalog
+        from .ledger import Ledger
+        from .sources import open_source
+        from .worker import Worker
+
+        self.stop_event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        catalog = Catalog.from_settings(self.settings)
+        source = open_source(str(self.settings.inbox), settings=self.settings,
+                             on_rejected=Ledger(catalog).record_rejected_event)
+        worker = Worker(catalog, source, self.settings)
+        batch_flow = make_batch_flow(worker)
+        runner_task = await self._start_trainer()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
+        self.heartbeat.write(state="running", inbox=source.uri, outbox=self.settings.outbox,
+                             prefect_api_url=api_url, batches=0, files=0)
+        log.info("serving %s -> %s", source.uri, self.settings.outbox)
+        try:
+            while not self.stop_event.is_set():
+                result: dict[str, Any] = {"files": []}
+                try:
+                    await asyncio.to_thread(worker.discover)
+                    if await asyncio.to_thread(worker.ledger.has_pending):
+                        # resolve first: no flow run while there is no model to score with
+                        await asyncio.to_thread(worker.cache.resolve, run_id=worker.run_id,
+                                                tag=worker.tag)
+                        result = await batch_flow(limit=self.batch_limit)
+                except BatchMLError as exc:
+                    if not exc.transient:
+                        raise
+                    result["error"] = str(exc)
+                scored = len(result["files"])
+                if scored:
+                    self.batches += 1
+                    self.files += scored
+                self.heartbeat.write(state="running", inbox=source.uri,
+                                     outbox=self.settings.outbox, prefect_api_url=api_url,
+                                     batches=self.batches, files=self.files,
+                                     waiting=result.get("error"))
+                if not scored:
+                    await self._idle(source)
+        finally:
+            source.close()
+            if runner_task is not None:
+                runner_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await runner_task
+            self.heartbeat.write(state="stopped", batches=self.batches, files=self.files)
+
+    async def _idle(self, source: Any) -> None:
+        assert self.stop_event is not None
+        waiter = asyncio.ensure_future(asyncio.to_thread(source.wait, self.idle_s))
+        stopper = asyncio.ensure_future(self.stop_event.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+
+    async def _start_trainer(self) -> asyncio.Task[None] | None:
+        s = self.settings
+        if not (s.train_uri and s.valid_uri):
+            log.info("no BATCHML_TRAIN_URI/BATCHML_VALID_URI: nightly training is off")
+            return None
+        from prefect.runner import Runner
+
+        from flows.train import train_flow
+
+        deployment = await train_flow.ato_deployment(
+            name="nightly", cron=s.train_cron, parameters={
+                "train_uri": s.train_uri, "valid_uri": s.valid_uri,
+                "text_column": s.text_column,
+                "feature_columns": s.feature_columns or None, "label": s.label_column})
+        runner = Runner(name="batchml-trainer", limit=1)
+        await runner.aadd_deployment(deployment)
+        return asyncio.create_task(runner.start())
+
+
+def export_settings(settings: Settings) -> None:
+    """Put resolved settings into the environment so flow runs in child processes see them."""
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        os.environ[f"BATCHML_{name.upper()}"] = (json.dumps(value) if isinstance(value, list)
+                                                 else str(value))
+
+
+def serve(settings: Settings) -> None:
+    """Run the embedded service in the foreground until Ctrl-C or SIGTERM."""
+    export_settings(settings)
+    service = Service(settings)
+    if os.environ.get("PREFECT_API_URL"):
+        asyncio.run(service.run(os.environ["PREFECT_API_URL"]))
+        return
+    for key, value in prefect_env(settings).items():
+        os.environ.setdefault(key, value)
+    with local_prefect_server(settings) as url:
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            asyncio.run(service.run(url))
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)

@@ -1,0 +1,31 @@
+"""What ``batchml status`` reports: service health, files per state, training and model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .catalog import Catalog
+from .errors import BatchMLError
+from .ledger import Ledger
+from .settings import Settings
+
+
+def collect_status(catalog: Catalog, settings: Settings,
+                   service: dict[str, Any]) -> dict[str, Any]:
+    """One dict with everything an operator or a supervisor checks."""
+    ledger = Ledger(catalog)
+    last = None
+    runs = catalog.runs(settings.train_flow, limit=1)
+    if runs:
+        last = f"{runs[0].id} ({runs[0].status})"
+    try:
+        current = catalog.latest_run(settings.train_flow, tag=settings.model_tag).id
+    except BatchMLError:
+        current = None
+    errors = catalog.sql(
+        "SELECT count(*) FILTER (status = 'failed') AS failed,"
+        " count(*) FILTER (status = 'quarantined') AS quarantined FROM batch_files"
+        " WHERE finished_at > now() - INTERVAL 1 HOUR").iloc[0].to_dict()
+    return {"service": service, "files": ledger.counts(), "last_training_run": last,
+            "current_model": current,
+            "recent_errors": {k: int(v) for k, v in errors.items() if v}}

@@ -75,6 +75,7 @@ class Database:
         self.lock_timeout_s = lock_timeout_s
         self._flock = FileLock(self.path.with_name(self.path.name + ".lock"))
         self._intent = FileLock(self.path.with_name(self.path.name + ".wlock"))
+        self._waiting = FileLock(self.path.with_name(self.path.name + ".waiting"))
         self._con: duckdb.DuckDBPyConnection | None = None
         self._writable = False
         self._mutex = threading.RLock()
@@ -126,24 +127,29 @@ class Database:
         if self._con is not None and self._depth == 0:
             mismatch = writable != self._writable if strict else writable and not self._writable
             held_long = now - self._held_since > self.max_hold_s
-            if mismatch or held_long or not self._intent.is_free():
+            if mismatch or held_long or not self._waiting.nobody_else():
                 self._release()
                 if not mismatch:  # let the waiting process in before taking the lock again
                     time.sleep(0.002)
         if self._con is None:
             if writable:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                # announce the write so holders in other processes let go promptly
-                self._intent.acquire(exclusive=True, timeout_s=self.lock_timeout_s)
-                try:
-                    self._flock.acquire(exclusive=True, timeout_s=self.lock_timeout_s)
-                finally:
-                    self._intent.release()
-            else:
-                deadline = time.monotonic() + self.lock_timeout_s
-                while not self._intent.is_free() and time.monotonic() < deadline:
-                    time.sleep(0.001)  # writers first
-                self._flock.acquire(exclusive=False, timeout_s=self.lock_timeout_s)
+            # while waiting, say so: the holder in another process lets go at its next step
+            self._waiting.acquire(exclusive=False, timeout_s=self.lock_timeout_s)
+            try:
+                if writable:
+                    self._intent.acquire(exclusive=True, timeout_s=self.lock_timeout_s)
+                    try:
+                        self._flock.acquire(exclusive=True, timeout_s=self.lock_timeout_s)
+                    finally:
+                        self._intent.release()
+                else:
+                    deadline = time.monotonic() + self.lock_timeout_s
+                    while not self._intent.is_free() and time.monotonic() < deadline:
+                        time.sleep(0.001)  # writers first
+                    self._flock.acquire(exclusive=False, timeout_s=self.lock_timeout_s)
+            finally:
+                self._waiting.release()
             try:
                 self._con = self._connect(writable)
             except BaseException:
@@ -170,7 +176,7 @@ class Database:
                     self._reaper = None
                     return
                 idle = time.monotonic() - self._last_used > self.idle_s
-                if self._depth == 0 and (idle or not self._intent.is_free()):
+                if self._depth == 0 and (idle or not self._waiting.nobody_else()):
                     self._release()
                     self._reaper = None
                     return
@@ -266,6 +272,7 @@ def _after_fork_in_child() -> None:
     for db in list(_live):
         db._flock.forget()
         db._intent.forget()
+        db._waiting.forget()
         db._con = None
         db._depth = 0
         db._reaper = None

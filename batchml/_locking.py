@@ -65,6 +65,18 @@ class FileLock:
         finally:
             os.close(fd)
 
+    def nobody_else(self) -> bool:
+        """True when no other holder (shared or exclusive) has the lock right now."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         if self.fd is not None:
             fd, self.fd = self.fd, None

@@ -28,7 +28,8 @@ tag_app = typer.Typer(help="Add or remove tags on runs (history is kept).", no_a
 app.add_typer(run_app, name="run")
 app.add_typer(tag_app, name="tag")
 
-out = Console(soft_wrap=True)
+# Piped output (CI logs, files) gets a wide table rather than rich's 80-column default.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 220)
 err = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,8 +93,8 @@ def print_frame(frame: Any, fmt: str = "table", title: str | None = None) -> Non
         sys.stdout.write("\n")
         return
     table = Table(title=title, show_lines=False)
-    for i, col in enumerate(frame.columns):
-        table.add_column(str(col), overflow="fold", no_wrap=i == 0)
+    for col in frame.columns:
+        table.add_column(str(col), overflow="fold", min_width=min(len(str(col)), 12))
     for row in frame.itertuples(index=False):
         table.add_row(*("" if _isnull(v) else _fmt(v) for v in row))
     out.print(table)

@@ -568,6 +568,52 @@ def status(
         raise typer.Exit(1)
 
 
+@app.command()
+@clean_errors
+def bridge(
+    source: Annotated[str | None, typer.Argument(help="A directory, s3://bucket/prefix or "
+                                                 "sqs://queue-url (default: BATCHML_INBOX).")]
+    = None,
+    once: Annotated[bool, typer.Option(help="Emit for what is there now, then exit.")] = False,
+    home: HomeOpt = None, catalog: CatalogOpt = None,
+) -> None:
+    """Server mode: emit a batchml.file.landed Prefect event for each new file (needs
+    PREFECT_API_URL); a deployment trigger scores each one."""
+    import os
+    import time
+
+    if not os.environ.get("PREFECT_API_URL"):
+        from .errors import ConfigError
+
+        raise ConfigError("bridge needs a Prefect server: set PREFECT_API_URL.",
+                          hint="Or use `batchml serve`, which scores without events.")
+    from flows.bridge import bridge_once
+
+    from .catalog import Catalog
+    from .ledger import Ledger
+    from .sources import open_source
+    from .worker import Worker
+
+    settings = settings_from(home, catalog)
+    cat = Catalog.from_settings(settings)
+    src = open_source(source or str(settings.inbox), settings=settings,
+                      on_rejected=Ledger(cat).record_rejected_event)
+    worker = Worker(cat, src, settings)
+    try:
+        while True:
+            n = bridge_once(worker)
+            if n:
+                out.print(f"emitted {n} batchml.file.landed event(s)")
+            if once:
+                break
+            src.wait(1.0)
+            time.sleep(0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        src.close()
+
+
 @app.command("demo-data")
 @clean_errors
 def demo_data(

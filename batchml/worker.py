@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import BatchMLError, ModelNotFound, is_transient
-from .ledger import FileRecord, Ledger, worker_id
+from .ledger import FileRecord, FileRef, Ledger, worker_id
 from .scoring import FileOutcome, ModelCache, Outbox, score_file
 
 if TYPE_CHECKING:
@@ -72,13 +72,16 @@ class Worker:
         self.name = name or worker_id()
         self._view_ready = False
 
-    def discover(self) -> list[str]:
-        """Poll the source and record new files; acknowledge queue messages afterwards."""
-        new = self.ledger.discover(self.source.poll())
+    def discover(self) -> list[FileRef]:
+        """Poll the source and record new files; acknowledge queue messages afterwards.
+
+        Returns the files seen for the first time."""
+        refs = self.source.poll()
+        new = set(self.ledger.discover(refs))
         ack = getattr(self.source, "ack", None)
         if ack is not None:
             ack()  # only now are the files safely in the ledger
-        return new
+        return [r for r in refs if r.file_id in new]
 
     def run_batch(self, *, limit: int = 50, file_ids: list[str] | None = None,
                   prefect_flow_run_id: str | None = None,

@@ -33,14 +33,19 @@ def _worker(settings: Settings, source: str | None, files: list[str] | None,
 @flow(name="predict", log_prints=True)
 def predict_flow(
     files: list[str] | None = None,
+    file: str | None = None,
     source: str | None = None,
     run_id: str | None = None,
     tag: str | None = None,
     limit: int = 100,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Score pending files (the listed ones, or whatever the source has) in one batch."""
+    """Score pending files (the listed ones, or whatever the source has) in one batch.
+
+    ``file`` takes one URI, as a ``batchml.file.landed`` event trigger passes it."""
     settings = settings or Settings()
+    if file:
+        files = [*(files or []), file]
     worker = _worker(settings, source, files, run_id, tag)
     try:
         new = worker.discover()

@@ -1,0 +1,56 @@
+"""The bridge for server mode: discover landed files and emit one ``batchml.file.landed``
+Prefect event per new file. A deployment trigger turns each event into a prediction flow run
+(see ``deploy/prefect.yaml``); the ledger keeps scoring exactly once even if an event repeats.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow
+from prefect.events import emit_event
+
+from batchml import Catalog, Settings
+from batchml.ledger import FileRef, Ledger
+from batchml.sources import open_source
+from batchml.worker import Worker
+
+LANDED = "batchml.file.landed"
+
+
+def emit_landed(refs: list[FileRef]) -> int:
+    """One event per file; the resource id is the file URI (templated into the flow run)."""
+    for ref in refs:
+        emit_event(event=LANDED, resource={"prefect.resource.id": ref.uri,
+                                           "batchml.file-id": ref.file_id,
+                                           "batchml.etag": ref.etag or ""})
+    return len(refs)
+
+
+def bridge_once(worker: Worker) -> int:
+    """Discover new files once and emit their events; returns how many."""
+    return emit_landed(worker.discover())
+
+
+@flow(name="bridge", log_prints=True)
+def bridge_flow(source: str | None = None, seconds: float = 55.0, poll_s: float = 1.0,
+                settings: Settings | None = None) -> dict[str, Any]:
+    """Watch ``source`` for ``seconds`` (a scheduled deployment reruns it) and emit events."""
+    settings = settings or Settings()
+    catalog = Catalog.from_settings(settings)
+    src = open_source(source or str(settings.inbox), settings=settings,
+                      on_rejected=Ledger(catalog).record_rejected_event)
+    worker = Worker(catalog, src, settings)
+    emitted = 0
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            emitted += bridge_once(worker)
+            if time.monotonic() >= deadline:
+                break
+            src.wait(min(poll_s, max(deadline - time.monotonic(), 0)))
+    finally:
+        src.close()
+    print(f"emitted {emitted} {LANDED} event(s)")
+    return {"emitted": emitted}

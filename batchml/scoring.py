@@ -268,7 +268,7 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
 
 
 def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id: str,
-            tmp: Path, batch_rows: int) -> tuple[int, int]:
+            tmp: Path, batch_rows: int, row_groups: list[int] | None = None) -> tuple[int, int]:
     sig = model.signature
     classes = list(model.estimator.classes_)
     inputs = set(sig.input_names)
@@ -278,8 +278,11 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
                "batch_id": batch_id, "scored_at": scored_at}
     writer: pq.ParquetWriter | None = None
     rows = positives = 0
+    # row_index counts from the start of the file even when scoring a piece of it
+    first = 0 if not row_groups else sum(pf.metadata.row_group(i).num_rows
+                                         for i in range(row_groups[0]))
     try:
-        for batch in pf.iter_batches(batch_size=batch_rows):
+        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=row_groups):
             n = batch.num_rows
             if n == 0:
                 continue
@@ -288,7 +291,8 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
             labels = model.estimator.labels_from_proba(proba)
             if len(classes) == 2:
                 positives += int((labels == classes[1]).sum())
-            cols: dict[str, pa.Array] = {"row_index": pa.array(np.arange(rows, rows + n))}
+            cols: dict[str, pa.Array] = {
+                "row_index": pa.array(np.arange(first + rows, first + rows + n))}
             for name in batch.schema.names:
                 if name not in inputs and name not in cols:
                     cols[name] = batch.column(name)

@@ -1,0 +1,55 @@
+"""The deploy files: Docker cannot run here, so check them by construction."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+
+
+def test_prefect_yaml_entrypoints_exist_and_name_real_flows() -> None:
+    spec = yaml.safe_load((DEPLOY / "prefect.yaml").read_text())
+    names = {d["name"] for d in spec["deployments"]}
+    assert {"train-nightly", "predict-on-landing", "bridge"} <= names
+    for dep in spec["deployments"]:
+        path, func = dep["entrypoint"].split(":")
+        source = (ROOT / path).read_text()
+        assert re.search(rf"^def {func}\(", source, re.M), dep["entrypoint"]
+    predict = next(d for d in spec["deployments"] if d["name"] == "predict-on-landing")
+    (trigger,) = predict["triggers"]
+    assert trigger["expect"] == ["batchml.file.landed"]
+    assert trigger["parameters"] == {"file": "{{ event.resource.id }}"}
+    assert predict["concurrency_limit"] >= 1
+    nightly = next(d for d in spec["deployments"] if d["name"] == "train-nightly")
+    assert nightly["schedules"][0]["cron"] == "0 2 * * *"
+
+
+def test_compose_services_and_environment() -> None:
+    spec = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = spec["services"]
+    assert {"postgres", "prefect-server", "minio", "worker", "bridge", "deployer"} <= set(services)
+    assert "postgresql+asyncpg://" in services["prefect-server"]["environment"][
+        "PREFECT_API_DATABASE_CONNECTION_URL"]
+    for name in ("worker", "bridge", "deployer"):
+        env = services[name]["environment"]
+        assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+        assert env["BATCHML_S3_ENDPOINT_URL"] == "http://minio:9000"
+    from batchml import Settings
+
+    declared = {f"BATCHML_{n.upper()}" for n in Settings.model_fields} | {"BATCHML_PROJECT_DIR"}
+    for key in services["worker"]["environment"]:
+        if key.startswith("BATCHML_"):
+            assert key in declared, f"{key} is not a batchml setting"
+
+
+def test_dockerfile_installs_pinned_and_runs_serve() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "pip install -c constraints.txt ." in text
+    assert 'CMD ["batchml", "serve"]' in text
+    for line in re.findall(r"^COPY (.+)$", text, re.M):
+        for path in line.split()[:-1]:
+            assert (ROOT / path).exists(), path

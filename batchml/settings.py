@@ -93,9 +93,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         self.home = self.home.expanduser().absolute()
-        if self.feature_columns:
-            self.text_column = None
-        elif not self.text_column:
+        if self.feature_columns or not self.text_column:
             self.text_column = None
         if self.catalog_path is None:
             self.catalog_path = self.home / "catalog.duckdb"

@@ -21,7 +21,6 @@ from batchml.sources import ListSource
 from batchml.store import s3_client
 from batchml.worker import Worker
 
-
 _CACHES: dict[str, ModelCache] = {}
 
 

@@ -53,11 +53,10 @@ class FileLock:
                 delay = min(delay * 2, 0.005)
         self.fd, self.exclusive = fd, exclusive
 
-    def is_free(self) -> bool:
-        """True when nobody holds the lock exclusively (a quick non-blocking probe)."""
+    def _probe(self, mode: int) -> bool:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
             fcntl.flock(fd, fcntl.LOCK_UN)
             return True
         except BlockingIOError:
@@ -65,17 +64,13 @@ class FileLock:
         finally:
             os.close(fd)
 
+    def is_free(self) -> bool:
+        """True when nobody holds the lock exclusively (a quick non-blocking probe)."""
+        return self._probe(fcntl.LOCK_SH)
+
     def nobody_else(self) -> bool:
         """True when no other holder (shared or exclusive) has the lock right now."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return True
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)
+        return self._probe(fcntl.LOCK_EX)
 
     def release(self) -> None:
         if self.fd is not None:

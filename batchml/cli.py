@@ -36,6 +36,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 HomeOpt = Annotated[Path | None, typer.Option("--home", help="batchml home (BATCHML_HOME).",
                                               envvar="BATCHML_HOME", show_envvar=False)]
+SourceArg = Annotated[str | None, typer.Argument(
+    help="A directory, s3://bucket/prefix or sqs://queue-url (default: BATCHML_INBOX).")]
 CatalogOpt = Annotated[Path | None, typer.Option("--catalog", help="Catalog file "
                                                  "(BATCHML_CATALOG_PATH).", show_envvar=False)]
 
@@ -433,9 +435,7 @@ def predict(
 @app.command()
 @clean_errors
 def watch(
-    source: Annotated[str | None, typer.Argument(help="A directory, s3://bucket/prefix or "
-                                                 "sqs://queue-url (default: BATCHML_INBOX).")]
-    = None,
+    source: SourceArg = None,
     run: Annotated[str | None, typer.Option("--run", help="Score with this run's model.")] = None,
     tag: Annotated[str | None, typer.Option(help="Model tag (default BATCHML_MODEL_TAG).")]
     = None,
@@ -446,17 +446,11 @@ def watch(
     import signal
     import threading
 
-    from .ledger import Ledger
-    from .sources import open_source
+    from .worker import Worker
 
     settings = settings_from(home, catalog)
-    from .catalog import Catalog
-
-    cat = Catalog.from_settings(settings)
-    ledger = Ledger(cat)
-    src = open_source(source or str(settings.inbox), settings=settings,
-                      on_rejected=ledger.record_rejected_event)
-    worker = _worker(settings, src, run, tag)
+    worker = Worker.for_source(settings, source, run_id=run, tag=tag)
+    src = worker.source
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
@@ -571,9 +565,7 @@ def status(
 @app.command()
 @clean_errors
 def bridge(
-    source: Annotated[str | None, typer.Argument(help="A directory, s3://bucket/prefix or "
-                                                 "sqs://queue-url (default: BATCHML_INBOX).")]
-    = None,
+    source: SourceArg = None,
     once: Annotated[bool, typer.Option(help="Emit for what is there now, then exit.")] = False,
     home: HomeOpt = None, catalog: CatalogOpt = None,
 ) -> None:
@@ -589,16 +581,10 @@ def bridge(
                           hint="Or use `batchml serve`, which scores without events.")
     from flows.bridge import bridge_once
 
-    from .catalog import Catalog
-    from .ledger import Ledger
-    from .sources import open_source
     from .worker import Worker
 
-    settings = settings_from(home, catalog)
-    cat = Catalog.from_settings(settings)
-    src = open_source(source or str(settings.inbox), settings=settings,
-                      on_rejected=Ledger(cat).record_rejected_event)
-    worker = Worker(cat, src, settings)
+    worker = Worker.for_source(settings_from(home, catalog), source)
+    src = worker.source
     try:
         while True:
             n = bridge_once(worker)

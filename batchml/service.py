@@ -141,17 +141,12 @@ class Service:
         """Run until :meth:`request_stop` (or SIGINT/SIGTERM)."""
         from flows.predict import make_batch_flow
 
-        from .catalog import Catalog
-        from .ledger import Ledger
-        from .sources import open_source
         from .worker import Worker
 
         self.stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()
-        catalog = Catalog.from_settings(self.settings)
-        source = open_source(str(self.settings.inbox), settings=self.settings,
-                             on_rejected=Ledger(catalog).record_rejected_event)
-        worker = Worker(catalog, source, self.settings)
+        worker = Worker.for_source(self.settings)
+        source = worker.source
         batch_flow = make_batch_flow(worker)
         runner_task = await self._start_trainer()
         for sig in (signal.SIGINT, signal.SIGTERM):

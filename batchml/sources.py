@@ -165,7 +165,25 @@ class DirectorySource:
         return str(target)
 
 
-class S3PrefixSource:
+class _RemoteFiles:
+    """Shared by sources whose files live in S3: fetch downloads the claimed version; bad
+    objects stay where they are (the ledger says why they were not scored)."""
+
+    client: Any
+
+    @contextmanager
+    def fetch(self, record: FileRecord) -> Iterator[Path]:
+        """Download the exact version (If-Match on the ETag) to a temp file."""
+        yield from _download(self.client, record)
+
+    def quarantine(self, record: FileRecord, reason: str) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class S3PrefixSource(_RemoteFiles):
     """An ``s3://bucket/prefix`` polled with ``list_objects_v2`` (all pages, every poll)."""
 
     def __init__(self, uri: str, *, client: Any, poll_s: float = 2.0,
@@ -197,20 +215,8 @@ class S3PrefixSource:
             log.warning("listing %s failed: %s", self.uri, exc)
         return found
 
-    @contextmanager
-    def fetch(self, record: FileRecord) -> Iterator[Path]:
-        """Download the exact version (If-Match on the ETag) to a temp file."""
-        yield from _download(self.client, record)
-
-    def quarantine(self, record: FileRecord, reason: str) -> str | None:
-        """S3 objects stay where they are; the ledger says why they were not scored."""
-        return None
-
     def wait(self, timeout: float) -> None:
         time.sleep(min(timeout, self.poll_s))
-
-    def close(self) -> None:
-        pass
 
 
 def _download(client: Any, record: FileRecord) -> Iterator[Path]:
@@ -240,7 +246,7 @@ def _download(client: Any, record: FileRecord) -> Iterator[Path]:
         path.unlink(missing_ok=True)
 
 
-class SQSSource:
+class SQSSource(_RemoteFiles):
     """S3 event notifications delivered to an SQS queue (the production way).
 
     ``poll()`` long-polls the queue, parses each body with :func:`batchml.events.parse_message`
@@ -291,18 +297,8 @@ class SQSSource:
             self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=[
                 {"Id": str(n), "ReceiptHandle": h} for n, h in enumerate(chunk)])
 
-    @contextmanager
-    def fetch(self, record: FileRecord) -> Iterator[Path]:
-        yield from _download(self.client, record)
-
-    def quarantine(self, record: FileRecord, reason: str) -> str | None:
-        return None
-
     def wait(self, timeout: float) -> None:
         pass  # receive_message already long-polls
-
-    def close(self) -> None:
-        pass
 
 
 def open_source(uri: str, *, settings: Any, on_rejected: Any = None) -> Any:

@@ -72,6 +72,19 @@ class Worker:
         self.name = name or worker_id()
         self._view_ready = False
 
+    @classmethod
+    def for_source(cls, settings: Settings, uri: str | None = None, *,
+                   run_id: str | None = None, tag: str | None = None) -> Worker:
+        """A worker on the source at ``uri`` (default: the inbox), with rejected queue
+        messages kept in the ledger."""
+        from .catalog import Catalog
+        from .sources import open_source
+
+        catalog = Catalog.from_settings(settings)
+        source = open_source(uri or str(settings.inbox), settings=settings,
+                             on_rejected=Ledger(catalog).record_rejected_event)
+        return cls(catalog, source, settings, run_id=run_id, tag=tag)
+
     def discover(self) -> list[FileRef]:
         """Poll the source and record new files; acknowledge queue messages afterwards.
 

@@ -11,9 +11,8 @@ from typing import Any
 from prefect import flow
 from prefect.events import emit_event
 
-from batchml import Catalog, Settings
-from batchml.ledger import FileRef, Ledger
-from batchml.sources import open_source
+from batchml import Settings
+from batchml.ledger import FileRef
 from batchml.worker import Worker
 
 LANDED = "batchml.file.landed"
@@ -38,10 +37,8 @@ def bridge_flow(source: str | None = None, seconds: float = 55.0, poll_s: float 
                 settings: Settings | None = None) -> dict[str, Any]:
     """Watch ``source`` for ``seconds`` (a scheduled deployment reruns it) and emit events."""
     settings = settings or Settings()
-    catalog = Catalog.from_settings(settings)
-    src = open_source(source or str(settings.inbox), settings=settings,
-                      on_rejected=Ledger(catalog).record_rejected_event)
-    worker = Worker(catalog, src, settings)
+    worker = Worker.for_source(settings, source)
+    src = worker.source
     emitted = 0
     deadline = time.monotonic() + seconds
     try:

@@ -527,8 +527,17 @@ def serve(home: HomeOpt = None, catalog: CatalogOpt = None) -> None:
     from .service import serve as run_service
 
     settings = settings_from(home, catalog)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s")
+    handler = logging.StreamHandler()
+    fmt = "%(asctime)s %(levelname)s %(name)s %(message)s"
+    if settings.log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(JsonFormatter(fmt, rename_fields={"asctime": "time",
+                                                               "levelname": "level"}))
+    else:
+        handler.setFormatter(logging.Formatter(fmt))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     out.print(f"batchml serve: inbox {settings.inbox} -> outbox {settings.outbox}")
     run_service(settings)
     out.print("stopped cleanly")

@@ -131,6 +131,7 @@ class Service:
         self.heartbeat = Heartbeat(settings.home / "service.json")
         self.batches = 0
         self.files = 0
+        self._last_error: str | None = None
 
     def request_stop(self) -> None:
         """Ask the service to finish the current batch and exit."""
@@ -172,6 +173,15 @@ class Service:
                 if scored:
                     self.batches += 1
                     self.files += scored
+                    for f in result["files"]:
+                        log.info("file %s", f["status"], extra={
+                            "file": f["file"], "status": f["status"], "rows": f["rows"],
+                            "output": f["output"], "error": f["error"],
+                            "batch_id": result["batch_id"], "model_run": result["model_run_id"]})
+                if result.get("error") != self._last_error:
+                    self._last_error = result.get("error")
+                    if self._last_error:
+                        log.warning("waiting: %s", self._last_error)
                 self.heartbeat.write(state="running", inbox=source.uri,
                                      outbox=self.settings.outbox, prefect_api_url=api_url,
                                      batches=self.batches, files=self.files,

@@ -8,6 +8,7 @@ point (the CLI, a flow) and passed down; no module reads them at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -87,6 +88,8 @@ class Settings(BaseSettings):
         default=None, description="Feature columns for tabular scheduled training (JSON list); "
         "set BATCHML_TEXT_COLUMN to an empty value to use them.")
     label_column: str = Field(default="labels", description="Label column for training.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Service log lines: human text or one JSON object a line.")
     train_cron: str = Field(default="0 2 * * *",
                             description="When scheduled training runs (cron, server time).")
 

@@ -318,3 +318,52 @@ def test_s3_outbox_queryable_without_extensions(trained: Settings, tmp_path: Pat
                                       "--home", str(settings.home)])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == ["n,f", "12,sklearn"]
+
+
+def test_s3_sqs_notifications_scored_once_across_restart(trained: Settings, tmp_path: Path,
+                                                         s3_bucket: str, aws_env: str) -> None:
+    import boto3
+
+    from batchml.sources import SQSSource
+    from batchml.store import s3_client
+
+    s3 = s3_client(aws_env)
+    sqs = boto3.client("sqs", endpoint_url=aws_env, region_name="us-east-1")
+    queue = sqs.create_queue(QueueName=f"n-{s3_bucket}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    s3.put_bucket_notification_configuration(Bucket=s3_bucket, NotificationConfiguration={
+        "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]})
+    settings = fresh(trained, tmp_path)
+    local = tmp_path / "x.parquet"
+
+    def upload(key: str, seed: int) -> None:
+        synthetic_reviews(30, seed=seed).to_parquet(local)
+        s3.upload_file(str(local), s3_bucket, key)
+
+    def worker() -> Worker:
+        return Worker(Catalog.from_settings(settings),
+                      SQSSource(queue, sqs=sqs, s3=s3, wait_s=1), settings)
+
+    def drain_queue(w: Worker) -> list:  # type: ignore[type-arg]
+        outcomes = []
+        for _ in range(4):  # a few polls: moto delivers notifications asynchronously
+            outcomes += drain(w)
+        return outcomes
+
+    upload("in/a.parquet", 1)
+    upload("in/b b.parquet", 2)
+    first = drain_queue(worker())
+    upload("in/c.parquet", 3)  # lands while the watcher is down
+    upload("in/a.parquet", 4)  # a new version of a: new ETag, new work
+    second = drain_queue(worker())  # restarted watcher
+    keys = sorted(o.source_uri.rsplit("/", 1)[-1] for o in first + second)
+    assert keys == ["a.parquet", "a.parquet", "b b.parquet", "c.parquet"]
+    assert {o.status for o in first + second} == {"scored"}
+    for o in first + second:
+        body = s3.get_object(Bucket=s3_bucket, Key=o.source_uri.split("/", 3)[3])
+        out = pd.read_parquet(o.output_uri)
+        assert set(out["input_uri"]) == {o.source_uri} and len(out) == 30
+        if o in second and o.source_uri.endswith("a.parquet"):
+            assert set(out["input_etag"]) == {body["ETag"].strip('"')}
+    assert drain_queue(worker()) == []  # nothing is scored twice

@@ -91,18 +91,18 @@ class Catalog:
         """Start a new run of ``flow`` (status ``running``) and return it."""
         _check_name("flow name", flow)
         with self.db.write() as con:
-            row = con.execute("SELECT coalesce(max(number), 0) + 1 FROM runs WHERE flow = ?",
-                              [flow]).fetchone()
-            number = int(row[0]) if row else 1
-            run_id = f"{flow}/{number}"
-            con.execute(
+            # one statement: the number is taken under the exclusive lock, so it cannot race
+            row = con.execute(
                 "INSERT INTO runs (run_id, flow, number, status, started_at, params,"
                 " prefect_flow_run_id, code_fingerprint, data_fingerprint)"
-                " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
-                [run_id, flow, number, utcnow(), json.dumps(dict(params or {}), default=str),
-                 prefect_flow_run_id, code_fingerprint, data_fingerprint],
-            )
-        return Run(self, run_id)
+                " SELECT ? || '/' || n, ?, n, 'running', ?, ?, ?, ?, ?"
+                " FROM (SELECT coalesce(max(number), 0) + 1 AS n FROM runs WHERE flow = ?)"
+                " RETURNING run_id",
+                [flow, flow, utcnow(), json.dumps(dict(params or {}), default=str),
+                 prefect_flow_run_id, code_fingerprint, data_fingerprint, flow],
+            ).fetchone()
+        assert row is not None
+        return Run(self, row[0])
 
     def run(self, run_id: str) -> Run:
         """The run with this path-like id (``"train/42"``); raises :class:`RunNotFound`."""
@@ -390,10 +390,13 @@ class Run:
         """Put ``tag`` on the run. Idempotent: returns False if it already carries it."""
         _check_name("tag", tag)
         with self.catalog.db.write() as con:
-            if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [self.id]).fetchone() is None:
+            row = con.execute(
+                "SELECT EXISTS (SELECT 1 FROM runs WHERE run_id = $run),"
+                " EXISTS (SELECT 1 FROM tags WHERE run_id = $run AND tag = $tag"
+                " AND removed_at IS NULL)", {"run": self.id, "tag": tag}).fetchone()
+            if not row or not row[0]:
                 raise RunNotFound(f"No run {self.id!r}.", hint="List runs with `batchml runs`.")
-            if con.execute("SELECT 1 FROM tags WHERE run_id = ? AND tag = ? AND removed_at IS"
-                           " NULL", [self.id, tag]).fetchone():
+            if row[1]:
                 return False
             con.execute("INSERT INTO tags (run_id, tag, added_at, note) VALUES (?, ?, ?, ?)",
                         [self.id, tag, utcnow(), note])

@@ -142,13 +142,7 @@ class Catalog:
         """
         with self.db.read() as con:
             if tag is not None:
-                row = con.execute(
-                    "SELECT r.run_id FROM tags t JOIN runs r ON r.run_id = t.run_id"
-                    " WHERE t.tag = ? AND t.removed_at IS NULL AND r.flow = ?"
-                    + (" AND r.status = 'completed'" if successful else "")
-                    + " ORDER BY r.number DESC LIMIT 1",
-                    [tag, flow],
-                ).fetchone()
+                row = self._latest_tagged(con, flow, tag, successful)
             else:
                 row = con.execute(
                     "SELECT run_id FROM runs WHERE flow = ?"
@@ -165,6 +159,31 @@ class Catalog:
                 hint="Train one with `batchml train`, or tag a run with `batchml tag add`.",
             )
         return Run(self, row[0])
+
+    @staticmethod
+    def _latest_tagged(con: Any, flow: str, tag: str, successful: bool) -> Any:
+        # Tags are few next to runs: take the newest tagged run ids of the flow from the tags
+        # table (the run number is the id's suffix), then check their status with primary-key
+        # lookups. No scan or join over all runs, so the lookup stays flat as runs grow.
+        window = 64
+        prefix = f"{flow}/"
+        candidates = [r[0] for r in con.execute(
+            "SELECT run_id FROM tags WHERE tag = ? AND removed_at IS NULL"
+            " AND starts_with(run_id, ?)"
+            " ORDER BY CAST(substr(run_id, ?) AS BIGINT) DESC LIMIT ?",
+            [tag, prefix, len(prefix) + 1, window]).fetchall()]
+        for run_id in candidates:  # newest first; normally the first one qualifies
+            row = con.execute("SELECT run_id, status FROM runs WHERE run_id = ?",
+                              [run_id]).fetchone()
+            if row is not None and (not successful or row[1] == "completed"):
+                return row
+        if len(candidates) < window:
+            return None
+        return con.execute(  # more than `window` newer tagged runs all unfinished: rare
+            "SELECT r.run_id FROM tags t JOIN runs r ON r.run_id = t.run_id"
+            " WHERE t.tag = ? AND t.removed_at IS NULL AND r.flow = ?"
+            + (" AND r.status = 'completed'" if successful else "")
+            + " ORDER BY r.number DESC LIMIT 1", [tag, flow]).fetchone()
 
     def search_runs(self, flow: str | None = None, *, where: str | None = None,
                     order_by: str | None = None, tag: str | None = None) -> pd.DataFrame:

@@ -206,3 +206,13 @@ def test_latest_run_lookup_is_fast_at_scale(tmp_path: Path) -> None:
     for _ in range(5):
         cat.latest_run("train", tag="deployment_candidate")
     assert time.perf_counter() - start < 5  # sanity bound only; the benchmark measures speed
+
+
+def test_latest_tagged_run_behind_many_unfinished_tagged_runs(catalog: Catalog) -> None:
+    good = make_run(catalog, tags=("t",))
+    for _ in range(70):  # more than the lookup's first window of candidates
+        make_run(catalog, status="running", tags=("t",))
+    assert catalog.latest_run("train", tag="t") == good
+    assert catalog.latest_run("train", tag="t", successful=False).number == 71
+    make_run(catalog, "train2", tags=("t",))  # another flow's tagged runs never leak in
+    assert catalog.latest_run("train", tag="t") == good

@@ -193,8 +193,16 @@ class Catalog:
         ``"metrics.roc_auc" > 0.8``); ``order_by`` is like ``"metrics.roc_auc DESC"``.
         Runs on a private in-memory copy, so a filter can never modify the catalog.
         """
+        if where is not None:
+            import duckdb
+
+            if len(duckdb.extract_statements(f"SELECT 1 WHERE {where}")) != 1:
+                raise ValueError("`where` must be one filter expression, not several statements.")
         runs = self.runs(flow, tag=tag)
         ids = [r.id for r in runs]
+        if not ids:
+            return pd.DataFrame(columns=["run_id", "flow", "status", "started_at", "ended_at",
+                                         "data_fingerprint", "tags"])
         with self.db.read() as con:
             base = con.execute(
                 "SELECT run_id, flow, status, started_at, ended_at, params::VARCHAR AS params,"

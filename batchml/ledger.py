@@ -106,14 +106,19 @@ class Ledger:
         return [r.file_id for r in new]
 
     def claim(self, worker: str, *, limit: int, lease_s: float,
-              file_ids: Sequence[str] | None = None) -> list[FileRecord]:
-        """Claim up to ``limit`` pending files (new ones, or claims whose lease expired)."""
+              file_ids: Sequence[str] | None = None,
+              prefix: str | None = None) -> list[FileRecord]:
+        """Claim up to ``limit`` pending files (new ones, or claims whose lease expired),
+        optionally only those whose URI starts with ``prefix``."""
         now = utcnow()
         where = ("(state = 'discovered' OR (state = 'claimed' AND lease_expires_at < ?))")
         args: list[Any] = [now]
         if file_ids is not None:
             where += " AND file_id IN (SELECT unnest(?))"
             args.append(list(file_ids))
+        if prefix is not None:
+            where += " AND starts_with(source_uri, ?)"
+            args.append(prefix)
         with self.catalog.db.write() as con:
             rows = con.execute(
                 f"UPDATE files SET state = 'claimed', claimed_by = ?, claimed_at = ?,"
@@ -175,12 +180,14 @@ class Ledger:
                 " RETURNING file_id", [utcnow(), *args]).fetchall()
         return [r[0] for r in rows]
 
-    def has_pending(self) -> bool:
-        """True when some file waits to be claimed (new, or its claim's lease expired)."""
+    def has_pending(self, prefix: str | None = None) -> bool:
+        """True when some file (under ``prefix``) waits to be claimed: new, or its claim's
+        lease expired."""
         with self.catalog.db.read() as con:
-            row = con.execute("SELECT EXISTS (SELECT 1 FROM files WHERE state = 'discovered' OR"
-                              " (state = 'claimed' AND lease_expires_at < ?))",
-                              [utcnow()]).fetchone()
+            row = con.execute("SELECT EXISTS (SELECT 1 FROM files WHERE (state = 'discovered' OR"
+                              " (state = 'claimed' AND lease_expires_at < ?))"
+                              " AND starts_with(source_uri, ?))",
+                              [utcnow(), prefix or ""]).fetchone()
         return bool(row and row[0])
 
     def get(self, file_id: str) -> FileRecord | None:
@@ -260,7 +267,10 @@ class Ledger:
         """
         if "://" in outbox_root:
             return False
-        pattern = str(Path(outbox_root).resolve() / "**" / "*.parquet").replace("'", "''")
+        root = str(Path(outbox_root).resolve())
+        if any(ch in root for ch in "*?[]{}"):
+            return False  # DuckDB would read the path as a glob; query the files directly
+        pattern = str(Path(root) / "**" / "*.parquet").replace("'", "''")
         sql = (f"CREATE OR REPLACE VIEW predictions AS SELECT * FROM read_parquet('{pattern}',"
                " union_by_name = true)")
         with self.catalog.db.read() as con:

@@ -157,14 +157,23 @@ class Outbox:
         return ds.dataset(files, format="parquet", filesystem=s3fs) if files else None
 
     def temp_path(self) -> Path:
-        """A temp file to write into: inside the outbox locally (so rename is atomic)."""
+        """A temp file to write into: inside the outbox locally (so rename is atomic). Its
+        name is hidden and does not end in .parquet, so no reader or glob ever takes it."""
         directory = tempfile.gettempdir() if self.is_s3 else self.root
-        fd, path = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=directory)
+        try:
+            if not self.is_s3:
+                Path(directory).mkdir(parents=True, exist_ok=True)
+            fd, path = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=directory)
+        except OSError as exc:
+            raise _outbox_error(self.root, exc) from exc
         os.close(fd)
         return Path(path)
 
     def commit(self, tmp: Path, key: str) -> str:
-        """Move a finished temp file into place as one complete object; return its URI."""
+        """Move a finished temp file into place as one complete object; return its URI.
+
+        Any failure here is the outbox's, never the input's: it raises
+        :class:`StorageUnavailable` so the file stays pending."""
         if self.is_s3:
             from .store import split_s3_uri, translate_s3_error
 
@@ -173,14 +182,26 @@ class Outbox:
             try:
                 self.s3.upload_file(str(tmp), bucket, f"{prefix}{key}")
             except Exception as exc:
-                raise translate_s3_error(exc, uri) from exc
+                err = translate_s3_error(exc, uri)
+                raise StorageUnavailable(f"Cannot write predictions to {uri}: {err}",
+                                         hint="Fix the outbox (bucket, permissions); the file "
+                                              "stays pending.") from exc
             finally:
                 tmp.unlink(missing_ok=True)
             return uri
         target = Path(self.root) / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise _outbox_error(self.root, exc) from exc
         return str(target)
+
+
+def _outbox_error(root: str, exc: OSError) -> StorageUnavailable:
+    return StorageUnavailable(f"Cannot write predictions to {root}: {exc}",
+                              hint="Free space or fix the outbox path and permissions; the file "
+                                   "stays pending and is scored once it can be.")
 
 
 def _constant(value: str | None, n: int) -> pa.Array:
@@ -249,6 +270,8 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
         outcome.status = "failed"
         outcome.error = (f"{record.source_uri} was deleted before it could be read; nothing to "
                          "score. Drop it again to score it.")
+    except StorageUnavailable:
+        raise  # the outbox's trouble, not the input's: the file stays pending
     except (DataError, pa.ArrowException) as exc:
         outcome.status = "quarantined"
         outcome.error = str(exc) if isinstance(exc, BatchMLError) else \
@@ -304,13 +327,19 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
             for key, value in lineage.items():
                 cols[key] = _constant(value, n)
             table = pa.table(cols)
-            if writer is None:
-                schema = table.schema.with_metadata(
-                    {b"batchml.lineage": json.dumps(lineage).encode()})
-                writer = pq.ParquetWriter(tmp, schema, compression="zstd")
-            writer.write_table(table.cast(writer.schema))
+            try:
+                if writer is None:
+                    schema = table.schema.with_metadata(
+                        {b"batchml.lineage": json.dumps(lineage).encode()})
+                    writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+                writer.write_table(table.cast(writer.schema))
+            except OSError as exc:
+                raise _outbox_error(str(tmp.parent), exc) from exc
             rows += n
     finally:
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            except OSError as exc:
+                raise _outbox_error(str(tmp.parent), exc) from exc
     return rows, positives

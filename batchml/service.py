@@ -160,7 +160,7 @@ class Service:
                 result: dict[str, Any] = {"files": []}
                 try:
                     await asyncio.to_thread(worker.discover)
-                    if await asyncio.to_thread(worker.ledger.has_pending):
+                    if await asyncio.to_thread(worker.has_pending):
                         # resolve first: no flow run while there is no model to score with
                         await asyncio.to_thread(worker.cache.resolve, run_id=worker.run_id,
                                                 tag=worker.tag)

@@ -14,7 +14,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlparse
 
 from .errors import (
     ArtifactError,
@@ -143,10 +142,13 @@ def atomic_write_bytes(target: Path, data: bytes) -> None:
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b`` -> (``bucket``, ``a/b``)."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
+    # not urlparse: '?' and '#' are ordinary characters in S3 keys
+    if not uri.startswith("s3://"):
         raise ConfigError(f"{uri!r} is not an s3://bucket/prefix URI.")
-    return parsed.netloc, parsed.path.lstrip("/")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise ConfigError(f"{uri!r} is not an s3://bucket/prefix URI.")
+    return bucket, key
 
 
 def s3_client(endpoint_url: str | None = None, region: str | None = None) -> Any:

@@ -105,7 +105,7 @@ class Worker:
         except ModelNotFound as exc:
             return BatchReport(None, None, error=str(exc))  # files stay pending
         claimed = self.ledger.claim(self.name, limit=limit, lease_s=self.settings.lease_s,
-                                    file_ids=file_ids)
+                                    file_ids=file_ids, prefix=self._claim_prefix())
         if not claimed:
             return BatchReport(None, model.run_id)
         if on_claimed is not None:
@@ -117,15 +117,14 @@ class Worker:
             try:
                 outcome = self._score_one(record, model, batch_id)
             except BaseException as exc:
+                # Only transient trouble (outbox full or unreachable, S3 throttling) and
+                # interruption get here: the file and the rest of the batch go back to
+                # pending without spending an attempt, to be scored once the outage is over.
                 rest = [r.file_id for r in claimed[i:]]
-                transient = not isinstance(exc, Exception) or is_transient(exc)
-                report.released += self.ledger.release(rest, self.name, reason=str(exc),
-                                                       count_attempt=transient)
+                report.released += self.ledger.release(rest, self.name, reason=str(exc))
                 report.error = f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, Exception):
                     raise  # KeyboardInterrupt / SystemExit: claims are released, now stop
-                if not transient:
-                    log.exception("unexpected error scoring %s", record.source_uri)
                 break
             report.outcomes.append(outcome)
             self.ledger.record_file(batch_id, outcome, self.name)
@@ -133,9 +132,27 @@ class Worker:
                               duration_ms=(time.perf_counter() - start) * 1000,
                               error=report.error)
         if not self._view_ready and any(o.output_uri for o in report.outcomes):
-            self.ledger.ensure_predictions_view(self.outbox.root)
-            self._view_ready = True
+            try:
+                self.ledger.ensure_predictions_view(self.outbox.root)
+                self._view_ready = True
+            except Exception:  # a convenience view must never fail a batch
+                log.warning("could not create the predictions view", exc_info=True)
         return report
+
+    def has_pending(self) -> bool:
+        """True when a file of this worker's source waits to be claimed."""
+        return self.ledger.has_pending(self._claim_prefix())
+
+    def _claim_prefix(self) -> str | None:
+        """Claim only files of this worker's source (another source's files are not
+        readable here). Queue and list sources name files anywhere."""
+        from .sources import DirectorySource, S3PrefixSource
+
+        if isinstance(self.source, DirectorySource):
+            return self.source.uri.rstrip("/") + "/"
+        if isinstance(self.source, S3PrefixSource):
+            return self.source.uri.rstrip("/") + "/"
+        return None
 
     def _score_one(self, record: FileRecord, model: Any, batch_id: str) -> FileOutcome:
         reprocess = (record.error or "") == "reprocess requested"
@@ -149,13 +166,23 @@ class Worker:
             outcome = FileOutcome(record.file_id, record.source_uri, "failed", model.run_id,
                                   error=f"{record.source_uri} vanished before it could be "
                                         "read; nothing to score.")
-        except BatchMLError as exc:
-            if exc.transient:
+        except Exception as exc:
+            if is_transient(exc):
                 raise
+            # Anything else is about this file: quarantine it so it can never block the
+            # inbox, and keep the reason.
+            detail = str(exc) if isinstance(exc, BatchMLError) else \
+                f"{record.source_uri} could not be scored: {type(exc).__name__}: {exc}"
+            if not isinstance(exc, BatchMLError):
+                log.exception("unexpected error scoring %s", record.source_uri)
             outcome = FileOutcome(record.file_id, record.source_uri, "quarantined",
-                                  model.run_id, error=str(exc))
+                                  model.run_id, error=detail)
         if outcome.status == "quarantined":
-            moved = self.source.quarantine(record, outcome.error or "")
+            try:
+                moved = self.source.quarantine(record, outcome.error or "")
+            except Exception as exc:  # the ledger still says why; the bytes stay put
+                log.warning("could not move %s to quarantine: %s", record.source_uri, exc)
+                moved = None
             if moved:
                 outcome.error = f"{outcome.error} (moved to {moved})"
         return outcome

@@ -110,12 +110,6 @@ def test_full_outbox_keeps_files_pending_then_scores_once(make_home: Any,
     print(f"\n[outbox] ENOSPC: files={len(names)} pending while full, then scored once")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: a transient outbox error counts as an attempt for every file of the batch "
-    "(worker.py run_batch -> ledger.release(count_attempt=True)), so after Ledger.max_attempts "
-    "(5) retries - five seconds of `batchml watch` polling - a full outbox marks all pending "
-    "inputs 'failed' for good, although scoring.py promises the file 'stays pending and is "
-    "scored once it can be'."))
 def test_outbox_outage_longer_than_max_attempts_keeps_files_pending(make_home: Any,
                                                                     tiny_tmpfs: Path) -> None:
     settings = make_home(outbox=str(tiny_tmpfs / "outbox"))
@@ -155,10 +149,6 @@ def test_outbox_below_a_regular_file_refuses_to_start(make_home: Any, tmp_path: 
     drain_and_check_once(fixed, names)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: scoring.score_file treats every OSError without errno ENOSPC/EACCES/EROFS/EDQUOT as "
-    "a bad *input*: an outbox that is not a directory (ENOTDIR from Outbox.temp_path's mkstemp) "
-    "quarantines every good input and moves it out of the inbox."))
 def test_outbox_replaced_by_a_file_does_not_quarantine_inputs(make_home: Any) -> None:
     settings = make_home()
     names = land_inputs(settings)
@@ -191,10 +181,6 @@ def test_outbox_deleted_under_worker_does_not_fail_inputs(make_home: Any) -> Non
                                     {o.source_uri for o in outcomes if o.status == "scored"}])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: an S3 outbox whose bucket does not exist raises ArtifactError (an OSError without "
-    "errno) from Outbox.commit, and score_file's `except OSError` quarantines the input as "
-    "'could not be read' instead of leaving it pending."))
 def test_s3_outbox_missing_bucket_keeps_files_pending(make_home: Any, aws_env: str) -> None:
     settings = make_home(outbox="s3://no-such-bucket-batchml/preds", s3_endpoint_url=aws_env,
                          s3_region="us-east-1")

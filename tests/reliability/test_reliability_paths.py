@@ -161,11 +161,6 @@ def test_s3_keys_stay_under_roots_one_output_each(outbox_kind: str, make_home: A
           "overwrites=0 outside-writes=0")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: store.split_s3_uri parses s3:// URIs with urllib.parse.urlparse, so a key holding "
-    "'?' or '#' loses everything from that character on (query / fragment): the object "
-    "s3://b/in/A?B.parquet is fetched as key 'in/A', which does not exist, and the file is "
-    "marked 'failed' ('vanished before it could be read') instead of being scored."))
 def test_s3_keys_with_query_and_fragment_characters_are_scored(make_home: Any, s3_bucket: str,
                                                                aws_env: str) -> None:
     from batchml.store import s3_client
@@ -184,12 +179,6 @@ def test_s3_keys_with_query_and_fragment_characters_are_scored(make_home: Any, s
     check_outputs(outcomes, expected, str(home.outbox))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: a symlink in the inbox that points outside it is refused by "
-    "DirectorySource._inside (ConfigError), which _score_one turns into 'quarantined' and then "
-    "calls source.quarantine, which calls _inside again and raises the same ConfigError out of "
-    "Worker._score_one; run_batch releases it without counting an attempt, so the link is "
-    "claimed first again every batch and the files after it are never scored."))
 def test_symlink_out_of_the_inbox_is_refused_without_stalling(home: Any, tmp_path: Path) -> None:
     inbox = Path(home.inbox)
     secret = tmp_path / "outside" / "secret.parquet"
@@ -213,11 +202,6 @@ def test_symlink_out_of_the_inbox_is_refused_without_stalling(home: Any, tmp_pat
                    relhelp.outputs_by_input(Path(home.outbox)))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: DirectorySource.quarantine moves a bad file to "
-    "QUARANTINE/<file_id[:16]>-<name>: for a name longer than 238 bytes the target exceeds "
-    "NAME_MAX (255), shutil.move raises ENAMETOOLONG out of Worker._score_one, and the file "
-    "becomes a poison pill (released without counting an attempt, claimed again forever)."))
 def test_bad_file_with_a_long_name_is_quarantined(home: Any) -> None:
     inbox = Path(home.inbox)
     bad = inbox / ("b" * 240 + ".parquet")
@@ -235,13 +219,6 @@ def test_bad_file_with_a_long_name_is_quarantined(home: Any) -> None:
     assert outcomes[good].status == "scored"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: Ledger.claim takes any pending file of the catalog, whatever source discovered it. "
-    "A file that another source left pending (e.g. `batchml predict /elsewhere/x.parquet` "
-    "interrupted, or run before a model was tagged; or a second `batchml watch` on another "
-    "directory or bucket sharing BATCHML_HOME) is claimed by a DirectorySource worker, refused "
-    "as 'outside the inbox' by both fetch and quarantine, and becomes a poison pill that stops "
-    "this worker's own inbox."))
 def test_pending_file_of_another_source_does_not_block_the_inbox(home: Any,
                                                                  tmp_path: Path) -> None:
     elsewhere = relhelp.land(tmp_path / "elsewhere" / "x.parquet", frame(3))

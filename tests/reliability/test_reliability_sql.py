@@ -107,11 +107,6 @@ def test_hostile_tags_flows_and_run_ids_match_literally(home: Any, value: str) -
     assert relhelp.catalog_dump(home.catalog_file) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT (minor): `batchml compare --flow F` for a flow without runs fails with "
-    "'error: BinderException: Binder Error: Referenced column \"metrics.roc_auc\" not found' "
-    "(catalog.search_runs orders an empty frame by a metrics column it does not have) instead "
-    "of printing an empty table."))
 @pytest.mark.parametrize("flow", ["nosuchflow", "x' OR '1'='1"])
 def test_compare_on_a_flow_without_runs_prints_nothing(home: Any, flow: str) -> None:
     result = cli(home, "compare", "--flow", flow, "--format", "csv")
@@ -147,12 +142,6 @@ def test_file_uris_with_quotes_are_stored_and_matched_literally(home: Any) -> No
     assert out.exit_code == 0 and "DROP TABLE files" in out.output
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: Catalog.search_runs(where=...) appends the filter to a SQL string and runs it on a "
-    "plain duckdb.connect() (catalog.py search_runs). Its docstring says 'a filter can never "
-    "modify the catalog', but a filter with ';' runs more statements: ATTACH the catalog file "
-    "READ_WRITE and DELETE from it (once batchml's own connection is idle, which the first "
-    "statement waits for), or COPY ... TO any file."))
 @pytest.mark.parametrize("attack", ["attach", "copy"])
 def test_search_runs_filter_cannot_modify_anything(home: Any, tmp_path: Path,
                                                    attack: str) -> None:

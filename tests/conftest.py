@@ -67,3 +67,24 @@ def catalog(tmp_path: Path):  # type: ignore[no-untyped-def]
     from batchml import Catalog, open_store
 
     return Catalog(tmp_path / "catalog.duckdb", store=open_store(str(tmp_path / "artifacts")))
+
+
+@pytest.fixture
+def tagged_home(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A batchml home whose catalog holds one tagged training run (a fast scikit-learn text
+    model on synthetic reviews); returns its Settings."""
+    from batchml import Catalog, Settings
+    from batchml import training as tr
+    from batchml.synthetic import synthetic_reviews
+
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    synthetic_reviews(1200, seed=1).to_parquet(data / "train.parquet")
+    synthetic_reviews(300, seed=2).to_parquet(data / "valid.parquet")
+    settings = Settings(home=tmp_path / "home")
+    outcome = tr.train(Catalog.from_settings(settings), tr.TrainingConfig(
+        train_uri=str(data / "train.parquet"), valid_uri=str(data / "valid.parquet"),
+        text_column="review", candidates=["sklearn_text"]))
+    assert outcome.decision.tagged, outcome.decision.reasons
+    Catalog.from_settings(settings).db.close()
+    return settings

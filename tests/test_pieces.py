@@ -9,9 +9,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from batchml import Catalog, Settings
-from batchml import training as tr
 from batchml.pieces import plan_pieces
-from batchml.synthetic import synthetic_reviews, write_reviews
+from batchml.synthetic import write_reviews
 
 
 def test_plan_pieces_groups_row_groups(tmp_path: Path) -> None:
@@ -21,17 +20,12 @@ def test_plan_pieces_groups_row_groups(tmp_path: Path) -> None:
     assert [g for p in pieces for g in p.row_groups] == list(range(10))
 
 
-def test_large_file_scored_in_parallel_pieces(tmp_path: Path) -> None:
+def test_large_file_scored_in_parallel_pieces(tagged_home: Settings, tmp_path: Path) -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.pieces import score_large_file_flow
 
-    synthetic_reviews(1200, seed=1).to_parquet(tmp_path / "train.parquet")
-    synthetic_reviews(300, seed=2).to_parquet(tmp_path / "valid.parquet")
-    settings = Settings(home=tmp_path / "home")
-    tr.train(Catalog.from_settings(settings), tr.TrainingConfig(
-        train_uri=str(tmp_path / "train.parquet"), valid_uri=str(tmp_path / "valid.parquet"),
-        text_column="review", candidates=["sklearn_text"]))
+    settings = tagged_home
     big = write_reviews(tmp_path / "big.parquet", 40_000, seed=3, row_group_size=5_000)
     assert pq.ParquetFile(big).metadata.num_row_groups == 8
     with prefect_test_harness(server_startup_timeout=120):

@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from batchml import Catalog, Settings
-from batchml import training as tr
 from batchml.service import local_prefect_server
 from batchml.synthetic import synthetic_reviews
 
@@ -33,19 +32,11 @@ def wait_for(predicate, timeout: float, what: str, step: float = 1.0):  # type: 
 
 
 @pytest.mark.slow
-def test_deploy_worker_event_trigger_and_schedule(tmp_path: Path,
+def test_deploy_worker_event_trigger_and_schedule(tagged_home: Settings, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path / "home"
+    settings = tagged_home
+    home = settings.home
     data = tmp_path / "data"
-    data.mkdir()
-    synthetic_reviews(1200, seed=1).to_parquet(data / "train.parquet")
-    synthetic_reviews(300, seed=2).to_parquet(data / "valid.parquet")
-    settings = Settings(home=home)
-    outcome = tr.train(Catalog.from_settings(settings), tr.TrainingConfig(
-        train_uri=str(data / "train.parquet"), valid_uri=str(data / "valid.parquet"),
-        text_column="review", candidates=["sklearn_text"]))
-    assert outcome.decision.tagged
-    Catalog.from_settings(settings).db.close()
 
     # the scheduler loops every few seconds so a short interval fires within the test
     monkeypatch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "2")

@@ -14,22 +14,16 @@ from pathlib import Path
 import pytest
 
 from batchml import Catalog, Settings
-from batchml import training as tr
 from batchml.synthetic import synthetic_reviews
 
 BIN = Path(sys.executable).parent
 
 
 @pytest.mark.slow
-def test_serve_scores_landed_files_and_stops_cleanly(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    synthetic_reviews(1200, seed=1).to_parquet(tmp_path / "train.parquet")
-    synthetic_reviews(300, seed=2).to_parquet(tmp_path / "valid.parquet")
-    settings = Settings(home=home)
-    assert tr.train(Catalog.from_settings(settings), tr.TrainingConfig(
-        train_uri=str(tmp_path / "train.parquet"), valid_uri=str(tmp_path / "valid.parquet"),
-        text_column="review", candidates=["sklearn_text"])).decision.tagged
-    Catalog.from_settings(settings).db.close()
+def test_serve_scores_landed_files_and_stops_cleanly(tagged_home: Settings,
+                                                    tmp_path: Path) -> None:
+    settings = tagged_home
+    home = settings.home
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["BATCHML_HOME"] = str(home)
 

@@ -214,7 +214,9 @@ def _open_parquet(path: Path, uri: str) -> pq.ParquetFile:
         if path.stat().st_size == 0:
             raise UnreadableFile(f"{uri} is empty (0 bytes).",
                                  hint="Write the whole file, then move it into the inbox.")
-        return pq.ParquetFile(path, memory_map=True)
+        # not memory-mapped: mapped pages of a large input stay resident and made peak RSS
+        # grow with file size (B5: 613 MB mapped vs 228 MB buffered on a 3M-row file)
+        return pq.ParquetFile(path, memory_map=False)
     except FileNotFoundError:
         raise
     except (pa.ArrowException, OSError) as exc:

@@ -1,9 +1,20 @@
 """The ``keras`` flavor: a neural bag-of-words text classifier (Keras 3 on TensorFlow).
 
 ``TextVectorization(max_tokens=750, output_mode="count")`` adapted on the training text, then
-``Dense(1, sigmoid)``: binary only. Bytes: a native ``.keras`` zip with one extra entry,
-``batchml.json`` (signature, candidate, params, training history), which Keras ignores. Loading
-checks that the model holds only the layers we build and uses ``safe_mode=True``.
+``Dense(1, sigmoid)``: binary only. Bytes: a native ``.keras`` zip with extra entries that Keras
+ignores: ``batchml.json`` (signature, candidate, params, training history) and
+``batchml_export.json`` (vocabulary, Dense weights and bias, tokenizer settings: see
+:mod:`.keras_export`). Loading checks that the model holds only the layers we build.
+
+Scoring: the model is linear over token counts, so with the export present (every model saved
+since it was added) it is scored by :class:`~.keras_export.LinearTextExport` with pyarrow
+string kernels and numpy, on every CPU, and TensorFlow is never imported: not to load, not to
+predict. The export is checked against the Keras model on probe strings when it is made (at
+fit, or when a model without one is saved) and against the saved layer config when it is
+loaded; a model it does not describe exactly, or bytes saved without it, load through
+``keras.models.load_model(safe_mode=True)`` and score with TensorFlow as before. The Keras
+model of an export-scored estimator is still there: :attr:`KerasTextEstimator.model` loads it
+from the saved bytes on first access.
 
 TensorFlow is imported on first use, never at module import, so ``import batchml`` stays fast.
 """
@@ -16,13 +27,17 @@ import tempfile
 import zipfile
 from io import BytesIO
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 
 from ..errors import ConfigError, DataError, ModelError
 from .base import Estimator, n_cpus
+from .keras_export import EXPORT_ENTRY, ExportError, LinearTextExport, export_model
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _META_ENTRY = "batchml.json"
 _ALLOWED_LAYERS = frozenset({"InputLayer", "TextVectorization", "Dense"})
@@ -84,8 +99,33 @@ class KerasTextEstimator(Estimator):
         if self.params["output_mode"] not in ("count", "multi_hot"):
             raise ConfigError(f"output_mode {self.params['output_mode']!r} is not supported.",
                             hint="Use 'count' or 'multi_hot'.")
-        self.model: Any = None
+        self._model: Any = None
         self._predict_fn: Any = None
+        self._export: LinearTextExport | None = None
+        """Scores without TensorFlow when set (see the module doc)."""
+        self._saved: bytes | None = None
+        """The bytes this estimator was loaded from (the Keras model is loaded from them on
+        first use when the export scores)."""
+
+    @property
+    def model(self) -> Any:
+        """The Keras model; loaded from the saved bytes (safe mode) on first access when the
+        estimator was loaded for export scoring."""
+        if self._model is None and self._saved is not None:
+            self._model = _load_keras(self._saved)
+        return self._model
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self._model = value
+        self._predict_fn = None
+        self._export = None
+        self._saved = None
+
+    @property
+    def exported(self) -> bool:
+        """True when predictions come from the TensorFlow-free export."""
+        return self._export is not None
 
     # --- fitting -----------------------------------------------------------------------------
 
@@ -130,9 +170,38 @@ class KerasTextEstimator(Estimator):
         )
         self.history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
         self.model = model
-        self._predict_fn = None
+        self._export = _try_export(model)
 
     # --- predicting --------------------------------------------------------------------------
+
+    def _predict_proba(self, x: pd.DataFrame) -> np.ndarray:
+        if self._export is not None:
+            column = x.iloc[:, 0]
+            try:
+                texts = pa.array(column, type=pa.string(), from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                texts = pa.array(_texts(x), type=pa.string())
+            positive = self._positive_export(texts)
+        else:
+            positive = self._positive_keras(_texts(x))
+        return np.column_stack([1.0 - positive, positive])
+
+    def _predict_proba_arrow(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+        if self._export is None:
+            return None  # TensorFlow scores through the DataFrame hook, as before
+        positive = self._positive_export(column)
+        return np.column_stack([1.0 - positive, positive])
+
+    def _positive_export(self, texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        assert self._export is not None
+        try:
+            return self._export.positive(texts, threads=n_cpus())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            # text Arrow's kernels refuse (e.g. invalid UTF-8): TensorFlow takes bytes as they are
+            values = texts.to_pylist() if isinstance(texts, pa.Array | pa.ChunkedArray) \
+                else list(texts)
+            return self._positive_keras(np.array(["" if v is None else v for v in values],
+                                                 dtype=object))
 
     def _function(self) -> Any:
         if self._predict_fn is None:
@@ -152,10 +221,10 @@ class KerasTextEstimator(Estimator):
             self._predict_fn = positive
         return self._predict_fn
 
-    def _predict_proba(self, x: pd.DataFrame) -> np.ndarray:
+    def _positive_keras(self, texts: np.ndarray) -> np.ndarray:
+        """Positive-class probabilities from the Keras model (TensorFlow)."""
         tf, _ = _tf()
         fn = self._function()
-        texts = _texts(x)
         positive = np.empty(len(texts), dtype=np.float64)
         for start in range(0, len(texts), _SLICE_ROWS):
             chunk = texts[start:start + _SLICE_ROWS]
@@ -164,29 +233,41 @@ class KerasTextEstimator(Estimator):
                 chunk = np.concatenate([chunk, np.full(_SLICE_ROWS - n, "", dtype=object)])
             out = fn(tf.constant(chunk.reshape(-1, 1)))
             positive[start:start + n] = out.numpy()[:n, 0]
-        return np.column_stack([1.0 - positive, positive])
+        return positive
 
     # --- saving ------------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """The native ``.keras`` file plus a ``batchml.json`` entry (see the module doc)."""
-        if self.model is None:
+        """The native ``.keras`` file plus ``batchml.json`` and, when the model has one,
+        ``batchml_export.json`` (see the module doc)."""
+        if self._model is None and self._saved is not None:
+            return _replace_entry(self._saved, _META_ENTRY, json.dumps(self._meta()))
+        if self._model is None:
             raise ModelError(f"Estimator {self.name!r} is not fitted.",
                              hint="Call fit(frame, labels) first.")
         with tempfile.TemporaryDirectory(prefix="batchml-keras-") as tmp:
             path = Path(tmp) / "model.keras"
-            self.model.save(path)
+            self._model.save(path)
             with zipfile.ZipFile(path, "a") as archive:
                 archive.writestr(_META_ENTRY, json.dumps(self._meta()))
+                export = self._export
+                if export is None:
+                    export = _try_export(self._model, json.loads(archive.read("config.json")))
+                if export is not None:
+                    archive.writestr(EXPORT_ENTRY, export.to_bytes())
             return path.read_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> KerasTextEstimator:
-        """The estimator saved by :meth:`to_bytes` (``keras.models.load_model``, safe mode)."""
+        """The estimator saved by :meth:`to_bytes`: scored by its export when it has one that
+        matches the saved layer config (no TensorFlow), else ``keras.models.load_model`` in
+        safe mode."""
         try:
             with zipfile.ZipFile(BytesIO(data)) as archive:
                 meta = json.loads(archive.read(_META_ENTRY))
                 config = json.loads(archive.read("config.json"))
+                names = set(archive.namelist())
+                exported = archive.read(EXPORT_ENTRY) if EXPORT_ENTRY in names else None
         except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelError(f"These bytes are not a batchml keras model ({type(exc).__name__}"
                              f": {exc}).", hint="Load it with the flavor recorded in the "
@@ -198,16 +279,52 @@ class KerasTextEstimator(Estimator):
                              f"the allowlist: {', '.join(unexpected)}.",
                              hint="Only load models trained by batchml.")
         estimator = cls._from_meta(meta)
-        _, keras = _tf()
-        with tempfile.TemporaryDirectory(prefix="batchml-keras-") as tmp:
-            path = Path(tmp) / "model.keras"
-            path.write_bytes(data)
+        if exported is not None:
             try:
-                estimator.model = keras.models.load_model(path, safe_mode=True)
-            except Exception as exc:
-                raise ModelError(f"Keras could not load the model ({type(exc).__name__}: "
-                                 f"{exc}).", hint="Re-train and log the model again.") from exc
+                export = LinearTextExport.from_bytes(exported)
+                export.matches_config(config)
+            except ExportError:
+                export = None  # not one we can score exactly: TensorFlow does
+            if export is not None:
+                estimator._export = export
+                estimator._saved = data
+                return estimator
+        estimator._model = _load_keras(data)
         return estimator
+
+
+def _load_keras(data: bytes) -> Any:
+    """``keras.models.load_model(safe_mode=True)`` of ``.keras`` bytes (the caller checked
+    the layer allowlist)."""
+    _, keras = _tf()
+    with tempfile.TemporaryDirectory(prefix="batchml-keras-") as tmp:
+        path = Path(tmp) / "model.keras"
+        path.write_bytes(data)
+        try:
+            return keras.models.load_model(path, safe_mode=True)
+        except Exception as exc:
+            raise ModelError(f"Keras could not load the model ({type(exc).__name__}: "
+                             f"{exc}).", hint="Re-train and log the model again.") from exc
+
+
+def _try_export(model: Any, config: dict[str, Any] | None = None) -> LinearTextExport | None:
+    """The model's checked export, or None (then TensorFlow scores it)."""
+    try:
+        return export_model(model, config)
+    except ExportError:
+        return None
+
+
+def _replace_entry(data: bytes, name: str, text: str) -> bytes:
+    """Zip ``data`` with entry ``name`` replaced by ``text`` (other entries copied as is)."""
+    out = BytesIO()
+    with zipfile.ZipFile(BytesIO(data)) as src, \
+            zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            if info.filename != name:
+                dst.writestr(info, src.read(info.filename))
+        dst.writestr(name, text)
+    return out.getvalue()
 
 
 def _layer_classes(config: Any) -> set[str]:

@@ -1,0 +1,398 @@
+"""TensorFlow-free scoring of the ``keras_nbow`` model.
+
+The model is linear over token counts::
+
+    positive = sigmoid(counts(tokens(standardize(text))) @ W + b)
+
+so it can be scored with pyarrow's string kernels and numpy once its vocabulary and Dense
+weights are exported. :func:`export_model` reads them from a fitted Keras model (only for the
+one layer configuration batchml builds, see :func:`_supported_config`) and checks the export
+against the Keras model on probe strings before it is used; :class:`LinearTextExport` scores.
+
+Exactness. ``TextVectorization(standardize="lower_and_strip_punctuation",
+split="whitespace")`` does, in TensorFlow:
+
+1. ``tf.strings.lower`` with its default empty encoding: ASCII letters only (``É`` stays);
+   here ``pc.ascii_lower``.
+2. ``tf.strings.regex_replace`` of :data:`STRIP_PUNCTUATION` (RE2) with ""; here
+   ``pc.replace_substring_regex`` with the same pattern (Arrow uses RE2 as well).
+3. ``tf.strings.split`` with no separator: runs of ASCII whitespace (space, \\t \\n \\v \\f \\r)
+   separate tokens, and leading / trailing whitespace gives no token. ``pc.ascii_split_whitespace``
+   splits on the same six bytes, but yields an EMPTY token for leading or trailing whitespace
+   and for an empty string. Those empty tokens are looked up to a slot of weight 0 (TensorFlow
+   would not have counted them at all). Missing that was the cause of the first prototype's
+   mismatch: a review ending in ``<br />`` ends in whitespace once ``<`` ``/`` ``>`` are
+   stripped, and the prototype counted the empty token as out-of-vocabulary (weight ``W[0]``).
+4. Vocabulary lookup with one OOV index (0, ``[UNK]``), no mask token; ``count`` adds the
+   token's row in ``W`` once per occurrence, ``multi_hot`` once per distinct token.
+
+Everything here runs without importing TensorFlow or Keras.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+EXPORT_ENTRY = "batchml_export.json"
+"""Name of the export inside the ``.keras`` zip (Keras ignores entries it does not know)."""
+
+EXPORT_FORMAT = "batchml.keras_nbow.linear"
+EXPORT_VERSION = 1
+
+STRIP_PUNCTUATION = r'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']'
+"""Keras' ``DEFAULT_STRIP_REGEX`` (keras/src/layers/preprocessing/text_vectorization.py)."""
+
+OOV_TOKEN = "[UNK]"
+OUTPUT_MODES = ("count", "multi_hot")
+
+# Rows per unit of work. Small enough that a 64k-row batch splits across both cores and the
+# intermediate arrays stay in cache-friendly sizes; large enough that per-call overhead of the
+# Arrow kernels is negligible.
+_SLICE_ROWS = 8192
+_MAX_EXPORT_DIFF = 1e-5
+"""Largest |export - keras| accepted on the probe strings before the export is used."""
+
+
+class ExportError(ValueError):
+    """The export is missing, malformed, or does not describe the Keras model."""
+
+
+@dataclass(frozen=True)
+class LinearTextExport:
+    """Vocabulary (index 0 = the OOV token) and Dense weights of a ``keras_nbow`` model."""
+
+    vocabulary: tuple[str, ...]
+    weights: np.ndarray  # float64 copy of the float32 kernel, one per vocabulary entry
+    bias: float
+    output_mode: str
+    _value_set: pa.Array = field(init=False, repr=False, compare=False)
+    _lookup_weights: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.output_mode not in OUTPUT_MODES:
+            raise ExportError(f"output_mode {self.output_mode!r} is not supported")
+        vocab = self.vocabulary
+        if len(vocab) < 1 or vocab[0] != OOV_TOKEN:
+            raise ExportError("the vocabulary must start with the OOV token")
+        words = vocab[1:]
+        if any(not isinstance(w, str) or not w for w in words) or len(set(words)) != len(words):
+            raise ExportError("vocabulary entries must be distinct non-empty strings")
+        if OOV_TOKEN in words:
+            raise ExportError("the OOV token appears twice in the vocabulary")
+        if any(_has_ascii_space(w) for w in words):
+            raise ExportError("a vocabulary entry holds whitespace; it can never be a token")
+        weights = np.asarray(self.weights, dtype=np.float64)
+        if weights.shape != (len(vocab),) or not np.isfinite(weights).all():
+            raise ExportError(f"weights have shape {weights.shape}, expected ({len(vocab)},)")
+        if not math.isfinite(self.bias):
+            raise ExportError("the bias is not finite")
+        object.__setattr__(self, "weights", weights)
+        # value set: the words, then "" (the empty token Arrow's split yields; weight 0).
+        # index_in gives a word's position p in it, null when not found (filled with -1), so
+        # the lookup weights are W[1:], then 0.0 for "", then W[0]: index -1 is the OOV slot.
+        object.__setattr__(self, "_value_set", pa.array([*words, ""], pa.string()))
+        object.__setattr__(self, "_lookup_weights",
+                           np.concatenate([weights[1:], [0.0], weights[:1]]))
+
+    # --- serialisation -----------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
+            "standardize": "lower_and_strip_punctuation", "split": "whitespace",
+            "ngrams": None, "output_mode": self.output_mode, "oov_token": OOV_TOKEN,
+            "vocabulary": list(self.vocabulary),
+            "weights": [float(w) for w in self.weights], "bias": float(self.bias),
+            "activation": "sigmoid",
+        }
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), ensure_ascii=True).encode("ascii")
+
+    @classmethod
+    def from_json(cls, obj: Any) -> LinearTextExport:
+        """The export described by ``obj``; raises :class:`ExportError` for anything else."""
+        if not isinstance(obj, dict) or obj.get("format") != EXPORT_FORMAT:
+            raise ExportError("not a batchml keras_nbow export")
+        if obj.get("version") != EXPORT_VERSION:
+            raise ExportError(f"export version {obj.get('version')!r} is not understood")
+        expected = {"standardize": "lower_and_strip_punctuation", "split": "whitespace",
+                    "ngrams": None, "oov_token": OOV_TOKEN, "activation": "sigmoid"}
+        for key, value in expected.items():
+            if obj.get(key, "<missing>") != value:
+                raise ExportError(f"export {key} is {obj.get(key)!r}, expected {value!r}")
+        vocabulary = obj.get("vocabulary")
+        weights = obj.get("weights")
+        bias = obj.get("bias")
+        if not isinstance(vocabulary, list) or not isinstance(weights, list) \
+                or isinstance(bias, bool) or not isinstance(bias, (int, float)):
+            raise ExportError("export vocabulary, weights or bias malformed")
+        if any(isinstance(w, bool) or not isinstance(w, (int, float)) for w in weights):
+            raise ExportError("export weights must be numbers")
+        return cls(tuple(vocabulary), np.asarray(weights, dtype=np.float64), float(bias),
+                   str(obj.get("output_mode")))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LinearTextExport:
+        try:
+            obj = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ExportError(f"export is not JSON ({exc})") from exc
+        return cls.from_json(obj)
+
+    def matches_config(self, config: Any) -> None:
+        """Raise :class:`ExportError` unless the Keras model config (``config.json``) is the
+        configuration this export scores exactly (see :func:`_supported_config`)."""
+        layers = (config.get("config") or {}).get("layers") if isinstance(config, dict) \
+            else None
+        if not isinstance(layers, list):
+            raise ExportError("the model config lists no layers")
+        vec, dense = _supported_config(layers)
+        if vec.get("output_mode") != self.output_mode:
+            raise ExportError("output_mode differs between export and model")
+        size = vec.get("vocabulary_size")
+        if size is not None and size != len(self.vocabulary):
+            raise ExportError(f"vocabulary size {len(self.vocabulary)} differs from the "
+                              f"model's {size}")
+        del dense
+
+    # --- scoring -----------------------------------------------------------------------------
+
+    def positive(self, texts: pa.Array | pa.ChunkedArray | np.ndarray | Sequence[str],
+                 *, threads: int = 1) -> np.ndarray:
+        """Probability of the positive class per text (float64), as Keras computes it.
+
+        ``texts``: Arrow strings (nulls count as "") or a sequence of ``str``. Work is split
+        into slices scored on up to ``threads`` threads (Arrow kernels and numpy release the
+        GIL). Raises ``pa.ArrowInvalid`` for input Arrow cannot process as UTF-8 text.
+        """
+        column = _as_arrow(texts)
+        n = len(column)
+        out = np.empty(n, dtype=np.float64)
+        starts = range(0, n, _SLICE_ROWS)
+        if threads <= 1 or n <= _SLICE_ROWS:
+            for start in starts:
+                self._score_slice(column, start, out)
+        else:
+            pool = _executor(threads)
+            for future in [pool.submit(self._score_slice, column, s, out) for s in starts]:
+                future.result()
+        return out
+
+    def _score_slice(self, column: pa.Array | pa.ChunkedArray, start: int,
+                     out: np.ndarray) -> None:
+        piece = column.slice(start, _SLICE_ROWS)
+        if isinstance(piece, pa.ChunkedArray):
+            piece = piece.combine_chunks() if piece.num_chunks != 1 else piece.chunk(0)
+        out[start:start + len(piece)] = _sigmoid(self.logits(piece))
+
+    def logits(self, texts: pa.Array) -> np.ndarray:
+        """``counts @ W + b`` for one Arrow string array (no threads)."""
+        n = len(texts)
+        if texts.null_count:
+            texts = pc.fill_null(texts, "")
+        standard = pc.replace_substring_regex(pc.ascii_lower(texts), STRIP_PUNCTUATION, "")
+        tokens = pc.ascii_split_whitespace(standard)
+        found = pc.index_in(pc.list_flatten(tokens), value_set=self._value_set)
+        slot = pc.fill_null(found, -1).to_numpy()  # int32; -1 = out of vocabulary
+        offsets = tokens.offsets.to_numpy()
+        weights = self._lookup_weights
+        if self.output_mode == "multi_hot":  # each distinct slot of a row counts once
+            width = len(weights)
+            row = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
+            key = np.unique(row * width + (slot % width))
+            return np.bincount(key // width, weights=weights[key % width], minlength=n) \
+                + self.bias
+        # count: sum each row's token weights. reduceat reads a row's range [start, next
+        # start); an empty range (a row without tokens) would yield one element, so those
+        # rows are zeroed (Arrow's split gives every row at least the token "", so that is
+        # only a safeguard).
+        starts = offsets[:-1] - offsets[0]
+        values = np.empty(len(slot) + 1, dtype=np.float64)
+        np.take(weights, slot, out=values[:-1])
+        values[-1] = 0.0
+        logit = np.add.reduceat(values, starts)
+        empty = offsets[1:] == offsets[:-1]
+        if empty.any():
+            logit[empty] = 0.0
+        return logit + self.bias
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+def _has_ascii_space(word: str) -> bool:
+    return any(c in word for c in " \t\n\v\f\r")
+
+
+def _as_arrow(texts: Any) -> pa.Array | pa.ChunkedArray:
+    """An Arrow ``string`` array (or chunked array) of ``texts``."""
+    if not isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        texts = pa.array(np.asarray(texts, dtype=object), type=pa.string(), from_pandas=True)
+    if pa.types.is_dictionary(texts.type):
+        texts = texts.dictionary_decode() if isinstance(texts, pa.Array) else \
+            pa.chunked_array([c.dictionary_decode() for c in texts.chunks],
+                             texts.type.value_type)
+    if texts.type != pa.string():
+        texts = texts.cast(pa.string())  # large_string / string_view; slices stay small
+    return texts
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size != threads:
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="batchml-nbow")
+            _pool_size = threads
+        return _pool
+
+
+# --- building the export from a Keras model (TensorFlow is loaded here already) ---------------
+
+def _supported_config(layers: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(TextVectorization config, Dense config) when ``layers`` (a functional model config's
+    layer list) is exactly Input -> TextVectorization -> Dense(1, sigmoid) with the settings
+    the export reproduces; raises :class:`ExportError` otherwise."""
+    names = [layer.get("class_name") if isinstance(layer, dict) else None for layer in layers]
+    if names != ["InputLayer", "TextVectorization", "Dense"]:
+        raise ExportError(f"layers are {names}, expected InputLayer, TextVectorization, Dense")
+    configs = [layer.get("config") for layer in layers]
+    if not all(isinstance(c, dict) for c in configs):
+        raise ExportError("a layer has no config")
+    inp, vec, dense = configs
+    if inp.get("dtype") != "string":
+        raise ExportError("the input is not a string input")
+    want_vec: dict[str, object] = {"standardize": "lower_and_strip_punctuation", "split": "whitespace",
+                "ngrams": None, "sparse": False, "ragged": False, "idf_weights": None,
+                "encoding": "utf-8"}
+    for key, value in want_vec.items():
+        if vec.get(key) != value:
+            raise ExportError(f"TextVectorization {key} is {vec.get(key)!r}, expected "
+                              f"{value!r}")
+    if vec.get("output_mode") not in OUTPUT_MODES:
+        raise ExportError(f"TextVectorization output_mode {vec.get('output_mode')!r}")
+    want_dense: dict[str, object] = {"units": 1, "activation": "sigmoid", "use_bias": True}
+    for key, value in want_dense.items():
+        if dense.get(key) != value:
+            raise ExportError(f"Dense {key} is {dense.get(key)!r}, expected {value!r}")
+    # the chain: Dense reads TextVectorization, which reads the input
+    if _inbound(layers[1]) != layers[0].get("name") or _inbound(layers[2]) != layers[1].get(
+            "name"):
+        raise ExportError("the layers are not chained input -> vectorizer -> dense")
+    return vec, dense
+
+
+def _inbound(layer: dict[str, Any]) -> Any:
+    """Name of the single layer feeding ``layer`` in a functional config, else None."""
+    nodes = layer.get("inbound_nodes")
+    try:
+        (node,) = nodes  # type: ignore[misc]
+        (arg,) = node["args"]
+        if node.get("kwargs"):
+            return None
+        return arg["config"]["keras_history"][0]
+    except (TypeError, ValueError, KeyError, IndexError):
+        return None
+
+
+def export_model(model: Any, config: dict[str, Any] | None = None) -> LinearTextExport:
+    """The export of a fitted ``keras_nbow`` Keras model, checked against the model itself on
+    probe strings. ``config``: the model's saved ``config.json`` when at hand (its structure
+    is checked), else ``model.get_config()``-style via ``keras.saving``.
+
+    Raises :class:`ExportError` when the model is not the supported configuration or the
+    export does not reproduce its predictions within :data:`_MAX_EXPORT_DIFF`.
+    """
+    import keras
+    import tensorflow as tf
+
+    if config is None:
+        config = json.loads(json.dumps(keras.saving.serialize_keras_object(model)))
+    layers = (config.get("config") or {}).get("layers")
+    if not isinstance(layers, list):
+        raise ExportError("the model config lists no layers")
+    _supported_config(layers)
+    if len(model.layers) != 3:
+        raise ExportError("the model does not have three layers")
+    _, vec, dense = model.layers
+    lookup = getattr(vec, "_lookup_layer", None)
+    if lookup is None or getattr(lookup, "num_oov_indices", None) != 1 \
+            or getattr(lookup, "mask_token", "x") not in (None, "") \
+            or getattr(lookup, "oov_token", None) != OOV_TOKEN \
+            or getattr(lookup, "invert", True) is not False:
+        # mask token "": Keras drops "" tokens in count / multi_hot mode, as the export does
+        raise ExportError("the vocabulary lookup is not one OOV index, no mask but \"\"")
+    vocabulary = tuple(str(w) for w in vec.get_vocabulary(include_special_tokens=True))
+    kernel, bias = (np.asarray(w) for w in dense.get_weights())
+    if kernel.shape != (len(vocabulary), 1) or bias.shape != (1,):
+        raise ExportError(f"Dense weights have shapes {kernel.shape} {bias.shape}, expected "
+                          f"({len(vocabulary)}, 1) (1,)")
+    export = LinearTextExport(vocabulary, kernel[:, 0].astype(np.float64), float(bias[0]),
+                              str(vec.get_config()["output_mode"]))
+    probes = probe_texts(vocabulary)
+    expected = np.asarray(model(tf.constant(np.array(probes, dtype=object).reshape(-1, 1)),
+                                training=False), dtype=np.float64).reshape(-1)
+    got = export.positive(probes)
+    worst = float(np.max(np.abs(got - expected)))
+    if not worst <= _MAX_EXPORT_DIFF:
+        raise ExportError(f"the export differs from the Keras model by {worst:.3g} on probe "
+                          "strings")
+    return export
+
+
+def probe_texts(vocabulary: Sequence[str], n: int = 512, seed: int = 0) -> list[str]:
+    """Strings that exercise every step of the standardisation and the lookup: vocabulary
+    words in mixed case glued to punctuation, entities, tags, odd whitespace and Unicode,
+    empty and whitespace-only strings, repeats (count vs multi_hot)."""
+    rng = np.random.default_rng(seed)
+    words = [w for w in vocabulary[1:]] or ["word"]
+    fixed = [
+        "", " ", "\t\n\v\f\r", "<br />", "<br /> <br />", " leading", "trailing ",
+        "it&#039;s don&#039;t &amp; &lt;br&gt; &quot;quoted&quot;", "[UNK] [unk] UNK",
+        "ÉCOLE école Straße STRASSE İstanbul ΣΑΣ ǅ", "a\u00a0b c\u2003d e\u3000f g\u2028h",
+        "x\x1cy\x1dz\x1ew\x1fv", "tab\there new\nline", "nul\x00byte", "don\u2019t \u201cq\u201d",
+        "emoji 😀👍🏽 mixed", "!!!???...", "a-b_c.d,e;f:g", "\\back\\slash\\", "~`^|{}[]()",
+    ]
+    punct = list('!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\'')
+    spaces = [" ", "  ", "\t", "\n", "\r\n", "\u00a0", " <br /> ", "&#039;", "\x0b", "\x0c"]
+    out = list(fixed)
+    for i in range(n - len(fixed)):
+        k = int(rng.integers(0, 40))
+        parts = []
+        for _ in range(k):
+            word = words[int(rng.integers(0, len(words)))]
+            style = int(rng.integers(0, 4))
+            if style == 1:
+                word = word.upper()
+            elif style == 2:
+                word = word.capitalize()
+            if rng.random() < 0.3:
+                word = word + punct[int(rng.integers(0, len(punct)))]
+            if rng.random() < 0.1:
+                word = punct[int(rng.integers(0, len(punct)))] + word
+            parts.append(word)
+            parts.append(spaces[int(rng.integers(0, len(spaces)))] if rng.random() < 0.3
+                         else " ")
+        text = "".join(parts)
+        if i % 7 == 0:
+            text = " " + text
+        out.append(text)
+    out.append(" ".join(words) * 3)  # every word, repeated: long input, counts of 3
+    return out

@@ -220,7 +220,7 @@ class S3PrefixSource(_RemoteFiles):
 
 
 def _download(client: Any, record: FileRecord) -> Iterator[Path]:
-    from .store import split_s3_uri, translate_s3_error
+    from .store import S3_HEALTH, split_s3_uri, translate_s3_error
 
     bucket, key = split_s3_uri(record.source_uri)
     fd, name = tempfile.mkstemp(prefix="batchml-in-", suffix=".parquet")
@@ -232,12 +232,16 @@ def _download(client: Any, record: FileRecord) -> Iterator[Path]:
             # get_object (not download_file) so If-Match pins the version that was claimed;
             # the body is streamed to disk in chunks, so memory stays flat for large files.
             body = client.get_object(Bucket=bucket, Key=key, **extra)["Body"]
-            with path.open("wb") as fh:
-                for chunk in body.iter_chunks(chunk_size=8 * 2**20):
-                    fh.write(chunk)
+            try:
+                with path.open("wb") as fh:
+                    for chunk in body.iter_chunks(chunk_size=8 * 2**20):
+                        fh.write(chunk)
+            except Exception as exc:  # the body broke off: botocore does not retry that
+                S3_HEALTH.note_stream_error(exc, record.source_uri)
+                raise
         except Exception as exc:
             err = translate_s3_error(exc, record.source_uri)
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            code = ((getattr(exc, "response", None) or {}).get("Error") or {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NotFound", "412", "PreconditionFailed"):
                 raise FileNotFoundError(record.source_uri) from exc
             raise err from exc
@@ -303,8 +307,10 @@ class SQSSource(_RemoteFiles):
 
 def open_source(uri: str, *, settings: Any, on_rejected: Any = None) -> Any:
     """The source for ``uri``: a directory, ``s3://bucket/prefix`` or ``sqs://queue-url``."""
-    from .store import s3_client
+    from .store import S3_HEALTH, s3_client
 
+    # every S3 call of this process is counted into HOME/s3-health for `batchml status`
+    S3_HEALTH.persist_to(Path(settings.home) / "s3-health")
     if uri.startswith("s3://"):
         return S3PrefixSource(uri, client=s3_client(settings.s3_endpoint_url, settings.s3_region))
     if uri.startswith("sqs://"):

@@ -8,6 +8,7 @@ from .catalog import Catalog
 from .errors import BatchMLError
 from .ledger import Ledger
 from .settings import Settings
+from .store import s3_health_summary
 
 
 def collect_status(catalog: Catalog, settings: Settings,
@@ -26,6 +27,13 @@ def collect_status(catalog: Catalog, settings: Settings,
         "SELECT count(*) FILTER (status = 'failed') AS failed,"
         " count(*) FILTER (status = 'quarantined') AS quarantined FROM batch_files"
         " WHERE finished_at > now() - INTERVAL 1 HOUR").iloc[0].to_dict()
+    recent: dict[str, Any] = {str(k): int(v) for k, v in errors.items() if v}
+    # S3 calls of every batchml process of this home (serve, watch workers), last 15 minutes
+    s3 = s3_health_summary(settings.home / "s3-health")
+    if s3 and (s3["failed_attempts"] or s3["failed_calls"]):
+        recent[f"s3 (last {s3['window_minutes']:g} min)"] = (
+            f"{s3['failed_attempts']} of {s3['attempts']} requests failed "
+            f"({100 * s3['error_rate']:.1f}%), {s3['retries']} retries, "
+            f"{s3['failed_calls']} calls gave up")
     return {"service": service, "files": ledger.counts(), "last_training_run": last,
-            "current_model": current,
-            "recent_errors": {k: int(v) for k, v in errors.items() if v}}
+            "current_model": current, "recent_errors": recent, "s3": s3}

@@ -5,6 +5,10 @@ connection (and the inter-process lock of :mod:`._locking`) while it is busy and
 once it has been idle for ``idle_s`` or has held them for ``max_hold_s``. Other processes wait on
 the lock file, never on DuckDB's own lock, so no DuckDB lock error reaches the user. Reads share
 the lock with other readers; writes hold it alone for one transaction each.
+
+Inside :meth:`Database.hold` (a worker's batch) the connection is kept however long the holder
+is idle or has held it, and given up only when another process says it waits (the
+``.waiting`` lock file): reopening costs ~50 ms, more than scoring a small file.
 """
 
 from __future__ import annotations
@@ -84,6 +88,12 @@ class Database:
         self._last_used = 0.0
         self._pid = os.getpid()
         self._reaper: threading.Thread | None = None
+        self._holds = 0
+        self._yield_until = 0.0
+        self._checked_exists = False
+        # run ids seen completed on the open connection (runs are facts once ended); cleared
+        # whenever a connection opens, so a replaced file never answers from it
+        self.completed_runs: set[str] = set()
         _live.add(self)
 
     # --- holding and releasing -----------------------------------------------------------
@@ -123,14 +133,18 @@ class Database:
         self._flock.release()
 
     def _acquire(self, writable: bool, strict: bool = False) -> duckdb.DuckDBPyConnection:
+        if self._holds and not strict:
+            writable = True  # a holder writes soon: one connection for reads and writes
         now = time.monotonic()
         if self._con is not None and self._depth == 0:
             mismatch = writable != self._writable if strict else writable and not self._writable
-            held_long = now - self._held_since > self.max_hold_s
+            held_long = not self._holds and now - self._held_since > self.max_hold_s
             if mismatch or held_long or not self._waiting.nobody_else():
                 self._release()
                 if not mismatch:  # let the waiting process in before taking the lock again
                     time.sleep(0.002)
+        if self._con is None and now < self._yield_until:
+            time.sleep(self._yield_until - now)  # the reaper let a waiter in: give it a moment
         if self._con is None:
             if writable:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +165,7 @@ class Database:
             finally:
                 self._waiting.release()
             try:
+                self.completed_runs = set()
                 self._con = self._connect(writable)
             except BaseException:
                 self._flock.release()
@@ -175,11 +190,30 @@ class Database:
                 if self._con is None:
                     self._reaper = None
                     return
-                idle = time.monotonic() - self._last_used > self.idle_s
-                if self._depth == 0 and (idle or not self._waiting.nobody_else()):
+                if self._depth:
+                    continue
+                idle = not self._holds and time.monotonic() - self._last_used > self.idle_s
+                waiter = not idle and not self._waiting.nobody_else()
+                if idle or waiter:
                     self._release()
+                    if waiter:
+                        self._yield_until = time.monotonic() + 0.005
                     self._reaper = None
                     return
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Keep the connection across the statements of this block (a worker's batch) for as
+        long as no other process waits for the catalog, instead of letting it go after
+        ``idle_s`` idle or ``max_hold_s`` held."""
+        with self._mutex:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._holds -= 1
+                self._last_used = time.monotonic()
 
     def close(self) -> None:
         """Close the connection and release the lock now."""
@@ -207,16 +241,22 @@ class Database:
         A process may reuse its writable connection for reads; ``read_only=True`` insists on a
         connection DuckDB itself opened read-only (for SQL typed by a user).
         """
-        if not self.path.exists():
-            self.migrate()
+        if not self._checked_exists:  # one stat per process, not one per read
+            if not self.path.exists():
+                self.migrate()
+            self._checked_exists = True
         with self._use(writable=False, strict=read_only) as con:
             yield con
 
     @contextmanager
-    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A writable connection inside one transaction; committed when the block ends."""
+    def write(self, *, single: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A writable connection inside one transaction; committed when the block ends.
+
+        ``single=True`` says the block runs one statement: it then commits on its own
+        (DuckDB's autocommit), without the BEGIN and COMMIT round trips. Nested in another
+        write, every statement is part of the outer transaction."""
         with self._use(writable=True) as con:
-            if self._depth > 1:  # nested write: part of the outer transaction
+            if self._depth > 1 or single:
                 yield con
                 return
             con.execute("BEGIN TRANSACTION")
@@ -275,6 +315,7 @@ def _after_fork_in_child() -> None:
         db._waiting.forget()
         db._con = None
         db._depth = 0
+        db._holds = 0
         db._reaper = None
         db._mutex = threading.RLock()
     _registry.clear()

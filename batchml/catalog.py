@@ -87,10 +87,19 @@ class Catalog:
 
     def create_run(self, flow: str, *, params: Mapping[str, Any] | None = None,
                    prefect_flow_run_id: str | None = None, code_fingerprint: str | None = None,
-                   data_fingerprint: str | None = None) -> Run:
-        """Start a new run of ``flow`` (status ``running``) and return it."""
+                   data_fingerprint: str | None = None,
+                   metrics: Mapping[str, float] | None = None,
+                   tags: Iterable[str] = ()) -> Run:
+        """Start a new run of ``flow`` (status ``running``) and return it.
+
+        ``metrics`` (step 0) and ``tags`` are recorded in the same transaction, so logging a
+        whole run costs two commits: this one and :meth:`Run.finish`."""
         _check_name("flow name", flow)
-        with self.db.write() as con:
+        keys = [_check_name("metric name", k) for k in (metrics or {})]
+        values = [float(v) for v in (metrics or {}).values()]
+        tag_list = list(dict.fromkeys(_check_name("tag", t) for t in tags))
+        now = utcnow()
+        with self.db.write(single=not keys and not tag_list) as con:
             # one statement: the number is taken under the exclusive lock, so it cannot race
             row = con.execute(
                 "INSERT INTO runs (run_id, flow, number, status, started_at, params,"
@@ -98,11 +107,22 @@ class Catalog:
                 " SELECT ? || '/' || n, ?, n, 'running', ?, ?, ?, ?, ?"
                 " FROM (SELECT coalesce(max(number), 0) + 1 AS n FROM runs WHERE flow = ?)"
                 " RETURNING run_id",
-                [flow, flow, utcnow(), json.dumps(dict(params or {}), default=str),
+                [flow, flow, now, json.dumps(dict(params or {}), default=str),
                  prefect_flow_run_id, code_fingerprint, data_fingerprint, flow],
             ).fetchone()
-        assert row is not None
+            assert row is not None
+            if keys:
+                con.execute("INSERT INTO metrics SELECT ?, unnest(?), unnest(?), 0, ?",
+                            [row[0], keys, values, now])
+            if tag_list:
+                con.execute("INSERT INTO tags (run_id, tag, added_at) SELECT ?, unnest(?), ?",
+                            [row[0], tag_list, now])
         return Run(self, row[0])
+
+    def transaction(self) -> Any:
+        """A context manager: every catalog write inside it (``create_run``, ``log_metrics``,
+        ``add_tag``, ``finish`` ...) commits once, when the block ends, or not at all."""
+        return self.db.write()
 
     def run(self, run_id: str) -> Run:
         """The run with this path-like id (``"train/42"``); raises :class:`RunNotFound`."""
@@ -160,11 +180,14 @@ class Catalog:
             )
         return Run(self, row[0])
 
-    @staticmethod
-    def _latest_tagged(con: Any, flow: str, tag: str, successful: bool) -> Any:
+    def _latest_tagged(self, con: Any, flow: str, tag: str, successful: bool) -> Any:
+        """``(run_id, ...)`` of the newest run of ``flow`` carrying ``tag`` (and completed
+        when ``successful``), or None; on an open connection ``con`` of this catalog."""
         # Tags are few next to runs: take the newest tagged run ids of the flow from the tags
-        # table (the run number is the id's suffix), then check their status with primary-key
-        # lookups. No scan or join over all runs, so the lookup stays flat as runs grow.
+        # table (the run number is the id's suffix); no scan or join over all runs, so the
+        # lookup stays flat as runs grow. Runs are facts once ended, so a run seen completed
+        # stays completed: its status is remembered (per connection), and the usual lookup is
+        # this one statement.
         window = 64
         prefix = f"{flow}/"
         candidates = [r[0] for r in con.execute(
@@ -172,9 +195,14 @@ class Catalog:
             " AND starts_with(run_id, ?)"
             " ORDER BY CAST(substr(run_id, ?) AS BIGINT) DESC LIMIT ?",
             [tag, prefix, len(prefix) + 1, window]).fetchall()]
+        completed = self.db.completed_runs
         for run_id in candidates:  # newest first; normally the first one qualifies
+            if run_id in completed:
+                return (run_id,)
             row = con.execute("SELECT run_id, status FROM runs WHERE run_id = ?",
                               [run_id]).fetchone()
+            if row is not None and row[1] == "completed":
+                completed.add(run_id)
             if row is not None and (not successful or row[1] == "completed"):
                 return row
         if len(candidates) < window:
@@ -407,7 +435,7 @@ class Run:
         """Record metric values (replacing the same key and step)."""
         keys = [_check_name("metric name", k) for k in metrics]
         values = [float(v) for v in metrics.values()]
-        with self.catalog.db.write() as con:
+        with self.catalog.db.write(single=True) as con:
             # One statement over lists: DuckDB's executemany costs ~5 ms a row.
             con.execute("INSERT OR REPLACE INTO metrics SELECT ?, unnest(?), unnest(?), ?, ?",
                         [self.id, keys, values, step, utcnow()])
@@ -416,22 +444,26 @@ class Run:
     def add_tag(self, tag: str, *, note: str | None = None) -> bool:
         """Put ``tag`` on the run. Idempotent: returns False if it already carries it."""
         _check_name("tag", tag)
-        with self.catalog.db.write() as con:
-            row = con.execute(
-                "SELECT EXISTS (SELECT 1 FROM runs WHERE run_id = $run),"
-                " EXISTS (SELECT 1 FROM tags WHERE run_id = $run AND tag = $tag"
-                " AND removed_at IS NULL)", {"run": self.id, "tag": tag}).fetchone()
-            if not row or not row[0]:
-                raise RunNotFound(f"No run {self.id!r}.", hint="List runs with `batchml runs`.")
-            if row[1]:
-                return False
-            con.execute("INSERT INTO tags (run_id, tag, added_at, note) VALUES (?, ?, ?, ?)",
-                        [self.id, tag, utcnow(), note])
-        return True
+        with self.catalog.db.write(single=True) as con:
+            # one statement: insert unless the run is missing or already carries the tag
+            added = con.execute(
+                "INSERT INTO tags (run_id, tag, added_at, note) SELECT $run, $tag, $now, $note"
+                " WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = $run)"
+                " AND NOT EXISTS (SELECT 1 FROM tags WHERE run_id = $run AND tag = $tag"
+                " AND removed_at IS NULL) RETURNING tag_id",
+                {"run": self.id, "tag": tag, "now": utcnow(), "note": note}).fetchall()
+        if added:
+            return True
+        with self.catalog.db.read() as con:
+            row = con.execute("SELECT EXISTS (SELECT 1 FROM runs WHERE run_id = ?)",
+                              [self.id]).fetchone()
+        if not row or not row[0]:
+            raise RunNotFound(f"No run {self.id!r}.", hint="List runs with `batchml runs`.")
+        return False
 
     def remove_tag(self, tag: str) -> bool:
         """Take ``tag`` off the run, keeping its history. Returns False if it was not there."""
-        with self.catalog.db.write() as con:
+        with self.catalog.db.write(single=True) as con:
             row = con.execute(
                 "UPDATE tags SET removed_at = ? WHERE run_id = ? AND tag = ?"
                 " AND removed_at IS NULL RETURNING tag_id", [utcnow(), self.id, tag]).fetchall()
@@ -448,7 +480,7 @@ class Run:
         """End the run as ``completed`` or ``failed`` (with the error)."""
         if status not in ("completed", "failed"):
             raise ValueError("status must be 'completed' or 'failed'")
-        with self.catalog.db.write() as con:
+        with self.catalog.db.write(single=True) as con:
             done = con.execute(
                 "UPDATE runs SET status = ?, ended_at = ?, error = ? WHERE run_id = ?"
                 " AND status = 'running' RETURNING run_id",

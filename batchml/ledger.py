@@ -12,7 +12,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -70,6 +70,17 @@ class FileRecord:
         return FileRef(self.source_uri, self.etag, self.size, self.mtime)
 
 
+@dataclass(frozen=True)
+class ClaimedBatch:
+    """What :meth:`Ledger.claim_batch` did: the batch opened (None when nothing was claimed),
+    the model run it resolved, the files claimed and when their leases expire."""
+
+    batch_id: str | None
+    model_run_id: str | None
+    records: list[FileRecord]
+    lease_expires_at: datetime | None
+
+
 def worker_id() -> str:
     """A name for this worker: host, pid and a random suffix."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -86,31 +97,42 @@ class Ledger:
         self.max_attempts = max_attempts
 
     def discover(self, refs: Iterable[FileRef]) -> list[str]:
-        """Record files not seen before; return the ids that are new."""
+        """Record files not seen before; return the ids that are new.
+
+        Reads first: a poll that finds only known files costs one shared read, no write."""
         rows = {r.file_id: r for r in refs}
         if not rows:
             return []
-        now = utcnow()
-        with self.catalog.db.write() as con:
+        with self.catalog.db.read() as con:
             known = {r[0] for r in con.execute(
                 "SELECT file_id FROM files WHERE file_id IN (SELECT unnest(?))",
                 [list(rows)]).fetchall()}
-            new = [r for fid, r in rows.items() if fid not in known]
-            if new:
-                con.execute(
-                    "INSERT INTO files (file_id, source_uri, etag, size, mtime, state,"
-                    " discovered_at, updated_at) SELECT unnest(?), unnest(?), unnest(?),"
-                    " unnest(?), unnest(?::TIMESTAMPTZ[]), 'discovered', ?, ?",
-                    [[r.file_id for r in new], [r.uri for r in new], [r.etag for r in new],
-                     [r.size for r in new], [r.mtime for r in new], now, now])
-        return [r.file_id for r in new]
+        new = [r for fid, r in rows.items() if fid not in known]
+        if not new:
+            return []
+        now = utcnow()
+        with self.catalog.db.write(single=True) as con:
+            # another process may have recorded some in between: those are not new
+            added = {r[0] for r in con.execute(
+                "INSERT OR IGNORE INTO files (file_id, source_uri, etag, size, mtime, state,"
+                " discovered_at, updated_at) SELECT unnest(?), unnest(?), unnest(?),"
+                " unnest(?), unnest(?::TIMESTAMPTZ[]), 'discovered', ?, ? RETURNING file_id",
+                [[r.file_id for r in new], [r.uri for r in new], [r.etag for r in new],
+                 [r.size for r in new], [r.mtime for r in new], now, now]).fetchall()}
+        return [r.file_id for r in new if r.file_id in added]
 
     def claim(self, worker: str, *, limit: int, lease_s: float,
               file_ids: Sequence[str] | None = None,
               prefix: str | None = None) -> list[FileRecord]:
         """Claim up to ``limit`` pending files (new ones, or claims whose lease expired),
         optionally only those whose URI starts with ``prefix``."""
-        now = utcnow()
+        with self.catalog.db.write(single=True) as con:
+            return self._claim(con, worker, utcnow(), limit=limit, lease_s=lease_s,
+                               file_ids=file_ids, prefix=prefix)
+
+    @staticmethod
+    def _claim(con: Any, worker: str, now: datetime, *, limit: int, lease_s: float,
+               file_ids: Sequence[str] | None, prefix: str | None) -> list[FileRecord]:
         where = ("(state = 'discovered' OR (state = 'claimed' AND lease_expires_at < ?))")
         args: list[Any] = [now]
         if file_ids is not None:
@@ -119,15 +141,62 @@ class Ledger:
         if prefix is not None:
             where += " AND starts_with(source_uri, ?)"
             args.append(prefix)
-        with self.catalog.db.write() as con:
-            rows = con.execute(
-                f"UPDATE files SET state = 'claimed', claimed_by = ?, claimed_at = ?,"
-                f" lease_expires_at = ?, attempts = attempts + 1, updated_at = ?"
-                f" WHERE file_id IN (SELECT file_id FROM files WHERE {where}"
-                f" ORDER BY discovered_at, source_uri LIMIT {int(limit)})"
-                f" RETURNING {_COLUMNS}",
-                [worker, now, now + timedelta(seconds=lease_s), now, *args]).fetchall()
+        rows = con.execute(
+            f"UPDATE files SET state = 'claimed', claimed_by = ?, claimed_at = ?,"
+            f" lease_expires_at = ?, attempts = attempts + 1, updated_at = ?"
+            f" WHERE file_id IN (SELECT file_id FROM files WHERE {where}"
+            f" ORDER BY discovered_at, source_uri LIMIT {int(limit)})"
+            f" RETURNING {_COLUMNS}",
+            [worker, now, now + timedelta(seconds=lease_s), now, *args]).fetchall()
         return [FileRecord(*r) for r in sorted(rows, key=lambda r: r[1])]
+
+    def claim_batch(self, worker: str, *, limit: int, lease_s: float,
+                    run_id: str | None = None, tag: str | None = None, flow: str = "train",
+                    expect_run_id: str | None = None, file_ids: Sequence[str] | None = None,
+                    prefix: str | None = None,
+                    prefect_flow_run_id: str | None = None) -> ClaimedBatch:
+        """Resolve the model, claim up to ``limit`` files and open their batch, all in one
+        transaction, so a batch's ``started_at`` is never later than the moment its model was
+        chosen (a tag removed after that is removed after the batch started).
+
+        The model is ``run_id``, else the newest successful run of ``flow`` carrying ``tag``.
+        When it is not ``expect_run_id`` (the model the caller has loaded), nothing is claimed:
+        the caller loads the returned ``model_run_id`` and asks again. ``model_run_id`` is None
+        when no run carries the tag."""
+        with self.catalog.db.write() as con:
+            now = utcnow()
+            if run_id is None:
+                if tag is None:
+                    raise ValueError("Give a run id or a tag to choose the model.")
+                row = self.catalog._latest_tagged(con, flow, tag, True)
+                if row is None:
+                    return ClaimedBatch(None, None, [], None)
+                run_id = str(row[0])
+            if expect_run_id is not None and run_id != expect_run_id:
+                return ClaimedBatch(None, run_id, [], None)
+            records = self._claim(con, worker, now, limit=limit, lease_s=lease_s,
+                                  file_ids=file_ids, prefix=prefix)
+            if not records:
+                return ClaimedBatch(None, run_id, [], None)
+            batch_id = f"batch-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+            con.execute("INSERT INTO prediction_batches (batch_id, model_run_id, status,"
+                        " started_at, prefect_flow_run_id) VALUES (?, ?, 'running', ?, ?)",
+                        [batch_id, run_id, now, prefect_flow_run_id])
+        return ClaimedBatch(batch_id, run_id, records, now + timedelta(seconds=lease_s))
+
+    def renew(self, file_ids: Sequence[str], worker: str, *,
+              lease_s: float) -> tuple[set[str], datetime]:
+        """Extend the leases of files this worker still holds; return the ids still held and
+        the new expiry. A file missing from the answer was taken over (its lease expired)."""
+        expires = utcnow() + timedelta(seconds=lease_s)
+        if not file_ids:
+            return set(), expires
+        with self.catalog.db.write(single=True) as con:
+            rows = con.execute(
+                "UPDATE files SET lease_expires_at = ? WHERE file_id IN (SELECT unnest(?))"
+                " AND state = 'claimed' AND claimed_by = ? RETURNING file_id",
+                [expires, list(file_ids), worker]).fetchall()
+        return {r[0] for r in rows}, expires
 
     def release(self, file_ids: Sequence[str], worker: str, *, reason: str | None = None,
                 count_attempt: bool = False) -> int:
@@ -225,27 +294,64 @@ class Ledger:
 
     def record_file(self, batch_id: str, outcome: Any, worker: str) -> bool:
         """Record one file's outcome in the batch and move its ledger row, atomically."""
+        return bool(self.record_files(batch_id, [outcome], worker))
+
+    def record_files(self, batch_id: str, outcomes: Sequence[Any], worker: str, *,
+                     end: Mapping[str, Any] | None = None) -> set[str]:
+        """Record the outcomes of several files of a batch in one transaction: each file's
+        ledger row moves and its ``batch_files`` row is written only if this worker still holds
+        its claim. With ``end`` (``files``, ``rows``, ``duration_ms``, ``error``) the batch is
+        closed in the same transaction. Returns the ids recorded."""
+        done: set[str] = set()
+        if not outcomes and end is None:
+            return done
+        now = utcnow()
         with self.catalog.db.write() as con:
-            ok = self.finish(outcome.file_id, worker, state=outcome.status, error=outcome.error,
-                             model_run_id=outcome.model_run_id, batch_id=batch_id,
-                             output_uri=outcome.output_uri, rows=outcome.rows)
-            if ok:
-                con.execute(
-                    "INSERT OR REPLACE INTO batch_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                    " ?, ?)",
-                    [batch_id, outcome.file_id, outcome.source_uri, outcome.model_run_id,
-                     outcome.status, outcome.output_uri, outcome.rows, outcome.positives,
-                     outcome.duration_ms, outcome.error, outcome.reprocess, utcnow()])
-        return ok
+            if outcomes:
+                o = outcomes
+                done = {r[0] for r in con.execute(
+                    "UPDATE files SET state = v.state, error = v.error,"
+                    " model_run_id = v.model_run_id, batch_id = ?, output_uri = v.output_uri,"
+                    " rows = v.rows, claimed_by = NULL, lease_expires_at = NULL,"
+                    " updated_at = ? FROM (SELECT unnest(?::VARCHAR[]) AS file_id,"
+                    " unnest(?::VARCHAR[]) AS state, unnest(?::VARCHAR[]) AS error,"
+                    " unnest(?::VARCHAR[]) AS model_run_id, unnest(?::VARCHAR[]) AS output_uri,"
+                    " unnest(?::BIGINT[]) AS rows) v WHERE files.file_id = v.file_id"
+                    " AND files.state = 'claimed' AND files.claimed_by = ?"
+                    " RETURNING files.file_id",
+                    [batch_id, now, [x.file_id for x in o], [x.status for x in o],
+                     [x.error for x in o], [x.model_run_id for x in o],
+                     [x.output_uri for x in o], [x.rows for x in o], worker]).fetchall()}
+                kept = [x for x in o if x.file_id in done]
+                if kept:
+                    con.execute(
+                        "INSERT OR REPLACE INTO batch_files SELECT ?, unnest(?::VARCHAR[]),"
+                        " unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]),"
+                        " unnest(?::VARCHAR[]), unnest(?::BIGINT[]), unnest(?::BIGINT[]),"
+                        " unnest(?::DOUBLE[]), unnest(?::VARCHAR[]), unnest(?::BOOLEAN[]), ?",
+                        [batch_id, [x.file_id for x in kept], [x.source_uri for x in kept],
+                         [x.model_run_id for x in kept], [x.status for x in kept],
+                         [x.output_uri for x in kept], [x.rows for x in kept],
+                         [x.positives for x in kept], [x.duration_ms for x in kept],
+                         [x.error for x in kept], [bool(x.reprocess) for x in kept], now])
+            if end is not None:
+                self._end_batch(con, batch_id, now, **end)
+        return done
 
     def end_batch(self, batch_id: str, *, files: int, rows: int, duration_ms: float,
                   error: str | None = None) -> None:
         """Close a batch with its totals."""
         with self.catalog.db.write() as con:
-            con.execute("UPDATE prediction_batches SET status = ?, ended_at = ?, files = ?,"
-                        " rows = ?, duration_ms = ?, error = ? WHERE batch_id = ?",
-                        ["failed" if error else "completed", utcnow(), files, rows, duration_ms,
-                         error, batch_id])
+            self._end_batch(con, batch_id, utcnow(), files=files, rows=rows,
+                            duration_ms=duration_ms, error=error)
+
+    @staticmethod
+    def _end_batch(con: Any, batch_id: str, now: datetime, *, files: int, rows: int,
+                   duration_ms: float, error: str | None = None) -> None:
+        con.execute("UPDATE prediction_batches SET status = ?, ended_at = ?, files = ?,"
+                    " rows = ?, duration_ms = ?, error = ? WHERE batch_id = ?",
+                    ["failed" if error else "completed", now, files, rows, duration_ms,
+                     error, batch_id])
 
     def record_rejected_event(self, source: str, message_id: str, body: str,
                               error: str) -> None:

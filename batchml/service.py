@@ -122,7 +122,7 @@ def service_state(settings: Settings) -> dict[str, Any]:
 class Service:
     """The embedded service: a watcher feeding the prediction flow plus a nightly trainer."""
 
-    def __init__(self, settings: Settings, *, batch_limit: int = 100,
+    def __init__(self, settings: Settings, *, batch_limit: int = 250,
                  idle_s: float = 1.0) -> None:
         self.settings = settings
         self.batch_limit = batch_limit
@@ -155,39 +155,13 @@ class Service:
         self.heartbeat.write(state="running", inbox=source.uri, outbox=self.settings.outbox,
                              prefect_api_url=api_url, batches=0, files=0)
         log.info("serving %s -> %s", source.uri, self.settings.outbox)
+        from prefect.context import AsyncClientContext
+
         try:
-            while not self.stop_event.is_set():
-                result: dict[str, Any] = {"files": []}
-                try:
-                    await asyncio.to_thread(worker.discover)
-                    if await asyncio.to_thread(worker.has_pending):
-                        # resolve first: no flow run while there is no model to score with
-                        await asyncio.to_thread(worker.cache.resolve, run_id=worker.run_id,
-                                                tag=worker.tag)
-                        result = await batch_flow(limit=self.batch_limit)
-                except BatchMLError as exc:
-                    if not exc.transient:
-                        raise
-                    result["error"] = str(exc)
-                scored = len(result["files"])
-                if scored:
-                    self.batches += 1
-                    self.files += scored
-                    for f in result["files"]:
-                        log.info("file %s", f["status"], extra={
-                            "file": f["file"], "status": f["status"], "rows": f["rows"],
-                            "output": f["output"], "error": f["error"],
-                            "batch_id": result["batch_id"], "model_run": result["model_run_id"]})
-                if result.get("error") != self._last_error:
-                    self._last_error = result.get("error")
-                    if self._last_error:
-                        log.warning("waiting: %s", self._last_error)
-                self.heartbeat.write(state="running", inbox=source.uri,
-                                     outbox=self.settings.outbox, prefect_api_url=api_url,
-                                     batches=self.batches, files=self.files,
-                                     waiting=result.get("error"))
-                if not scored:
-                    await self._idle(source)
+            # one Prefect client for every flow run (a new one per run checks the server's
+            # version and opens connections again)
+            async with AsyncClientContext.get_or_create():
+                await self._loop(worker, batch_flow, source, api_url)
         finally:
             source.close()
             if runner_task is not None:
@@ -195,6 +169,45 @@ class Service:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await runner_task
             self.heartbeat.write(state="stopped", batches=self.batches, files=self.files)
+
+    async def _loop(self, worker: Any, batch_flow: Any, source: Any,
+                    api_url: str | None) -> None:
+        """Discover, score a micro-batch (one flow run; up to ``batch_limit`` files, so a
+        burst is a handful of flow runs), report, and idle when there is nothing to do."""
+        assert self.stop_event is not None
+        while not self.stop_event.is_set():
+            result: dict[str, Any] = {"files": []}
+            try:
+                new = await asyncio.to_thread(worker.discover)
+                if new or await asyncio.to_thread(worker.has_pending):
+                    if worker.model is None:
+                        # resolve first: no flow run while there is no model to score with
+                        await asyncio.to_thread(worker.cache.resolve, run_id=worker.run_id,
+                                                tag=worker.tag)
+                    result = await batch_flow(limit=self.batch_limit)
+            except BatchMLError as exc:
+                if not exc.transient:
+                    raise
+                result["error"] = str(exc)
+            scored = len(result["files"])
+            if scored:
+                self.batches += 1
+                self.files += scored
+                for f in result["files"]:
+                    log.info("file %s", f["status"], extra={
+                        "file": f["file"], "status": f["status"], "rows": f["rows"],
+                        "output": f["output"], "error": f["error"],
+                        "batch_id": result["batch_id"], "model_run": result["model_run_id"]})
+            if result.get("error") != self._last_error:
+                self._last_error = result.get("error")
+                if self._last_error:
+                    log.warning("waiting: %s", self._last_error)
+            self.heartbeat.write(state="running", inbox=source.uri,
+                                 outbox=self.settings.outbox, prefect_api_url=api_url,
+                                 batches=self.batches, files=self.files,
+                                 waiting=result.get("error"))
+            if not scored:
+                await self._idle(source)
 
     async def _idle(self, source: Any) -> None:
         assert self.stop_event is not None

@@ -13,11 +13,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import BatchMLError, ModelNotFound, is_transient
-from .ledger import FileRecord, FileRef, Ledger, worker_id
-from .scoring import FileOutcome, ModelCache, Outbox, score_file
+from .ledger import ClaimedBatch, FileRecord, FileRef, Ledger, worker_id
+from .scoring import FileOutcome, LoadedModel, ModelCache, Outbox, score_file
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -71,6 +73,9 @@ class Worker:
         self.cache = cache or ModelCache(catalog, flow=settings.train_flow)
         self.name = name or worker_id()
         self._view_ready = False
+        self._model: LoadedModel | None = None
+        self.flush_files = 50
+        self.flush_s = 0.5
 
     @classmethod
     def for_source(cls, settings: Settings, uri: str | None = None, *,
@@ -84,6 +89,11 @@ class Worker:
         source = open_source(uri or str(settings.inbox), settings=settings,
                              on_rejected=Ledger(catalog).record_rejected_event)
         return cls(catalog, source, settings, run_id=run_id, tag=tag)
+
+    @property
+    def model(self) -> LoadedModel | None:
+        """The model of the last batch (None before the first, or after no model was found)."""
+        return self._model
 
     def discover(self) -> list[FileRef]:
         """Poll the source and record new files; acknowledge queue messages afterwards.
@@ -99,38 +109,67 @@ class Worker:
     def run_batch(self, *, limit: int = 50, file_ids: list[str] | None = None,
                   prefect_flow_run_id: str | None = None,
                   on_claimed: Callable[[list[FileRecord]], None] | None = None) -> BatchReport:
-        """Claim up to ``limit`` pending files and score them with one model."""
+        """Claim up to ``limit`` pending files and score them with one model.
+
+        The model is chosen, the files claimed and the batch opened in one catalog
+        transaction. While the batch runs a thread renews the leases of its files, and an
+        output is committed only while its claim is held. Outcomes are recorded a few at a
+        time (every ``flush_files`` files or ``flush_s`` seconds, and with the batch's end):
+        an output committed but not yet recorded is scored again after a crash, to the same
+        output path, so it replaces and never duplicates."""
         try:
-            model = self.cache.resolve(run_id=self.run_id, tag=self.tag)
+            claim, model = self._claim_batch(limit, file_ids, prefect_flow_run_id)
         except ModelNotFound as exc:
+            self._model = None
             return BatchReport(None, None, error=str(exc))  # files stay pending
-        claimed = self.ledger.claim(self.name, limit=limit, lease_s=self.settings.lease_s,
-                                    file_ids=file_ids, prefix=self._claim_prefix())
-        if not claimed:
+        if claim.batch_id is None:
             return BatchReport(None, model.run_id)
+        batch_id = claim.batch_id
+        claimed = claim.records
+        report = BatchReport(batch_id, model.run_id)
+        leases = _Leases(self, [r.file_id for r in claimed], claim.lease_expires_at)
         if on_claimed is not None:
             on_claimed(claimed)
-        batch_id = self.ledger.start_batch(model.run_id, prefect_flow_run_id=prefect_flow_run_id)
-        report = BatchReport(batch_id, model.run_id)
         start = time.perf_counter()
-        for i, record in enumerate(claimed):
+        pending: list[FileOutcome] = []
+        first_pending = 0.0
+        with self.catalog.db.hold(), leases:
             try:
-                outcome = self._score_one(record, model, batch_id)
-            except BaseException as exc:
-                # Only transient trouble (outbox full or unreachable, S3 throttling) and
-                # interruption get here: the file and the rest of the batch go back to
-                # pending without spending an attempt, to be scored once the outage is over.
-                rest = [r.file_id for r in claimed[i:]]
-                report.released += self.ledger.release(rest, self.name, reason=str(exc))
-                report.error = f"{type(exc).__name__}: {exc}"
-                if not isinstance(exc, Exception):
-                    raise  # KeyboardInterrupt / SystemExit: claims are released, now stop
-                break
-            report.outcomes.append(outcome)
-            self.ledger.record_file(batch_id, outcome, self.name)
-        self.ledger.end_batch(batch_id, files=len(report.outcomes), rows=report.rows,
-                              duration_ms=(time.perf_counter() - start) * 1000,
-                              error=report.error)
+                for i, record in enumerate(claimed):
+                    if not leases.held(record.file_id):
+                        continue  # taken over by another worker: it is scored there
+                    try:
+                        outcome = self._score_one(record, model, batch_id, leases)
+                    except _ClaimLost:
+                        continue
+                    except BaseException as exc:
+                        # Only transient trouble (outbox full or unreachable, S3 throttling)
+                        # and interruption get here: the file and the rest of the batch go back
+                        # to pending without spending an attempt, to be scored once the outage
+                        # is over.
+                        report.error = f"{type(exc).__name__}: {exc}"
+                        self._record(report, pending, leases)
+                        pending = []
+                        rest = [r.file_id for r in claimed[i:]]
+                        leases.drop(rest)
+                        report.released += self.ledger.release(rest, self.name,
+                                                               reason=str(exc))
+                        if not isinstance(exc, Exception):
+                            raise  # KeyboardInterrupt / SystemExit: claims released, stop
+                        break
+                    if not pending:
+                        first_pending = time.perf_counter()
+                    pending.append(outcome)
+                    last = i == len(claimed) - 1
+                    if not last and (len(pending) >= self.flush_files
+                                     or time.perf_counter() - first_pending >= self.flush_s):
+                        self._record(report, pending, leases)
+                        pending = []
+            finally:
+                # the remaining outcomes and the batch's end: one transaction
+                self._record(report, pending, leases, end={
+                    "files": 0, "rows": 0, "error": report.error,
+                    "duration_ms": (time.perf_counter() - start) * 1000})
         if not self._view_ready and any(o.output_uri for o in report.outcomes):
             try:
                 self.ledger.ensure_predictions_view(self.outbox.root)
@@ -138,6 +177,51 @@ class Worker:
             except Exception:  # a convenience view must never fail a batch
                 log.warning("could not create the predictions view", exc_info=True)
         return report
+
+    def _claim_batch(self, limit: int, file_ids: list[str] | None,
+                     prefect_flow_run_id: str | None) -> tuple[ClaimedBatch, LoadedModel]:
+        """Choose the model and claim files in one transaction; load a model the transaction
+        chose that is not loaded yet (outside it) and ask again."""
+        model = self._model
+        if model is None or (self.run_id is not None and model.run_id != self.run_id):
+            model = self.cache.resolve(run_id=self.run_id, tag=self.tag)
+        for _ in range(5):
+            claim = self.ledger.claim_batch(
+                self.name, limit=limit, lease_s=self.settings.lease_s, run_id=self.run_id,
+                tag=self.tag, flow=self.settings.train_flow, expect_run_id=model.run_id,
+                file_ids=file_ids, prefix=self._claim_prefix(),
+                prefect_flow_run_id=prefect_flow_run_id)
+            if claim.model_run_id is None:
+                raise ModelNotFound(
+                    f"No successful run of flow {self.settings.train_flow!r} tagged "
+                    f"{self.tag!r}.",
+                    hint="Train one with `batchml train`, or tag a run with `batchml tag add`.")
+            if claim.model_run_id == model.run_id:
+                self._model = model
+                return claim, model
+            model = self.cache.resolve(run_id=claim.model_run_id)  # the tag moved: load
+        raise ModelNotFound("The tagged model kept changing while a batch was being claimed.",
+                            hint="Retrying shortly.")
+
+    def _record(self, report: BatchReport, outcomes: list[FileOutcome], leases: _Leases,
+                end: dict[str, Any] | None = None) -> None:
+        """Record outcomes (and the batch's end); keep in the report only the outcomes whose
+        claim was still held, so a file is reported scored by exactly one worker."""
+        if not outcomes and end is None:
+            return
+        assert report.batch_id is not None
+        if end is not None:
+            kept = report.outcomes + outcomes
+            end = {**end, "files": len(kept), "rows": sum(o.rows or 0 for o in kept)}
+        with leases.lock:
+            done = self.ledger.record_files(report.batch_id, outcomes, self.name, end=end)
+            leases.drop([o.file_id for o in outcomes])
+        for o in outcomes:
+            if o.file_id in done:
+                report.outcomes.append(o)
+            else:
+                log.warning("claim on %s was lost before its outcome was recorded; another "
+                            "worker scores it", o.source_uri)
 
     def has_pending(self) -> bool:
         """True when a file of this worker's source waits to be claimed."""
@@ -154,14 +238,19 @@ class Worker:
             return self.source.uri.rstrip("/") + "/"
         return None
 
-    def _score_one(self, record: FileRecord, model: Any, batch_id: str) -> FileOutcome:
+    def _score_one(self, record: FileRecord, model: Any, batch_id: str,
+                   leases: _Leases | None = None) -> FileOutcome:
         reprocess = (record.error or "") == "reprocess requested"
+        outbox = self.outbox if leases is None else _GuardedOutbox(
+            self.outbox, lambda: leases.check(record.file_id))
         try:
             with self.source.fetch(record) as path:
-                outcome = score_file(path, record, model, self.outbox, batch_id,
+                outcome = score_file(path, record, model, outbox, batch_id,
                                      batch_rows=self.settings.batch_rows,
                                      budget_bytes=self.settings.memory_budget_mb * 2**20,
                                      reprocess=reprocess)
+        except _ClaimLost:
+            raise
         except FileNotFoundError:
             outcome = FileOutcome(record.file_id, record.source_uri, "failed", model.run_id,
                                   error=f"{record.source_uri} vanished before it could be "
@@ -204,3 +293,96 @@ class Worker:
                 on_batch(report)
             if not report.outcomes:
                 self.source.wait(idle_s)
+
+
+class _ClaimLost(Exception):
+    """The file's claim passed to another worker before its output was committed."""
+
+
+class _GuardedOutbox(Outbox):
+    """The worker's outbox, committing an output only while the file's claim is held."""
+
+    def __init__(self, outbox: Outbox, still_held: Callable[[], bool]) -> None:  # noqa: D107
+        self._outbox = outbox
+        self._still_held = still_held
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._outbox, name)
+
+    def commit(self, tmp: Path, key: str) -> str:
+        if not self._still_held():
+            tmp.unlink(missing_ok=True)
+            raise _ClaimLost(key)
+        return self._outbox.commit(tmp, key)
+
+
+class _Leases:
+    """The claims of a running batch: renewed every ``lease_s / 3`` by a thread, and checked
+    before each output is committed."""
+
+    def __init__(self, worker: Worker, file_ids: list[str], expires: datetime | None) -> None:
+        self.worker = worker
+        self.lease_s = float(worker.settings.lease_s)
+        self.ids = set(file_ids)
+        self.lost: set[str] = set()
+        until = expires.timestamp() if expires is not None else 0.0
+        self.until = dict.fromkeys(file_ids, until)  # lease expiry per file (epoch seconds)
+        self.lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Leases:
+        self._thread = threading.Thread(target=self._renew_loop, name="batchml-lease",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def held(self, file_id: str) -> bool:
+        with self.lock:
+            return file_id not in self.lost
+
+    def drop(self, file_ids: list[str]) -> None:
+        """Stop renewing these (recorded or released)."""
+        with self.lock:
+            self.ids.difference_update(file_ids)
+
+    def check(self, file_id: str) -> bool:
+        """Is the claim on ``file_id`` still ours, for long enough to commit its output?
+        Known from the last renewal while it keeps a margin of ``lease_s / 3``; otherwise
+        renewed in the catalog now."""
+        with self.lock:
+            if file_id in self.lost:
+                return False
+            if time.time() < self.until.get(file_id, 0.0) - self.lease_s / 3:
+                return True
+            self._renew([file_id])
+            return file_id not in self.lost
+
+    def _renew(self, file_ids: list[str]) -> None:
+        """Renew (called with the lock held); note the files that were taken over."""
+        if not file_ids:
+            return
+        held, expires = self.worker.ledger.renew(file_ids, self.worker.name,
+                                                 lease_s=self.lease_s)
+        lost = set(file_ids) - held
+        if lost:
+            log.warning("%d claim(s) of this batch were taken over by another worker",
+                        len(lost))
+            self.lost |= lost
+            self.ids -= lost
+        for file_id in held:
+            self.until[file_id] = expires.timestamp()
+
+    def _renew_loop(self) -> None:
+        every = self.lease_s / 3
+        while not self._stop.wait(every):
+            try:
+                with self.lock:
+                    self._renew(sorted(self.ids))
+            except Exception:  # the next renewal, or the check before a commit, tries again
+                log.warning("could not renew the batch's leases", exc_info=True)

@@ -216,3 +216,55 @@ def test_latest_tagged_run_behind_many_unfinished_tagged_runs(catalog: Catalog) 
     assert catalog.latest_run("train", tag="t", successful=False).number == 71
     make_run(catalog, "train2", tags=("t",))  # another flow's tagged runs never leak in
     assert catalog.latest_run("train", tag="t") == good
+
+
+def test_create_run_records_metrics_and_tags_with_the_run(catalog: Catalog) -> None:
+    run = catalog.create_run("train", params={"lr": 0.1}, metrics={"auc": 0.9, "f1": 0.5},
+                             tags=["a", "b", "a"])
+    assert run.params == {"lr": 0.1} and run.metrics == {"auc": 0.9, "f1": 0.5}
+    assert run.tags == {"a", "b"} and run.status == "running"
+    run.finish()
+    assert catalog.latest_run("train", tag="b") == run
+    with pytest.raises(ValueError):  # checked before anything is written
+        catalog.create_run("train", metrics={"bad name": 1.0})
+    with pytest.raises(ValueError):
+        catalog.create_run("train", tags=["bad tag"])
+    assert [r.id for r in catalog.runs("train")] == [run.id]
+
+
+def test_transaction_commits_once_or_not_at_all(catalog: Catalog) -> None:
+    with catalog.transaction():
+        run = catalog.create_run("train")
+        run.log_metrics({"auc": 0.7})
+        assert run.add_tag("x") and not run.add_tag("x")
+        run.finish()
+    assert run.refresh().status == "completed" and run.tags == {"x"}
+    with pytest.raises(RuntimeError), catalog.transaction():
+        doomed = catalog.create_run("train")
+        doomed.add_tag("y")
+        raise RuntimeError("boom")
+    assert [r.id for r in catalog.runs("train")] == [run.id]
+    assert catalog.runs("train", tag="y") == []
+
+
+def test_add_tag_on_a_missing_run_raises(catalog: Catalog) -> None:
+    from batchml import Run
+
+    with pytest.raises(RunNotFound):
+        Run(catalog, "train/99").add_tag("x")
+    assert catalog.sql("SELECT count(*) AS n FROM tags")["n"].iloc[0] == 0
+
+
+def test_latest_tagged_run_follows_status_and_tags_on_a_warm_connection(
+        catalog: Catalog) -> None:
+    first = make_run(catalog, tags=("t",))
+    assert catalog.latest_run("train", tag="t") == first  # remembered as completed
+    later = make_run(catalog, status="running", tags=("t",))
+    assert catalog.latest_run("train", tag="t") == first
+    later.finish()
+    assert catalog.latest_run("train", tag="t") == later
+    later.remove_tag("t")
+    assert catalog.latest_run("train", tag="t") == first
+    failed = make_run(catalog, status="failed", tags=("t",))
+    assert catalog.latest_run("train", tag="t") == first
+    assert catalog.latest_run("train", tag="t", successful=False) == failed

@@ -106,3 +106,83 @@ def test_four_processes_never_claim_the_same_file(tmp_path: Path) -> None:
         claimed += [line for line in out.splitlines() if line]
     assert len(claimed) == 200 and len(set(claimed)) == 200
     assert Ledger(Catalog(path)).counts()["scored"] == 200
+
+
+def _tagged_run(catalog: Catalog, tag: str = "deployment_candidate") -> str:
+    run = catalog.create_run("train", tags=[tag])
+    run.finish()
+    return run.id
+
+
+def test_discover_reads_first_and_reports_only_new(catalog: Catalog) -> None:
+    ledger = Ledger(catalog)
+    ledger.discover(refs(3))
+    before = ledger.files()[["file_id", "updated_at"]].sort_values("file_id")
+    assert ledger.discover(refs(3)) == []  # all known: a read, no write
+    after = ledger.files()[["file_id", "updated_at"]].sort_values("file_id")
+    assert before.equals(after)
+    # a file recorded by another process between the read and the write is not new
+    assert ledger.discover(refs(4)) == [refs(4)[3].file_id]
+
+
+def test_claim_batch_chooses_model_claims_and_opens_the_batch_together(
+        catalog: Catalog) -> None:
+    ledger = Ledger(catalog)
+    ledger.discover(refs(3))
+    assert ledger.claim_batch("w", limit=10, lease_s=60, tag="deployment_candidate"
+                              ).model_run_id is None  # no model: nothing claimed
+    old = _tagged_run(catalog)
+    new = _tagged_run(catalog)
+    # the caller holds the old model: the tag now names another run, so nothing is claimed
+    stale = ledger.claim_batch("w", limit=10, lease_s=60, tag="deployment_candidate",
+                               expect_run_id=old)
+    assert (stale.batch_id, stale.model_run_id, stale.records) == (None, new, [])
+    assert ledger.counts()["discovered"] == 3
+    got = ledger.claim_batch("w", limit=2, lease_s=60, tag="deployment_candidate",
+                             expect_run_id=new, prefect_flow_run_id="fr-1")
+    assert got.model_run_id == new and len(got.records) == 2 and got.batch_id
+    batch = catalog.sql("SELECT model_run_id, status, started_at, prefect_flow_run_id"
+                        " FROM prediction_batches WHERE batch_id = ?", [got.batch_id])
+    assert batch[["model_run_id", "status", "prefect_flow_run_id"]].values.tolist() == [
+        [new, "running", "fr-1"]]
+    claimed = catalog.sql("SELECT max(claimed_at) AS t, max(lease_expires_at) AS e FROM files"
+                          " WHERE state = 'claimed'")
+    assert claimed["t"].iloc[0] == batch["started_at"].iloc[0]  # one transaction, one clock
+    assert got.lease_expires_at == claimed["e"].iloc[0]
+    # a fixed run id needs no tag
+    fixed = ledger.claim_batch("w", limit=5, lease_s=60, run_id=old)
+    assert fixed.model_run_id == old and len(fixed.records) == 1
+
+
+def test_record_files_keeps_only_held_claims_and_ends_the_batch(catalog: Catalog) -> None:
+    from batchml.scoring import FileOutcome
+
+    ledger = Ledger(catalog)
+    ledger.discover(refs(3))
+    run_id = _tagged_run(catalog)
+    got = ledger.claim_batch("w1", limit=3, lease_s=0.3, tag="deployment_candidate")
+    assert got.batch_id is not None
+    ids = [r.file_id for r in got.records]
+    held, _ = ledger.renew(ids[:2], "w1", lease_s=60)
+    assert held == set(ids[:2])
+    time.sleep(0.35)  # the third lease expires and another worker takes the file over
+    assert [r.file_id for r in ledger.claim("w2", limit=5, lease_s=60)] == [ids[2]]
+    assert ledger.renew(ids, "w1", lease_s=60)[0] == set(ids[:2])
+    outcomes = [FileOutcome(r.file_id, r.source_uri, "scored", run_id,
+                            output_uri=f"/out/{i}.parquet", rows=10 + i, positives=i,
+                            duration_ms=1.5)
+                for i, r in enumerate(got.records)]
+    outcomes[1].status, outcomes[1].output_uri, outcomes[1].error = "quarantined", None, "bad"
+    done = ledger.record_files(got.batch_id, outcomes, "w1",
+                               end={"files": 2, "rows": 20, "duration_ms": 5.0})
+    assert done == set(ids[:2])
+    bf = catalog.sql("SELECT file_id, status, rows, positives, error FROM batch_files"
+                     " ORDER BY file_id")
+    assert sorted(bf["file_id"]) == sorted(ids[:2])
+    states = dict(catalog.sql("SELECT file_id, state FROM files").values.tolist())
+    assert [states[i] for i in ids] == ["scored", "quarantined", "claimed"]
+    assert ledger.get(ids[0]).error is None and ledger.get(ids[1]).error == "bad"
+    batch = catalog.sql("SELECT status, files, rows, ended_at IS NOT NULL AS ended"
+                        " FROM prediction_batches").iloc[0].to_dict()
+    assert batch == {"status": "completed", "files": 2, "rows": 20, "ended": True}
+    assert ledger.record_file(got.batch_id, outcomes[2], "w1") is False  # w2 owns it

@@ -100,13 +100,6 @@ def _batches_of(catalog_file: Path) -> Any:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: claims are never renewed while a batch runs (worker.py run_batch claims up to "
-    "`limit` files with one lease and scores them one after another). When a batch outlasts "
-    "BATCHML_LEASE_S another worker re-claims the rest and scores them again; both write the "
-    "same output key, so the surviving parquet's batch_id can belong to the worker whose "
-    "ledger update was refused (ledger.finish), and the loser still reports the file as "
-    "scored."))
 def test_lease_shorter_than_a_batch_never_scores_a_file_twice(make_home: Any,
                                                               zygote: relhelp.Zygote) -> None:
     settings = make_home("short-lease", lease_s=1.0)

@@ -110,11 +110,6 @@ def test_tag_moves_while_files_flow(home: Any, rel_base: Any) -> None:
           "mismatches=0")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: Worker.run_batch resolves the model (worker.py: self.cache.resolve) before it "
-    "claims files and opens the batch (ledger.start_batch stamps started_at = now). A tag "
-    "removed in between gives a batch whose started_at is after the untag but which scores "
-    "with the untagged model."))
 def test_batch_started_after_untag_never_uses_untagged_model(home: Any, rel_base: Any) -> None:
     old, new = rel_base.old_run, rel_base.new_run
     cat = Catalog.from_settings(home)

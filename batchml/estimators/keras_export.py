@@ -100,7 +100,7 @@ class LinearTextExport:
         # value set: the words, then "" (the empty token Arrow's split yields; weight 0).
         # index_in gives a word's position p in it, null when not found (filled with -1), so
         # the lookup weights are W[1:], then 0.0 for "", then W[0]: index -1 is the OOV slot.
-        object.__setattr__(self, "_value_set", pa.array([*words, ""], pa.string()))
+        object.__setattr__(self, "_value_set", _strings([*words, ""]))
         object.__setattr__(self, "_lookup_weights",
                            np.concatenate([weights[1:], [0.0], weights[:1]]))
 
@@ -200,12 +200,12 @@ class LinearTextExport:
         """``counts @ W + b`` for one Arrow string array (no threads)."""
         n = len(texts)
         if texts.null_count:
-            texts = pc.fill_null(texts, "")
+            texts = pc.fill_null(texts, _EMPTY_STRING)
         standard = pc.replace_substring_regex(pc.ascii_lower(texts), STRIP_PUNCTUATION, "")
         tokens = pc.ascii_split_whitespace(standard)
         found = pc.index_in(pc.list_flatten(tokens), value_set=self._value_set)
-        slot = pc.fill_null(found, -1).to_numpy()  # int32; -1 = out of vocabulary
-        offsets = tokens.offsets.to_numpy()
+        slot = _int32s(pc.fill_null(found, _MINUS_ONE))  # -1 = out of vocabulary
+        offsets = _int32s(tokens, buffer=1, extra=1)
         weights = self._lookup_weights
         if self.output_mode == "multi_hot":  # each distinct slot of a row counts once
             width = len(weights)
@@ -226,6 +226,33 @@ class LinearTextExport:
         if empty.any():
             logit[empty] = 0.0
         return logit + self.bias
+
+
+# Arrays and scalars are built from buffers and read through them: pa.array(), pa.scalar()
+# and Array.to_numpy() import pandas on first use, ~0.5 s of a cold start.
+
+def _strings(values: Sequence[str]) -> pa.Array:
+    """Python strings as an Arrow string array (no nulls)."""
+    encoded = [v.encode("utf-8", "surrogatepass") for v in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(encoded),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
+def _int32s(arr: pa.Array, *, buffer: int = 1, extra: int = 0) -> np.ndarray:
+    """The int32 buffer ``buffer`` of ``arr`` as numpy (``len + extra`` values from the
+    array's offset): the values of a null-free int32 array, or a list array's offsets."""
+    n = len(arr) + extra
+    data = arr.buffers()[buffer]
+    if data is None or n == 0:
+        return np.zeros(n, dtype=np.int32)
+    return np.frombuffer(data, dtype=np.int32)[arr.offset:arr.offset + n]
+
+
+_EMPTY_STRING = _strings([""])[0]
+_MINUS_ONE = pa.Array.from_buffers(pa.int32(), 1,
+                                   [None, pa.py_buffer(np.array([-1], dtype=np.int32))])[0]
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

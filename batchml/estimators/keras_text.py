@@ -197,10 +197,9 @@ class KerasTextEstimator(Estimator):
         try:
             return self._export.positive(texts, threads=n_cpus())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            # text Arrow's kernels refuse (e.g. invalid UTF-8): TensorFlow takes bytes as they are
-            values = texts.to_pylist() if isinstance(texts, pa.Array | pa.ChunkedArray) \
-                else list(texts)
-            return self._positive_keras(np.array(["" if v is None else v for v in values],
+            # input Arrow's kernels refuse: TensorFlow takes the bytes as they are
+            values = texts.cast(pa.binary()).to_pylist()
+            return self._positive_keras(np.array([b"" if v is None else v for v in values],
                                                  dtype=object))
 
     def _function(self) -> Any:
@@ -240,8 +239,11 @@ class KerasTextEstimator(Estimator):
     def to_bytes(self) -> bytes:
         """The native ``.keras`` file plus ``batchml.json`` and, when the model has one,
         ``batchml_export.json`` (see the module doc)."""
-        if self._model is None and self._saved is not None:
-            return _replace_entry(self._saved, _META_ENTRY, json.dumps(self._meta()))
+        if self._model is None and self._saved is not None:  # loaded: the bytes it came from
+            with zipfile.ZipFile(BytesIO(self._saved)) as archive:
+                unchanged = json.loads(archive.read(_META_ENTRY)) == self._meta()
+            return self._saved if unchanged else \
+                _replace_entry(self._saved, _META_ENTRY, json.dumps(self._meta()))
         if self._model is None:
             raise ModelError(f"Estimator {self.name!r} is not fitted.",
                              hint="Call fit(frame, labels) first.")

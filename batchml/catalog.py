@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ._db import Database, utcnow
-from .errors import ArtifactNotFound, CatalogError, InvalidRunState, ModelNotFound, RunNotFound
+from .errors import (
+    ArtifactNotFound,
+    CatalogError,
+    InvalidRunState,
+    ModelNotFound,
+    QueryRefused,
+    RunNotFound,
+)
 
 if TYPE_CHECKING:
     from .estimators import Estimator
@@ -279,6 +286,8 @@ class Catalog:
         ``views`` registers extra relations (DataFrames, pyarrow datasets) for this query only,
         e.g. the predictions of an S3 outbox.
         """
+        if not write:
+            _refuse_writing_statements(query)
         ctx = self.db.write() if write else self.db.read(read_only=True)
         with ctx as con:
             cur = con.cursor()  # registrations stay private to this query
@@ -542,3 +551,29 @@ class Run:
             exc.add_note(f"while loading model {name!r} of run {self.id}")
             raise
         return load_estimator(info["flavor"], data)
+
+
+_READING = {"SELECT", "EXPLAIN"}
+
+
+def _refuse_writing_statements(query: str) -> None:
+    """Read-only SQL runs SELECT and EXPLAIN only: the read-only connection already stops
+    catalog writes, and this stops the statements that write files or fetch code (COPY TO,
+    EXPORT DATABASE, ATTACH, INSTALL/LOAD, SET) before DuckDB sees them."""
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error:
+        return  # a syntax error: let DuckDB report it where it is
+    for st in statements:
+        kind = st.type.name
+        text = " ".join(st.query.split()).upper()
+        if text.startswith(("EXPLAIN ANALYZE", "EXPLAIN (ANALYZE")):
+            kind = "EXPLAIN ANALYZE"  # runs the statement it explains
+        if kind not in _READING:
+            raise QueryRefused(
+                f"The catalog is read-only here: {kind.replace('_', ' ')} statements do not "
+                "run without --write (only SELECT and EXPLAIN do).",
+                hint="Add --write to modify the catalog; to export results use "
+                     "`batchml sql QUERY --format csv > file.csv`.")

@@ -41,6 +41,10 @@ class CatalogBusy(CatalogError, TimeoutError):
     transient = True
 
 
+class QueryRefused(CatalogError, PermissionError):
+    """A read-only SQL session was given a statement that writes (catalog or files)."""
+
+
 class RunNotFound(BatchMLError, LookupError):
     """No run matches the id or the query."""
 

@@ -374,9 +374,9 @@ class Ledger:
         if "://" in outbox_root:
             return False
         root = str(Path(outbox_root).resolve())
-        if any(ch in root for ch in "*?[]{}"):
-            return False  # DuckDB would read the path as a glob; query the files directly
-        pattern = str(Path(root) / "**" / "*.parquet").replace("'", "''")
+        # Outputs are OUTBOX/<run>/<name>.parquet; `[!.]` skips hidden temp files (a worker's
+        # in-flight output), and the root's own glob characters are escaped as classes.
+        pattern = (_glob_escape(root) + "/**/[!.]*.parquet").replace("'", "''")
         sql = (f"CREATE OR REPLACE VIEW predictions AS SELECT * FROM read_parquet('{pattern}',"
                " union_by_name = true)")
         with self.catalog.db.read() as con:
@@ -389,3 +389,8 @@ class Ledger:
         with self.catalog.db.write() as con:
             con.execute(sql)
         return True
+
+
+def _glob_escape(path: str) -> str:
+    """``path`` as a DuckDB glob that matches only itself (``preds[1]`` -> ``preds[[]1[]]``)."""
+    return "".join(f"[{ch}]" if ch in "*?[]{}" else ch for ch in path)

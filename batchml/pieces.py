@@ -63,7 +63,7 @@ def score_piece(path: Path, record: FileRecord, model: LoadedModel, outbox: Outb
         uri = outbox.commit(tmp, f"{piece_dir(record, model.run_id)}/part-{piece.index:05d}"
                                  ".parquet")
     finally:
-        tmp.unlink(missing_ok=True)
+        outbox.discard(tmp)
     return {"part": piece.index, "uri": uri, "rows": rows, "positives": positives,
             "row_groups": piece.row_groups, "seconds": round(time.perf_counter() - start, 3)}
 

@@ -4,7 +4,9 @@ model in record batches (flat memory), and write one prediction parquet atomical
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
+import logging
 import os
 import re
 import tempfile
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from .estimators import Estimator
     from .ledger import FileRecord
     from .signature import Signature
+
+log = logging.getLogger("batchml.scoring")
 
 LINEAGE = ("model_run_id", "model_flavor", "input_uri", "input_etag", "batch_id", "scored_at")
 
@@ -128,8 +132,40 @@ class Outbox:
         self.root = root.rstrip("/")
         self.s3 = s3
         self.is_s3 = root.startswith("s3://")
+        self._locks: dict[str, int] = {}
         if not self.is_s3:
             Path(self.root).mkdir(parents=True, exist_ok=True)
+            self.sweep()
+
+    def sweep(self) -> list[Path]:
+        """Delete temp files left by writers that died (a killed worker); return them.
+
+        A live writer holds an exclusive ``flock`` on its temp file for as long as it writes,
+        so a temp whose lock can be taken has no writer left. Local outboxes only: an S3
+        output is uploaded from the machine's temp directory as one object."""
+        swept: list[Path] = []
+        if self.is_s3:
+            return swept
+        for path in Path(self.root).glob(".tmp-*.partial"):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue  # gone already
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # a writer is alive
+            try:
+                path.unlink(missing_ok=True)
+                swept.append(path)
+            except OSError as exc:
+                log.warning("could not remove stale temp file %s: %s", path, exc)
+            finally:
+                os.close(fd)
+        if swept:
+            log.info("removed %d temp file(s) left by dead writers in %s", len(swept), self.root)
+        return swept
 
     def dataset(self, *, endpoint_url: str | None = None, region: str | None = None) -> Any:
         """The outbox's prediction parquet as one pyarrow dataset (S3 without DuckDB
@@ -163,11 +199,28 @@ class Outbox:
         try:
             if not self.is_s3:
                 Path(directory).mkdir(parents=True, exist_ok=True)
-            fd, path = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=directory)
+            while True:
+                fd, path = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=directory)
+                if self.is_s3 or _lock_own(fd, path):
+                    break
+                os.close(fd)  # a sweeper got it between create and lock: take another name
         except OSError as exc:
             raise _outbox_error(self.root, exc) from exc
-        os.close(fd)
+        if self.is_s3:
+            os.close(fd)
+        else:
+            self._locks[path] = fd  # held until commit or discard: sweep() leaves it alone
         return Path(path)
+
+    def discard(self, tmp: Path) -> None:
+        """Remove an unfinished temp file and drop its lock."""
+        tmp.unlink(missing_ok=True)
+        self._unlock(tmp)
+
+    def _unlock(self, tmp: Path) -> None:
+        fd = self._locks.pop(str(tmp), None)
+        if fd is not None:
+            os.close(fd)
 
     def commit(self, tmp: Path, key: str) -> str:
         """Move a finished temp file into place as one complete object; return its URI.
@@ -195,7 +248,18 @@ class Outbox:
             os.replace(tmp, target)
         except OSError as exc:
             raise _outbox_error(self.root, exc) from exc
+        finally:
+            self._unlock(tmp)
         return str(target)
+
+
+def _lock_own(fd: int, path: str) -> bool:
+    """Lock a fresh temp file; False when the name no longer refers to it (swept)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except OSError:
+        return False
 
 
 def _outbox_error(root: str, exc: OSError) -> StorageUnavailable:
@@ -287,7 +351,7 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
         outcome.error = f"{record.source_uri} could not be read: {exc}"
     finally:
         if tmp is not None:
-            tmp.unlink(missing_ok=True)
+            outbox.discard(tmp)
     outcome.duration_ms = (time.perf_counter() - start) * 1000
     return outcome
 

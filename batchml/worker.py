@@ -364,11 +364,19 @@ class _Leases:
             return file_id not in self.lost
 
     def _renew(self, file_ids: list[str]) -> None:
-        """Renew (called with the lock held); note the files that were taken over."""
+        """Renew in the catalog, then note the files that were taken over.
+
+        The catalog call runs without ``self.lock``: the batch's thread may hold the catalog
+        connection while it waits for ``self.lock`` (in ``drop``), so holding both here in the
+        other order would deadlock."""
         if not file_ids:
             return
         held, expires = self.worker.ledger.renew(file_ids, self.worker.name,
                                                  lease_s=self.lease_s)
+        with self.lock:
+            self._note(file_ids, held, expires)
+
+    def _note(self, file_ids: list[str], held: set[str], expires: datetime) -> None:
         lost = set(file_ids) - held
         if lost:
             log.warning("%d claim(s) of this batch were taken over by another worker",
@@ -383,6 +391,7 @@ class _Leases:
         while not self._stop.wait(every):
             try:
                 with self.lock:
-                    self._renew(sorted(self.ids))
+                    ids = sorted(self.ids)
+                self._renew(ids)
             except Exception:  # the next renewal, or the check before a commit, tries again
                 log.warning("could not renew the batch's leases", exc_info=True)

@@ -195,11 +195,6 @@ def test_sigkilled_worker_scores_every_file_exactly_once(kill_run: KillRun) -> N
           f"tmp_leftovers={len(relhelp.tmp_leftovers(outbox))} seconds={run.seconds:.0f}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: a worker killed while writing an output leaves OUTBOX/.tmp-*.parquet forever "
-    "(scoring.py Outbox.temp_path/score_file: nothing sweeps stale temps), and the catalog's "
-    "`predictions` view globs OUTBOX/**/*.parquet, which matches the hidden partial file, so "
-    "`SELECT ... FROM predictions` fails after a crash."))
 def test_killed_worker_leaves_no_visible_temp_files(kill_run: KillRun) -> None:
     assert kill_run.kills_mid_write >= 1
     assert relhelp.tmp_leftovers(kill_run.outbox) == []

@@ -19,8 +19,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from ._db import Database, utcnow
 from .errors import (
     ArtifactNotFound,
@@ -32,6 +30,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .estimators import Estimator
     from .store import ArtifactStore
 
@@ -228,6 +228,8 @@ class Catalog:
         ``"metrics.roc_auc" > 0.8``); ``order_by`` is like ``"metrics.roc_auc DESC"``.
         Runs on a private in-memory copy, so a filter can never modify the catalog.
         """
+        import pandas as pd  # not at import time: `batchml predict` never needs it
+
         if where is not None:
             import duckdb
 
@@ -296,6 +298,8 @@ class Catalog:
                     cur.register(name, obj)
                 result = cur.execute(query, list(params) if params is not None else None)
                 if result.description is None:
+                    import pandas as pd
+
                     return pd.DataFrame()
                 return result.df()
             finally:

@@ -18,11 +18,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 
 from ._db import utcnow
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .catalog import Catalog
 
 STATES = ("discovered", "claimed", "scored", "quarantined", "failed")

@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
 from ._db import utcnow
 
 if TYPE_CHECKING:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import DataError, ModelError, SchemaMismatch
+
+if TYPE_CHECKING:  # imported where used: scoring arrow data needs no pandas
+    import pandas as pd
 
 TYPES: tuple[str, ...] = ("string", "float64", "int64", "bool")
 """The column types a signature can name."""
@@ -177,19 +179,37 @@ class Signature:
         if problems:
             raise SchemaMismatch(" ".join(problems), hint=" ".join(dict.fromkeys(hints)))
 
-    def coerce(self, batch: pa.RecordBatch | pa.Table | pd.DataFrame) -> pd.DataFrame:
+    @overload
+    def coerce(self, batch: pa.RecordBatch | pa.Table | pd.DataFrame, *,
+               arrow: Literal[False] = False) -> pd.DataFrame: ...
+
+    @overload
+    def coerce(self, batch: pa.RecordBatch | pa.Table | pd.DataFrame, *,
+               arrow: Literal[True]) -> pa.Table: ...
+
+    def coerce(self, batch: pa.RecordBatch | pa.Table | pd.DataFrame, *,
+               arrow: bool = False) -> pd.DataFrame | pa.Table:
         """The input columns of ``batch`` as a DataFrame with the expected types.
 
         String columns come back as object dtype holding ``str``; a missing value of an
         optional column is NaN. Raises :class:`SchemaMismatch` when the schema does not fit
         (see :meth:`check_schema`) or a required column holds nulls.
+
+        With ``arrow=True`` the same checks run but the input columns come back as an arrow
+        table, as they are (no conversion: a string column may be string, large string,
+        string view or dictionary; an absent optional column is all nulls), without pandas.
         """
-        if isinstance(batch, pd.DataFrame):
-            ready = self._already_coerced(batch)
-            if ready is not None:
-                return ready
-            batch = _arrow_from_pandas(batch, self.input_names)
+        if not isinstance(batch, pa.RecordBatch | pa.Table):
+            import pandas as pd
+
+            if isinstance(batch, pd.DataFrame):
+                ready = None if arrow else self._already_coerced(batch)
+                if ready is not None:
+                    return ready
+                batch = _arrow_from_pandas(batch, self.input_names)
         self.check_schema(batch.schema)
+        if arrow:
+            return self._coerce_arrow(batch)
         out: dict[str, Any] = {}
         problems: list[str] = []
         for spec in self.inputs:
@@ -208,11 +228,37 @@ class Signature:
         if problems:
             raise SchemaMismatch(" ".join(problems),
                                  hint="Fill or drop those rows before scoring.")
+        import pandas as pd
+
         index = pd.RangeIndex(batch.num_rows)
         # Explicit Series: pandas 3 would otherwise turn object arrays of str into "str" dtype.
         return pd.DataFrame({name: pd.Series(values, index=index, dtype=values.dtype, copy=False)
                              for name, values in out.items()}, index=index)
 
+
+    def _coerce_arrow(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
+        """coerce(arrow=True) after the schema check: the null check, same messages."""
+        columns: dict[str, pa.Array | pa.ChunkedArray] = {}
+        problems: list[str] = []
+        for spec in self.inputs:
+            if spec.name not in batch.schema.names:  # optional and absent
+                columns[spec.name] = pa.nulls(batch.num_rows, _ARROW_TYPES[spec.type])
+                continue
+            column = batch.column(spec.name)
+            nulls = column.null_count
+            if nulls and spec.required:
+                first = pc.index(pc.is_null(column), True).as_py()
+                problems.append(f"column {spec.name!r} has {nulls} null value"
+                                f"{'s' if nulls != 1 else ''} (first at row {first}) but the "
+                                "model needs a value in every row.")
+                continue
+            columns[spec.name] = column
+        if problems:
+            raise SchemaMismatch(" ".join(problems),
+                                 hint="Fill or drop those rows before scoring.")
+        if not columns:
+            return pa.table({"__rows__": pa.nulls(batch.num_rows)}).drop_columns(["__rows__"])
+        return pa.table(columns)
 
     def _already_coerced(self, frame: pd.DataFrame) -> pd.DataFrame | None:
         """``frame``'s inputs if they already have coerce()'s dtypes, else None.
@@ -220,6 +266,8 @@ class Signature:
         Scoring coerces each arrow batch and hands the frame to the estimator, which coerces
         again; this makes the second call cheap instead of a round trip through arrow.
         """
+        import pandas as pd
+
         for spec in self.inputs:
             if spec.name not in frame.columns:
                 return None
@@ -279,6 +327,8 @@ def _to_numpy(column: pa.ChunkedArray | pa.Array, kind: str, *, has_nulls: bool)
     else:
         values = column.to_numpy(zero_copy_only=False)
     if has_nulls and values.dtype == object:
+        import pandas as pd
+
         values = np.where(pd.isna(values), np.nan, values).astype(object)
     return values
 
@@ -288,6 +338,8 @@ def _to_numpy(column: pa.ChunkedArray | pa.Array, kind: str, *, has_nulls: bool)
 
 def column_type(series: pd.Series) -> str:
     """The signature type of a pandas column; raises :class:`DataError` for other dtypes."""
+    import pandas as pd
+
     dtype = series.dtype
     if isinstance(dtype, pd.CategoricalDtype):
         return column_type(pd.Series(dtype.categories))
@@ -313,6 +365,8 @@ def column_type(series: pd.Series) -> str:
 
 def normalise_classes(labels: Iterable[Any]) -> tuple[str | int, ...]:
     """Sorted distinct labels as plain Python values (integral floats become ints)."""
+    import pandas as pd
+
     values = [_plain(v) for v in pd.unique(pd.Series(list(labels)).dropna())]
     out: list[Any] = []
     for v in values:

@@ -15,19 +15,23 @@ candidate           flavor     model
 
 ``make_estimator(name, ...)`` builds a candidate, ``est.to_bytes()`` saves it, and
 ``load_estimator(est.flavor, data)`` loads it again. TensorFlow and scikit-learn are imported
-only when a model of theirs is built or loaded.
+only when a model of theirs is built or loaded (a text model's linear export needs neither),
+and the keras flavor's module only when it is first used (``FLAVORS``, ``CANDIDATES``,
+``KerasTextEstimator``, a keras model).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, ModelError
 from .base import Estimator
 from .baseline import BaselineEstimator
-from .keras_text import KerasTextEstimator
 from .sklearn_models import ALLOWED_TYPES, SklearnEstimator
+
+if TYPE_CHECKING:
+    from .keras_text import KerasTextEstimator
 
 __all__ = [
     "ALLOWED_TYPES", "CANDIDATES", "FLAVORS", "BaselineEstimator", "Estimator",
@@ -35,15 +39,33 @@ __all__ = [
     "make_estimator",
 ]
 
-FLAVORS: dict[str, type[Estimator]] = {
-    cls.flavor: cls for cls in (BaselineEstimator, KerasTextEstimator, SklearnEstimator)
-}
-"""Flavor name -> estimator class that loads it."""
+_EAGER: dict[str, type[Estimator]] = {
+    cls.flavor: cls for cls in (BaselineEstimator, SklearnEstimator)}
 
-CANDIDATES: dict[str, type[Estimator]] = {
-    name: cls for cls in FLAVORS.values() for name in cls.candidates
-}
-"""Candidate name -> estimator class that builds it."""
+
+def _flavors() -> dict[str, type[Estimator]]:
+    from .keras_text import KerasTextEstimator
+
+    return {cls.flavor: cls for cls in (BaselineEstimator, KerasTextEstimator, SklearnEstimator)}
+
+
+def __getattr__(name: str) -> Any:
+    # FLAVORS: flavor name -> estimator class that loads it; CANDIDATES: candidate name ->
+    # estimator class that builds it. Built on first use: they import the keras flavor.
+    if name == "FLAVORS":
+        value: Any = _flavors()
+    elif name == "CANDIDATES":
+        value = {n: cls for cls in _flavors().values() for n in cls.candidates}
+    elif name == "KerasTextEstimator":
+        value = _flavors()["keras"]
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def _registry(name: str) -> Any:
+    return globals()[name] if name in globals() else __getattr__(name)
 
 _TEXT_CANDIDATES = ["baseline", "keras_nbow", "sklearn_text", "sklearn_text_nb"]
 _TABULAR_CANDIDATES = ["baseline", "tabular_logreg", "tabular_rf", "tabular_gb"]
@@ -70,10 +92,11 @@ def make_estimator(name: str, *, text_column: str | None = None,
     candidate's defaults (``threshold`` for binary models, ``epochs`` for keras ...); an
     unknown name or parameter raises :class:`~batchml.errors.ConfigError`.
     """
-    cls = CANDIDATES.get(name)
+    candidates: dict[str, type[Estimator]] = _registry("CANDIDATES")
+    cls = candidates.get(name)
     if cls is None:
         raise ConfigError(f"Unknown candidate {name!r}.",
-                          hint=f"Use one of {', '.join(CANDIDATES)}.")
+                          hint=f"Use one of {', '.join(candidates)}.")
     if text_column is not None and name.startswith("tabular_"):
         raise ConfigError(f"Candidate {name!r} reads feature columns, not a text column.",
                           hint="Pass feature_columns=[...], or use a text candidate "
@@ -88,8 +111,11 @@ def load_estimator(flavor: str, data: bytes) -> Estimator:
     Raises :class:`~batchml.errors.ModelError` for an unknown flavor, bytes that are not a
     model of that flavor, or a model holding types outside the flavor's allowlist.
     """
-    cls = FLAVORS.get(flavor)
+    cls = _EAGER.get(flavor)
     if cls is None:
-        raise ModelError(f"Unknown model flavor {flavor!r}.",
-                         hint=f"This batchml loads: {', '.join(FLAVORS)}.")
+        flavors: dict[str, type[Estimator]] = _registry("FLAVORS")
+        cls = flavors.get(flavor)
+        if cls is None:
+            raise ModelError(f"Unknown model flavor {flavor!r}.",
+                             hint=f"This batchml loads: {', '.join(flavors)}.")
     return cls.from_bytes(data)

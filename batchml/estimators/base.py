@@ -5,17 +5,19 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeAlias
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from ..errors import ConfigError, DataError, ModelError
 from ..signature import Signature, infer_signature, normalise_classes
 
-Labels: TypeAlias = pd.Series | np.ndarray | Sequence[Any]
-Frame: TypeAlias = pd.DataFrame | pa.Table | pa.RecordBatch
+if TYPE_CHECKING:  # pandas is imported only where a DataFrame is built (not when scoring arrow)
+    import pandas as pd
+
+Labels: TypeAlias = "pd.Series | np.ndarray | Sequence[Any]"
+Frame: TypeAlias = "pd.DataFrame | pa.Table | pa.RecordBatch"
 
 _META_VERSION = 1
 
@@ -112,6 +114,8 @@ class Estimator(ABC):
         (keras); the others ignore it. Raises :class:`DataError` for a missing column,
         unusable labels, or a single class.
         """
+        import pandas as pd
+
         if not isinstance(frame, pd.DataFrame):
             raise DataError(f"fit() needs a pandas DataFrame, got {type(frame).__name__}.",
                             hint="Convert the data with .to_pandas().")
@@ -171,20 +175,42 @@ class Estimator(ABC):
 
         ``frame`` may be a DataFrame or arrow data; it is checked and coerced with the
         signature first, so a missing column or wrong type raises :class:`SchemaMismatch`.
+
+        Arrow data for a text model goes to :meth:`_predict_proba_arrow` first (no pandas);
+        the DataFrame hook :meth:`_predict_proba` serves when that returns None.
         """
+        if self.is_text and isinstance(frame, pa.Table | pa.RecordBatch):
+            table = self.signature.coerce(frame, arrow=True)
+            if table.num_rows == 0:
+                return np.zeros((0, len(self.classes_)), dtype=np.float64)
+            arrow_proba = self._predict_proba_arrow(table.column(0))
+            if arrow_proba is not None:
+                return self._checked(np.asarray(arrow_proba, dtype=np.float64), table.num_rows)
         x = self.signature.coerce(frame)
         if len(x) == 0:
             return np.zeros((0, len(self.classes_)), dtype=np.float64)
-        proba = np.asarray(self._predict_proba(x), dtype=np.float64)
-        if proba.shape != (len(x), len(self.classes_)):
+        return self._checked(np.asarray(self._predict_proba(x), dtype=np.float64), len(x))
+
+    def _checked(self, proba: np.ndarray, rows: int) -> np.ndarray:
+        if proba.shape != (rows, len(self.classes_)):
             raise ModelError(f"Model {self.name!r} returned probabilities of shape "
-                             f"{proba.shape}, expected {(len(x), len(self.classes_))}.",
+                             f"{proba.shape}, expected {(rows, len(self.classes_))}.",
                              hint="The model file does not match its signature; re-train it.")
         return proba
 
     @abstractmethod
     def _predict_proba(self, x: pd.DataFrame) -> np.ndarray:
         """Probabilities for coerced inputs ``x`` (at least one row)."""
+
+    def _predict_proba_arrow(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+        """Probabilities for the text column of arrow input (at least one row), or None to
+        use :meth:`_predict_proba` on a DataFrame instead (the default).
+
+        Called only for text estimators. ``column`` has passed the signature's checks: it is
+        a string, large string, string view or dictionary-of-strings column, and holds nulls
+        only when the input is optional (score a null as the empty string).
+        """
+        return None
 
     def predict(self, frame: Frame, *, threshold: float | None = None) -> np.ndarray:
         """Predicted labels. Binary: positive class when its probability >= ``threshold``
@@ -195,16 +221,18 @@ class Estimator(ABC):
     def labels_from_proba(self, proba: np.ndarray, *,
                           threshold: float | None = None) -> np.ndarray:
         """The labels :meth:`predict` returns for probabilities from :meth:`predict_proba`."""
+        classes = np.array(self.classes_, dtype=object if isinstance(self.classes_[0], str)
+                           else None)
+        return classes[self.label_index(proba, threshold=threshold)]
+
+    def label_index(self, proba: np.ndarray, *, threshold: float | None = None) -> np.ndarray:
+        """Positions in ``classes_`` of the labels :meth:`labels_from_proba` returns."""
         k = len(self.classes_)
         if k == 2:
             if threshold is None:
                 threshold = float(self.signature.params.get("threshold", 0.5))
-            index = (proba[:, 1] >= threshold).astype(np.intp)
-        else:
-            index = k - 1 - np.argmax(proba[:, ::-1], axis=1)
-        classes = np.array(self.classes_, dtype=object if isinstance(self.classes_[0], str)
-                           else None)
-        return classes[index]
+            return (proba[:, 1] >= threshold).astype(np.intp)
+        return k - 1 - np.argmax(proba[:, ::-1], axis=1)
 
     # --- saving ------------------------------------------------------------------------------
 
@@ -262,6 +290,8 @@ def _json_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _label_series(labels: Labels, n_rows: int) -> pd.Series:
+    import pandas as pd
+
     series = labels.reset_index(drop=True) if isinstance(labels, pd.Series) \
         else pd.Series(np.asarray(labels))
     if len(series) != n_rows:
@@ -277,6 +307,8 @@ def _label_series(labels: Labels, n_rows: int) -> pd.Series:
 
 def _encode(labels: pd.Series, classes: Sequence[Any]) -> np.ndarray:
     """Positions of ``labels`` in ``classes``; raises for labels outside them."""
+    import pandas as pd
+
     if pd.api.types.is_float_dtype(labels.dtype):
         if not (labels == labels.round()).all():
             raise DataError("labels hold fractional values; labels are classes.",

@@ -7,13 +7,15 @@ Bytes: UTF-8 JSON, ``{"format": "batchml", "flavor": "baseline", "signature": ..
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
 
 from ..errors import ModelError
 from .base import Estimator
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class BaselineEstimator(Estimator):

@@ -5,22 +5,34 @@ Bytes: one skops file (``skops.io.dumps``) holding a dict
 artifact is a plain ``.skops`` file. Never pickle: loading first lists the file's types with
 ``skops.io.get_untrusted_types`` and refuses the file unless each of them is in
 :data:`ALLOWED_TYPES`, the sklearn/numpy types our pipelines are made of.
+
+Text models (TF-IDF + logistic regression, counts + naive Bayes) also carry their fitted
+weights as plain arrays: an Arrow IPC member :data:`~.linear_text.MEMBER` inside the same
+zip (skops ignores it), written only when it reproduces the pipeline's probabilities within
+1e-9 on the training texts. Loading such a file reads that member alone and scores with Arrow
+and numpy (no scikit-learn, skops or pandas import); the pipeline itself is deserialised from
+the skops part, with the allowlist check, only if something asks for :attr:`model`. Files
+without the member (saved before it existed, tabular models) load through skops as before.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 
 from ..errors import DataError, ModelError
 from .base import Estimator
 
 if TYPE_CHECKING:
+    import pandas as pd
     from sklearn.pipeline import Pipeline
+
+    from .linear_text import LinearTextModel
 
 ALLOWED_TYPES: frozenset[str] = frozenset({
     # Types that skops does not trust by default but our fitted pipelines contain (found with
@@ -58,14 +70,34 @@ class SklearnEstimator(Estimator):
     }
     text_candidates: ClassVar[frozenset[str]] = TEXT_CANDIDATES
 
-    model: Pipeline | None = None
+    _model: Pipeline | None = None
+    _skops: bytes | None = None  # the skops file, while the pipeline is not loaded yet
+    linear: LinearTextModel | None = None
+    """The text pipeline as arrays (see the module docstring); None for tabular models and
+    pipelines it does not reproduce."""
+
+    @property
+    def model(self) -> Pipeline | None:
+        """The fitted scikit-learn pipeline (loaded from the skops part on first use when the
+        estimator was loaded with its linear export)."""
+        if self._model is None and self._skops is not None:
+            self._model = _load_skops(self._skops)[1]
+            self._skops = None
+        return self._model
+
+    @model.setter
+    def model(self, value: Pipeline | None) -> None:
+        self._model, self._skops = value, None
 
     # --- fitting -----------------------------------------------------------------------------
 
     def _fit(self, x: pd.DataFrame, y: np.ndarray,
              validation: tuple[pd.DataFrame, np.ndarray] | None) -> None:
+        self.linear = None
         if self.is_text:
-            self.model = self._fit_text(_texts(x, self.signature.input_names[0]), y)
+            texts = _texts(x, self.signature.input_names[0])
+            self.model = self._fit_text(texts, y)
+            self.linear = _verified_export(self.model, texts)
         else:
             self.model = self._tabular_pipeline()
             self.model.fit(self._tabular(x), y)
@@ -151,64 +183,135 @@ class SklearnEstimator(Estimator):
     # --- predicting --------------------------------------------------------------------------
 
     def _predict_proba(self, x: pd.DataFrame) -> np.ndarray:
-        assert self.model is not None
         if self.is_text:
-            from .text_features import transform
-
-            # the vectorizer step, vectorised (same matrix as scikit-learn, ~3-4x faster)
-            features = transform(self.model.steps[0][1],
-                                 _texts(x, self.signature.input_names[0]))
-            return self.model[1:].predict_proba(features)
+            texts = _texts(x, self.signature.input_names[0])
+            return self._text_proba(pa.array(texts.to_numpy(dtype=object), pa.string()))
+        assert self.model is not None
         return self.model.predict_proba(self._tabular(x))
+
+    def _predict_proba_arrow(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+        return self._text_proba(column)
+
+    def _text_proba(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        if self.linear is not None:
+            return self.linear.predict_proba(column)
+        from .text_features import transform
+
+        model = self.model
+        assert model is not None
+        # the vectorizer step, vectorised (same matrix as scikit-learn, ~3-4x faster)
+        arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.cast(arr.type.value_type)
+        arr = arr.cast(pa.string()).fill_null("")
+        return model[1:].predict_proba(transform(model.steps[0][1], arr))
 
     # --- saving ------------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """The model as one skops file (see the module docstring)."""
+        """The model as one skops file, with the linear export of a text model (see the
+        module docstring)."""
         import skops.io as sio
 
-        meta = json.dumps(self._meta())  # raises ModelError when not fitted
-        return sio.dumps({"meta": meta, "model": self.model},
+        meta = self._meta()  # raises ModelError when not fitted
+        data = sio.dumps({"meta": json.dumps(meta), "model": self.model},
                          compression=zipfile.ZIP_DEFLATED)
+        if self.linear is None:
+            return data
+        from .linear_text import MEMBER
+
+        buffer = io.BytesIO(data)
+        with zipfile.ZipFile(buffer, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(MEMBER, self.linear.to_ipc(meta))
+        return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SklearnEstimator:
         """The estimator saved by :meth:`to_bytes`, refusing types outside
-        :data:`ALLOWED_TYPES`."""
-        import skops.io as sio
-        from sklearn.pipeline import Pipeline
+        :data:`ALLOWED_TYPES`. A text model with a linear export loads from the export alone
+        (the pipeline is read, with the same checks, when :attr:`model` is first used)."""
+        linear = _linear_member(data)
+        if linear is not None:
+            from .linear_text import LinearTextModel
 
-        try:
-            untrusted = sio.get_untrusted_types(data=data)
-        except Exception as exc:  # zipfile/json/key errors: anything but a skops file
-            raise ModelError(f"These bytes are not a skops model file ({type(exc).__name__}: "
-                             f"{exc}).", hint="Load it with the flavor recorded in the "
-                             "catalog, or re-train the model.") from exc
-        unexpected = sorted(set(untrusted) - ALLOWED_TYPES)
-        if unexpected:
-            raise ModelError(f"Refusing to load the sklearn model: it contains types outside "
-                             f"the allowlist: {', '.join(unexpected)}.",
-                             hint="Only load models trained by batchml. If this one was, "
-                                  "review those types and add them to "
-                                  "batchml.estimators.sklearn_models.ALLOWED_TYPES.")
-        try:
-            payload = sio.loads(data, trusted=untrusted)
-        except Exception as exc:
-            raise ModelError(f"The skops model file could not be read ({type(exc).__name__}: "
-                             f"{exc}).", hint="Re-train and log the model again.") from exc
-        if not isinstance(payload, dict) or not isinstance(payload.get("meta"), str) \
-                or not isinstance(payload.get("model"), Pipeline):
-            raise ModelError("The skops file is not a batchml sklearn model (expected "
-                             "{'meta': JSON, 'model': Pipeline}).",
-                             hint="Save models with Estimator.to_bytes().")
-        try:
-            meta = json.loads(payload["meta"])
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"The sklearn model's metadata is not JSON ({exc}).",
-                             hint="Re-train and log the model again.") from exc
+            model, meta = LinearTextModel.from_ipc(linear)
+            estimator = cls._from_meta(meta)
+            if not estimator.is_text or model.n_classes != len(estimator.classes_):
+                raise ModelError("The sklearn model's linear export does not match its "
+                                 "metadata.", hint="Re-train and log the model again.")
+            estimator.linear = model
+            estimator._skops = data
+            return estimator
+        meta, pipeline = _load_skops(data)
         estimator = cls._from_meta(meta)
-        estimator.model = payload["model"]
+        estimator.model = pipeline
         return estimator
+
+
+def _linear_member(data: bytes) -> bytes | None:
+    """The linear export inside a model file, or None (not a zip, or no export)."""
+    from .linear_text import MEMBER
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            if MEMBER not in zf.namelist():
+                return None
+            return zf.read(MEMBER)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return None
+
+
+def _load_skops(data: bytes) -> tuple[Any, Pipeline]:
+    """(metadata, pipeline) from a skops file, refusing types outside the allowlist."""
+    import skops.io as sio
+    from sklearn.pipeline import Pipeline
+
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+    except Exception as exc:  # zipfile/json/key errors: anything but a skops file
+        raise ModelError(f"These bytes are not a skops model file ({type(exc).__name__}: "
+                         f"{exc}).", hint="Load it with the flavor recorded in the "
+                         "catalog, or re-train the model.") from exc
+    unexpected = sorted(set(untrusted) - ALLOWED_TYPES)
+    if unexpected:
+        raise ModelError(f"Refusing to load the sklearn model: it contains types outside "
+                         f"the allowlist: {', '.join(unexpected)}.",
+                         hint="Only load models trained by batchml. If this one was, "
+                              "review those types and add them to "
+                              "batchml.estimators.sklearn_models.ALLOWED_TYPES.")
+    try:
+        payload = sio.loads(data, trusted=untrusted)
+    except Exception as exc:
+        raise ModelError(f"The skops model file could not be read ({type(exc).__name__}: "
+                         f"{exc}).", hint="Re-train and log the model again.") from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("meta"), str) \
+            or not isinstance(payload.get("model"), Pipeline):
+        raise ModelError("The skops file is not a batchml sklearn model (expected "
+                         "{'meta': JSON, 'model': Pipeline}).",
+                         hint="Save models with Estimator.to_bytes().")
+    try:
+        meta = json.loads(payload["meta"])
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"The sklearn model's metadata is not JSON ({exc}).",
+                         hint="Re-train and log the model again.") from exc
+    return meta, payload["model"]
+
+
+def _verified_export(pipeline: Pipeline, texts: pd.Series) -> LinearTextModel | None:
+    """The pipeline as a :class:`LinearTextModel` when it gives the pipeline's own
+    ``predict_proba`` (scikit-learn's vectorizer, not ours) within 1e-9 on a sample of the
+    training texts and odd Unicode; None otherwise (scoring then uses the pipeline)."""
+    from .linear_text import VERIFY_TEXTS, from_pipeline
+
+    linear = from_pipeline(pipeline)
+    if linear is None:
+        return None
+    sample = [str(t) for t in texts.iloc[:2_000]] + list(VERIFY_TEXTS)
+    expected = pipeline.predict_proba(sample)
+    got = linear.predict_proba(pa.array(sample, pa.string()))
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=1e-9):
+        return None
+    return linear
 
 
 def _texts(x: pd.DataFrame, column: str) -> pd.Series:

@@ -358,8 +358,12 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
 
 def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id: str,
             tmp: Path, batch_rows: int, row_groups: list[int] | None = None) -> tuple[int, int]:
+    # Arrays are built from their buffers: pa.array()/to_numpy() import pandas (~0.5 s cold)
+    from .estimators._arrays import class_values, constant, from_numpy
+
     sig = model.signature
     classes = list(model.estimator.classes_)
+    class_array = class_values(classes)
     inputs = set(sig.input_names)
     scored_at = utcnow().isoformat()
     lineage = {"model_run_id": model.run_id, "model_flavor": model.flavor,
@@ -380,23 +384,26 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
             n = batch.num_rows
             if n == 0:
                 continue
-            frame = sig.coerce(batch)
-            proba = model.estimator.predict_proba(frame)
-            labels = model.estimator.labels_from_proba(proba)
+            # arrow straight in: the estimator checks and coerces it with the signature once
+            # (a text model with an arrow hook never builds a DataFrame)
+            proba = model.estimator.predict_proba(batch)
+            index = model.estimator.label_index(proba)
             if len(classes) == 2:
-                positives += int((labels == classes[1]).sum())
+                positives += int(index.sum())
             cols: dict[str, pa.Array] = {
-                "row_index": pa.array(np.arange(first + rows, first + rows + n))}
+                "row_index": from_numpy(np.arange(first + rows, first + rows + n,
+                                                  dtype=np.int64))}
             for name in batch.schema.names:
                 if name not in inputs and name not in cols:
                     cols[name] = batch.column(name)
-            cols["label"] = pa.array(labels.tolist())
+            cols["label"] = class_array.take(from_numpy(index.astype(np.int64)))
+            by_class = np.ascontiguousarray(proba.T, dtype=np.float64)
             if len(classes) == 2:
-                cols["proba"] = pa.array(proba[:, 1].astype(np.float64))
+                cols["proba"] = from_numpy(by_class[1])
             for i, c in enumerate(classes):
-                cols[f"proba_{c}"] = pa.array(proba[:, i].astype(np.float64))
+                cols[f"proba_{c}"] = from_numpy(by_class[i])
             for key, value in lineage.items():
-                cols[key] = _constant(value, n)
+                cols[key] = constant(value, n)
             table = pa.table(cols)
             try:
                 if writer is None:

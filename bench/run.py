@@ -29,6 +29,7 @@ from typing import Any
 from . import (
     b1_throughput,
     b2_latency,
+    b2_server,
     b3_burst,
     b4_catalog,
     b5_memory,
@@ -49,20 +50,23 @@ from .common import (
 BENCHMARKS: dict[str, tuple[str, Callable[[Context], list[Figure]]]] = {
     "B1": ("scoring throughput", b1_throughput.run),
     "B2": ("drop-to-output latency", b2_latency.run),
+    "B2S": ("drop-to-output latency, server mode", b2_server.run),
     "B3": ("burst", b3_burst.run),
     "B4": ("catalog", b4_catalog.run),
     "B5": ("memory", b5_memory.run),
     "B6": ("training", b6_training.run),
     "B7": ("cold start", b7_coldstart.run),
 }
-NEEDS_MODELS = {"B1", "B2", "B3", "B5", "B7"}
+NEEDS_MODELS = {"B1", "B2", "B2S", "B3", "B5", "B7"}
+# server mode starts a Prefect server and a worker (~2-3 min): full runs or --only B2S
+NOT_QUICK = {"B2S"}
 USES_SERVE = {"B2", "B3"}
 
 SPEC_FULL: dict[str, Any] = {
     "model_train_rows": 20_000, "calibrate_rows": 20_000,
     "b1_rows": {"keras_nbow": 1_000_000, "sklearn_text": 1_000_000},
     "b1_reps": {"keras_nbow": 3, "sklearn_text": 3}, "b1_io_reps": 3,
-    "b2_files": 50,
+    "b2_files": 50, "b2s_files": 5,
     "b3_files": 1_000, "b3_reps": 2,
     "b4_runs": [1_000, 10_000, 100_000], "b4_lookups": 200, "b4_logs": 50,
     "b5_rows": [1_000_000, 10_000_000], "b5_reps": 1,
@@ -73,7 +77,7 @@ SPEC_QUICK: dict[str, Any] = {
     "model_train_rows": 2_000, "calibrate_rows": 2_000,
     "b1_rows": {"keras_nbow": 20_000, "sklearn_text": 20_000},
     "b1_reps": {"keras_nbow": 1, "sklearn_text": 1}, "b1_io_reps": 2,
-    "b2_files": 5,
+    "b2_files": 5, "b2s_files": 2,
     "b3_files": 50, "b3_reps": 1,
     "b4_runs": [1_000, 5_000], "b4_lookups": 50, "b4_logs": 10,
     "b5_rows": [50_000, 200_000], "b5_reps": 1,
@@ -102,6 +106,8 @@ def estimate(sizes: dict[str, Any], thr: dict[str, float], selected: set[str]) -
     if "B2" in selected:
         f = sizes["b2_files"]
         cost["B2"] = 25 + 1.5 * f + STARTUP_S["sklearn_text"] + 20_000 / sk + 0.03 * f
+    if "B2S" in selected:
+        cost["B2S"] = 90 + 40 * sizes["b2s_files"]
     if "B3" in selected:
         f, r = sizes["b3_files"], sizes["b3_reps"]
         cost["B3"] = (r * (1.25 * f * 1_000 / sk + 0.06 * f + 3) + STARTUP_S["sklearn_text"]
@@ -233,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir")
     args = parser.parse_args(argv)
 
-    selected = list(BENCHMARKS)
+    selected = [b for b in BENCHMARKS if not (args.quick and b in NOT_QUICK)]
     if args.only:
         wanted = [s.strip().upper() for s in args.only.split(",") if s.strip()]
         unknown = [s for s in wanted if s not in BENCHMARKS]

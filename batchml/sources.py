@@ -67,7 +67,8 @@ class DirectorySource:
         self.quarantine_dir = Path(quarantine_dir).expanduser().resolve() if quarantine_dir \
             else self.path.parent / "quarantine"
         self.settle_s = settle_s
-        self._seen: dict[Path, tuple[int, int]] = {}
+        # complete files seen by the last poll: path -> ((size, mtime_ns), FileRef)
+        self._seen: dict[str, tuple[tuple[int, int], FileRef]] = {}
         self._wake = threading.Event()
         self._observer: Any = None
         if use_events:
@@ -119,22 +120,53 @@ class DirectorySource:
 
     def poll(self) -> list[FileRef]:
         """Every complete candidate file under the directory (recursively), in name order."""
-        found = []
-        for root, dirs, files in os.walk(self.path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
-            for name in sorted(files):
-                if not is_candidate_name(name):
-                    continue
-                path = Path(root) / name
-                try:
-                    st = path.stat()
-                except FileNotFoundError:
-                    continue
-                if not self._complete(path, st):
-                    continue
-                found.append(FileRef(str(path), None, st.st_size,
-                                     datetime.fromtimestamp(st.st_mtime_ns / 1e9, UTC)))
+        # A long-running watcher's inbox keeps its scored files, so each poll lists all of
+        # them: plain os.scandir and strings (no pathlib), and a file already found complete
+        # with the same size and mtime keeps its FileRef and is not opened again. (Reading
+        # every footer through pathlib made a poll of 10,000 files take seconds.)
+        found: list[FileRef] = []
+        fresh: dict[str, tuple[tuple[int, int], FileRef]] = {}
+        self._scan(self.uri, found, fresh)
+        self._seen = fresh  # forget files that went away
         return found
+
+    def _scan(self, directory: str, found: list[FileRef],
+              fresh: dict[str, tuple[tuple[int, int], FileRef]]) -> None:
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:  # vanished or unreadable: nothing to take from it now
+            return
+        subdirs = []
+        for entry in entries:
+            name = entry.name
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                continue
+            if is_dir:  # like os.walk: symlinked directories are not followed
+                if not name.startswith((".", "_")) and not entry.is_symlink():
+                    subdirs.append(entry.path)
+                continue
+            if not is_candidate_name(name):
+                continue
+            try:
+                st = entry.stat()  # follows a symlink, like Path.stat
+            except OSError:
+                continue
+            stamp = (st.st_size, st.st_mtime_ns)
+            known = self._seen.get(entry.path)
+            if known is not None and known[0] == stamp:
+                ref = known[1]
+            else:
+                if not self._complete(Path(entry.path), st):
+                    continue
+                ref = FileRef(entry.path, None, st.st_size,
+                              datetime.fromtimestamp(st.st_mtime_ns / 1e9, UTC))
+            fresh[entry.path] = (stamp, ref)
+            found.append(ref)
+        for sub in subdirs:
+            self._scan(sub, found, fresh)
 
     def _inside(self, uri: str) -> Path:
         path = Path(uri).resolve()

@@ -301,7 +301,8 @@ class Ledger:
         """Record the outcomes of several files of a batch in one transaction: each file's
         ledger row moves and its ``batch_files`` row is written only if this worker still holds
         its claim. With ``end`` (``files``, ``rows``, ``duration_ms``, ``error``) the batch is
-        closed in the same transaction. Returns the ids recorded."""
+        closed in the same transaction, its ``files`` and ``rows`` being those recorded before
+        this call plus the outcomes this call records. Returns the ids recorded."""
         done: set[str] = set()
         if not outcomes and end is None:
             return done
@@ -335,7 +336,10 @@ class Ledger:
                          [x.positives for x in kept], [x.duration_ms for x in kept],
                          [x.error for x in kept], [bool(x.reprocess) for x in kept], now])
             if end is not None:
-                self._end_batch(con, batch_id, now, **end)
+                kept = [x for x in outcomes if x.file_id in done]
+                self._end_batch(con, batch_id, now, **{
+                    **end, "files": end["files"] + len(kept),
+                    "rows": end["rows"] + sum(x.rows or 0 for x in kept)})
         return done
 
     def end_batch(self, batch_id: str, *, files: int, rows: int, duration_ms: float,

@@ -210,9 +210,9 @@ class Worker:
         if not outcomes and end is None:
             return
         assert report.batch_id is not None
-        if end is not None:
-            kept = report.outcomes + outcomes
-            end = {**end, "files": len(kept), "rows": sum(o.rows or 0 for o in kept)}
+        if end is not None:  # the totals so far; record_files adds the outcomes it records
+            end = {**end, "files": len(report.outcomes),
+                   "rows": sum(o.rows or 0 for o in report.outcomes)}
         with leases.lock:
             done = self.ledger.record_files(report.batch_id, outcomes, self.name, end=end)
             leases.drop([o.file_id for o in outcomes])

@@ -172,9 +172,10 @@ def test_record_files_keeps_only_held_claims_and_ends_the_batch(catalog: Catalog
                             output_uri=f"/out/{i}.parquet", rows=10 + i, positives=i,
                             duration_ms=1.5)
                 for i, r in enumerate(got.records)]
-    outcomes[1].status, outcomes[1].output_uri, outcomes[1].error = "quarantined", None, "bad"
+    outcomes[1].status, outcomes[1].error = "quarantined", "bad"
+    outcomes[1].output_uri = outcomes[1].rows = outcomes[1].positives = None
     done = ledger.record_files(got.batch_id, outcomes, "w1",
-                               end={"files": 2, "rows": 20, "duration_ms": 5.0})
+                               end={"files": 3, "rows": 7, "duration_ms": 5.0})
     assert done == set(ids[:2])
     bf = catalog.sql("SELECT file_id, status, rows, positives, error FROM batch_files"
                      " ORDER BY file_id")
@@ -184,5 +185,6 @@ def test_record_files_keeps_only_held_claims_and_ends_the_batch(catalog: Catalog
     assert ledger.get(ids[0]).error is None and ledger.get(ids[1]).error == "bad"
     batch = catalog.sql("SELECT status, files, rows, ended_at IS NOT NULL AS ended"
                         " FROM prediction_batches").iloc[0].to_dict()
-    assert batch == {"status": "completed", "files": 2, "rows": 20, "ended": True}
+    # the totals recorded before (3 files, 7 rows) plus what this call recorded
+    assert batch == {"status": "completed", "files": 5, "rows": 17, "ended": True}
     assert ledger.record_file(got.batch_id, outcomes[2], "w1") is False  # w2 owns it

@@ -401,3 +401,38 @@ def test_catalog_round_trip(tmp_path: Path, reviews: dict[str, pd.DataFrame]) ->
     artifact.write_bytes(artifact.read_bytes() + b"\0")
     with pytest.raises(ChecksumMismatch):
         run.load_model("text")
+
+
+# --- keras: the TensorFlow-free export (more in test_keras_export.py) ---------------------------
+
+
+def test_keras_export_scores_as_tensorflow_does(keras_model: Estimator,
+                                                reviews: dict[str, pd.DataFrame]) -> None:
+    from batchml.estimators.keras_text import KerasTextEstimator
+
+    assert isinstance(keras_model, KerasTextEstimator) and keras_model.exported
+    texts = reviews["predict"]["review"].fillna("").astype(str).to_numpy(dtype=object)
+    np.testing.assert_allclose(keras_model.predict_proba(reviews["predict"])[:, 1],
+                               keras_model._positive_keras(texts), atol=1e-6, rtol=0)
+    reloaded = load_estimator("keras", keras_model.to_bytes())
+    assert isinstance(reloaded, KerasTextEstimator) and reloaded.exported
+
+
+def test_keras_export_does_not_bypass_the_layer_allowlist(keras_model: Estimator) -> None:
+    import keras
+
+    from batchml.estimators.keras_export import EXPORT_ENTRY
+
+    with zipfile.ZipFile(io.BytesIO(keras_model.to_bytes())) as archive:
+        export = archive.read(EXPORT_ENTRY)
+    inputs = keras.Input(shape=(3,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "evil.keras")
+        model.save(path)
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr("batchml.json", json.dumps(keras_model._meta()))
+            archive.writestr(EXPORT_ENTRY, export)
+        data = Path(path).read_bytes()
+    with pytest.raises(ModelError, match="outside the allowlist: Lambda"):
+        load_estimator("keras", data)

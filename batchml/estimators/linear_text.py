@@ -44,8 +44,6 @@ _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token_pattern
 _ASCII_WORD = np.zeros(256, dtype=np.bool_)
 for _c in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_":
     _ASCII_WORD[_c] = True
-_ASCII_LOWER = np.arange(256, dtype=np.uint8)
-_ASCII_LOWER[ord("A"):ord("Z") + 1] += 32
 
 VERIFY_TEXTS = ("Café crème, naïve ÉTÉ test__x 12 a b", "", "x", "ÄÖÜ straße Straße STRASSE",
                 "tabs\tand\nnewlines  double  space", "emoji 😀 word_with_underscore",
@@ -434,6 +432,7 @@ def _lookup(rows: np.ndarray, tokens: pa.Array, words: pa.Array) -> _Tokens:
 def _ascii_tokens(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
     """Maximal runs of [A-Za-z0-9_] of length >= 2, lowercased, found on the bytes."""
     n = len(arr)
+    arr = pc.ascii_lower(arr)  # exact for ASCII text: the same as str.lower()
     _, offsets_buf, data_buf = arr.buffers()
     offsets = np.frombuffer(offsets_buf, dtype=np.int32)[arr.offset:arr.offset + n + 1]
     lo, hi = int(offsets[0]), int(offsets[-1])
@@ -442,7 +441,7 @@ def _ascii_tokens(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
     raw = np.frombuffer(data_buf, dtype=np.uint8)[lo:hi]
     starts = (offsets[:-1] - lo).astype(np.int64)
     starts = starts[starts < len(raw)]
-    word = _ASCII_WORD[raw]
+    word = np.take(_ASCII_WORD, raw)
     before = np.empty_like(word)  # a word byte continues from the previous byte
     before[0] = False
     before[1:] = word[:-1]
@@ -453,21 +452,22 @@ def _ascii_tokens(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
     ends = starts[1:] - 1
     after[ends[ends >= 0]] = False
     first = np.flatnonzero(word & ~before)
-    last = np.flatnonzero(word & ~after)
-    length = last - first + 1
+    length = np.flatnonzero(word & ~after) - first + 1
     short = length < 2
     if short.any():
         word[first[short]] = False  # one-character tokens: dropped
         keep = ~short
         first, length = first[keep], length[keep]
-    data = _ASCII_LOWER[raw[word]]
+    data = raw[word]
     tok_offsets = np.empty(len(first) + 1, dtype=np.int32)
     tok_offsets[0] = 0
     np.cumsum(length, out=tok_offsets[1:])
     tokens = pa.StringArray.from_buffers(len(first), pa.py_buffer(tok_offsets),
                                          pa.py_buffer(data))
-    rows = np.searchsorted(offsets[:-1] - lo, first, side="right") - 1
-    return rows.astype(np.int64), tokens
+    # tokens per row: where each row's first byte falls among the token starts
+    per_row = np.diff(np.searchsorted(first, offsets - lo))
+    rows = np.repeat(np.arange(n, dtype=np.int64), per_row)
+    return rows, tokens
 
 
 def _unicode_tokens(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:

@@ -91,9 +91,8 @@ def kill_scenario(settings: Any, zygote: relhelp.Zygote, *, n_files: int, n_kill
     for k, mode in enumerate(modes):
         if k == 0:
             # let the first incarnation finish one batch (it prints it), which creates the
-            # catalog's `predictions` view: creating that view later, while a killed worker's
-            # temp file lies in the outbox, crashes the worker - a separate defect, pinned by
-            # test_reliability_sql.py::test_predictions_view_ignores_inflight_temp_files
+            # catalog's `predictions` view (hidden temp files never enter it: see
+            # test_reliability_sql.py::test_predictions_view_ignores_inflight_temp_files)
             assert _wait_for(partial(_printed_a_batch, child), 90, step=0.02), child.err()
         known = set(relhelp.tmp_leftovers(outbox))
         if mode == "scoring":

@@ -268,6 +268,20 @@ class LinearTextModel:
         return model, meta
 
 
+def vocabulary_texts(model: LinearTextModel, *, n_terms: int = 2_000) -> list[str]:
+    """Test texts made of the model's own terms (every ``step``-th of them, in groups, in
+    several spellings), so a check of the export touches many of its weights."""
+    terms = model.terms.to_pylist()
+    picked = terms[:: max(1, len(terms) // n_terms)]
+    texts = []
+    for i in range(0, len(picked), 16):
+        group = picked[i:i + 16]
+        texts.append(" ".join(group))
+        texts.append(", ".join(t.upper() for t in group) + "!")
+        texts.append(" ".join(group + group[:3]))
+    return texts
+
+
 def _floats(column: pa.ChunkedArray) -> np.ndarray:
     arr = column.combine_chunks()
     if arr.null_count or not pa.types.is_float64(arr.type):

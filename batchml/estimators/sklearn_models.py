@@ -97,7 +97,8 @@ class SklearnEstimator(Estimator):
         if self.is_text:
             texts = _texts(x, self.signature.input_names[0])
             self.model = self._fit_text(texts, y)
-            self.linear = _verified_export(self.model, texts)
+            self.linear = _verified_export(self.model,
+                                           [str(t) for t in texts.iloc[:2_000]])
         else:
             self.model = self._tabular_pipeline()
             self.model.fit(self._tabular(x), y)
@@ -245,6 +246,8 @@ class SklearnEstimator(Estimator):
         meta, pipeline = _load_skops(data)
         estimator = cls._from_meta(meta)
         estimator.model = pipeline
+        if estimator.is_text:  # saved before the export existed: derive it, checked likewise
+            estimator.linear = _verified_export(pipeline, [])
         return estimator
 
 
@@ -297,16 +300,17 @@ def _load_skops(data: bytes) -> tuple[Any, Pipeline]:
     return meta, payload["model"]
 
 
-def _verified_export(pipeline: Pipeline, texts: pd.Series) -> LinearTextModel | None:
+def _verified_export(pipeline: Pipeline, texts: list[str]) -> LinearTextModel | None:
     """The pipeline as a :class:`LinearTextModel` when it gives the pipeline's own
-    ``predict_proba`` (scikit-learn's vectorizer, not ours) within 1e-9 on a sample of the
-    training texts and odd Unicode; None otherwise (scoring then uses the pipeline)."""
-    from .linear_text import VERIFY_TEXTS, from_pipeline
+    ``predict_proba`` (scikit-learn's vectorizer, not ours) within 1e-9 on ``texts``, odd
+    Unicode and text made of the vocabulary's terms; None otherwise (scoring then uses the
+    pipeline)."""
+    from .linear_text import VERIFY_TEXTS, from_pipeline, vocabulary_texts
 
     linear = from_pipeline(pipeline)
     if linear is None:
         return None
-    sample = [str(t) for t in texts.iloc[:2_000]] + list(VERIFY_TEXTS)
+    sample = list(texts) + list(VERIFY_TEXTS) + vocabulary_texts(linear)
     expected = pipeline.predict_proba(sample)
     got = linear.predict_proba(pa.array(sample, pa.string()))
     if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=1e-9):

@@ -203,3 +203,13 @@ def test_array_helpers_round_trip() -> None:
     with_nulls = pa.array([1, None, 3], pa.int32())
     np.testing.assert_array_equal(to_numpy(with_nulls.slice(1), null=-1), [-1, 3])
     assert strings(["a", "Straße", ""]).to_pylist() == ["a", "Straße", ""]
+
+
+def test_without_the_export_scoring_uses_the_pipeline_in_slices() -> None:
+    train = synthetic_reviews(1_000, seed=1)
+    est = make_estimator("sklearn_text", text_column="review").fit(train[["review"]],
+                                                                 train["labels"])
+    est.linear = None  # what a pipeline the export cannot reproduce gets
+    texts = synthetic_reviews(SLICE_ROWS + 50, seed=8)["review"].tolist()
+    got = est.predict_proba(pa.table({"review": texts}))
+    np.testing.assert_allclose(got, est.model.predict_proba(texts), rtol=0, atol=1e-12)

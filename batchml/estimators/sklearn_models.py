@@ -205,7 +205,11 @@ class SklearnEstimator(Estimator):
         if pa.types.is_dictionary(arr.type):
             arr = arr.cast(arr.type.value_type)
         arr = arr.cast(pa.string()).fill_null("")
-        return model[1:].predict_proba(transform(model.steps[0][1], arr))
+        # in slices: the sparse intermediates of a whole batch made peak memory large
+        step = 16_384
+        return np.concatenate([model[1:].predict_proba(transform(model.steps[0][1],
+                                                                 arr.slice(i, step)))
+                               for i in range(0, len(arr), step)])
 
     # --- saving ------------------------------------------------------------------------------
 

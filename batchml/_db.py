@@ -7,8 +7,8 @@ the lock file, never on DuckDB's own lock, so no DuckDB lock error reaches the u
 the lock with other readers; writes hold it alone for one transaction each.
 
 Inside :meth:`Database.hold` (a worker's batch) the connection is kept however long the holder
-is idle or has held it, and given up only when another process says it waits (the
-``.waiting`` lock file): reopening costs ~50 ms, more than scoring a small file.
+is idle, and given up only when another process says it waits (the ``.waiting`` lock file) and
+it has been held for ``hold_max_s``: reopening costs ~50 ms, more than scoring a small file.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class Database:
 
     idle_s = 0.05
     max_hold_s = 0.5
+    hold_max_s = 1.0
 
     @classmethod
     def open(cls, path: Path, *, lock_timeout_s: float = 60.0) -> Database:
@@ -89,6 +90,7 @@ class Database:
         self._pid = os.getpid()
         self._reaper: threading.Thread | None = None
         self._holds = 0
+        self._holds_lock = threading.Lock()
         self._yield_until = 0.0
         self._checked_exists = False
         # run ids seen completed on the open connection (runs are facts once ended); cleared
@@ -139,7 +141,7 @@ class Database:
         if self._con is not None and self._depth == 0:
             mismatch = writable != self._writable if strict else writable and not self._writable
             held_long = not self._holds and now - self._held_since > self.max_hold_s
-            if mismatch or held_long or not self._waiting.nobody_else():
+            if mismatch or held_long or self._yield_to_waiter(now):
                 self._release()
                 if not mismatch:  # let the waiting process in before taking the lock again
                     time.sleep(0.002)
@@ -192,8 +194,9 @@ class Database:
                     return
                 if self._depth:
                     continue
-                idle = not self._holds and time.monotonic() - self._last_used > self.idle_s
-                waiter = not idle and not self._waiting.nobody_else()
+                now = time.monotonic()
+                idle = not self._holds and now - self._last_used > self.idle_s
+                waiter = not idle and self._yield_to_waiter(now)
                 if idle or waiter:
                     self._release()
                     if waiter:
@@ -201,17 +204,25 @@ class Database:
                     self._reaper = None
                     return
 
+    def _yield_to_waiter(self, now: float) -> bool:
+        """Should the idle connection go to another process now? When one waits, yes; inside
+        :meth:`hold` only once it has been held ``hold_max_s``, so a batch (claim, score,
+        record) keeps one connection instead of reopening it around every reader's visit."""
+        if self._holds and now - self._held_since < self.hold_max_s:
+            return False
+        return not self._waiting.nobody_else()
+
     @contextmanager
     def hold(self) -> Iterator[None]:
-        """Keep the connection across the statements of this block (a worker's batch) for as
-        long as no other process waits for the catalog, instead of letting it go after
-        ``idle_s`` idle or ``max_hold_s`` held."""
-        with self._mutex:
+        """Keep the connection across the statements of this block (a worker's batch): not
+        let go after ``idle_s`` idle or ``max_hold_s`` held, and to a waiting process only
+        once it has been held ``hold_max_s`` (then at the next step between statements)."""
+        with self._holds_lock:  # not the connection's mutex: never waits for the catalog
             self._holds += 1
         try:
             yield
         finally:
-            with self._mutex:
+            with self._holds_lock:
                 self._holds -= 1
                 self._last_used = time.monotonic()
 
@@ -316,6 +327,7 @@ def _after_fork_in_child() -> None:
         db._con = None
         db._depth = 0
         db._holds = 0
+        db._holds_lock = threading.Lock()
         db._reaper = None
         db._mutex = threading.RLock()
     _registry.clear()

@@ -180,6 +180,8 @@ class Service:
         assert self.stop_event is not None
         while not self.stop_event.is_set():
             result: dict[str, Any] = {"files": []}
+            # one catalog connection from discovery until the batch is recorded
+            worker.hold_catalog()
             try:
                 new = await asyncio.to_thread(worker.discover)
                 if new or await asyncio.to_thread(worker.has_pending):
@@ -192,6 +194,8 @@ class Service:
                 if not exc.transient:
                     raise
                 result["error"] = str(exc)
+            finally:
+                worker.release_catalog()
             scored = len(result["files"])
             if scored:
                 self.batches += 1

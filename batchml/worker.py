@@ -8,6 +8,7 @@ pending; a transient error releases the claim for a later retry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -74,6 +75,7 @@ class Worker:
         self.name = name or worker_id()
         self._view_ready = False
         self._model: LoadedModel | None = None
+        self._outer_hold: contextlib.ExitStack | None = None
         self.flush_files = 50
         self.flush_s = 0.5
 
@@ -89,6 +91,21 @@ class Worker:
         source = open_source(uri or str(settings.inbox), settings=settings,
                              on_rejected=Ledger(catalog).record_rejected_event)
         return cls(catalog, source, settings, run_id=run_id, tag=tag)
+
+    def hold_catalog(self) -> None:
+        """Keep the catalog connection from now until the end of the next batch (or
+        :meth:`release_catalog`): ``batchml serve`` holds it from discovery on, so finding,
+        claiming, scoring and recording a file reopens the catalog at most once."""
+        if self._outer_hold is None:
+            stack = contextlib.ExitStack()
+            stack.enter_context(self.catalog.db.hold())
+            self._outer_hold = stack
+
+    def release_catalog(self) -> None:
+        """End :meth:`hold_catalog` (a no-op when not holding)."""
+        stack, self._outer_hold = self._outer_hold, None
+        if stack is not None:
+            stack.close()
 
     @property
     def model(self) -> LoadedModel | None:
@@ -167,9 +184,12 @@ class Worker:
                         pending = []
             finally:
                 # the remaining outcomes and the batch's end: one transaction
-                self._record(report, pending, leases, end={
-                    "files": 0, "rows": 0, "error": report.error,
-                    "duration_ms": (time.perf_counter() - start) * 1000})
+                try:
+                    self._record(report, pending, leases, end={
+                        "files": 0, "rows": 0, "error": report.error,
+                        "duration_ms": (time.perf_counter() - start) * 1000})
+                finally:
+                    self.release_catalog()  # recorded: readers may come in now
         if not self._view_ready and any(o.output_uri for o in report.outcomes):
             try:
                 self.ledger.ensure_predictions_view(self.outbox.root)

@@ -345,35 +345,20 @@ def from_pipeline(pipeline: Any) -> LinearTextModel | None:
 
 
 class _IntHash:
-    """A read-only hash map of non-negative int64 keys to int64 values, probed with numpy
-    (open addressing, linear probing, load factor <= 1/4): ~3x faster than a binary search
-    over the sorted keys for the word-pair lookups."""
+    """A read-only hash map of non-negative int64 keys to int64 values, probed with numpy:
+    keys sorted by bucket (one argsort to build), each lookup scans its bucket (one entry on
+    average). ~3x faster than a binary search over the sorted keys for word-pair lookups."""
 
     def __init__(self, keys: np.ndarray, values: np.ndarray) -> None:
         self.n = len(keys)
-        bits = max(4, int(np.ceil(np.log2(max(1, self.n) * 4))))
+        bits = max(4, int(np.ceil(np.log2(max(1, self.n)))))
         self.shift = np.uint64(64 - bits)
-        self.mask = (1 << bits) - 1
-        self.keys = np.full(1 << bits, -1, dtype=np.int64)
-        self.values = np.full(1 << bits, -1, dtype=np.int64)
         keys = np.asarray(keys, dtype=np.int64)
-        values = np.asarray(values, dtype=np.int64)
-        if len(np.unique(keys)) != len(keys):
-            raise ModelError("The linear text model's vocabulary holds a term twice.",
-                             hint="Re-train and log the model again.")
-        pos = self._hash(keys)
-        pending = np.arange(len(keys))
-        while len(pending):
-            slots = pos[pending]
-            free = self.keys[slots] == -1
-            _, first = np.unique(slots[free], return_index=True)  # one key per free slot
-            placed = pending[free][first]
-            self.keys[pos[placed]] = keys[placed]
-            self.values[pos[placed]] = values[placed]
-            is_placed = np.zeros(len(keys), dtype=np.bool_)
-            is_placed[placed] = True
-            pending = pending[~is_placed[pending]]
-            pos[pending] = (pos[pending] + 1) & self.mask
+        buckets = self._hash(keys)
+        order = np.argsort(buckets, kind="stable")
+        self.keys = keys[order]
+        self.values = np.asarray(values, dtype=np.int64)[order]
+        self.start = np.searchsorted(buckets[order], np.arange((1 << bits) + 1))
 
     def __len__(self) -> int:
         return self.n
@@ -385,17 +370,18 @@ class _IntHash:
     def get(self, keys: np.ndarray) -> np.ndarray:
         """The value of each key, -1 for keys not in the map."""
         out = np.full(len(keys), -1, dtype=np.int64)
-        if not len(keys):
+        if not len(keys) or not self.n:
             return out
-        slots = self._hash(keys)
-        todo = np.arange(len(keys))
+        bucket = self._hash(keys)
+        pos, end = self.start[bucket], self.start[bucket + 1]
+        todo = np.flatnonzero(pos < end)
+        pos, end = pos[todo], end[todo]
         while len(todo):
-            stored = self.keys[slots]
-            hit = stored == keys[todo]
-            out[todo[hit]] = self.values[slots[hit]]
-            more = ~hit & (stored != -1)
-            todo = todo[more]
-            slots = (slots[more] + 1) & self.mask
+            hit = self.keys[pos] == keys[todo]
+            out[todo[hit]] = self.values[pos[hit]]
+            pos += 1
+            more = ~hit & (pos < end)
+            todo, pos, end = todo[more], pos[more], end[more]
         return out
 
 

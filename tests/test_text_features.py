@@ -14,7 +14,8 @@ from batchml.estimators.text_features import supported, transform
 REVIEWS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / \
     "womens_clothing_reviews"
 ODD = ["Café crème, naïve ÉTÉ test__x 12 a b", "", "x", "ÄÖÜ straße Straße",
-       "tabs\tand\nnewlines", "emoji 😀 word_with_underscore", "數字 123 ４５", "a-b c.d e'f"]
+       "tabs\tand\nnewlines", "emoji 😀 word_with_underscore", "數字 123 ４５", "a-b c.d e'f",
+       "İstanbul ǅemal Ǆ ΣΑΣ σας", "e\u0301 combining ﬁne Ⅻ x²"]
 
 
 @pytest.mark.parametrize("vectorizer", [

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ModelError
-from ._arrays import strings, to_numpy
+from ._arrays import from_numpy, strings, to_numpy
 
 FORMAT = "batchml-linear-text"
 VERSION = 1
@@ -422,6 +422,23 @@ def _tokenize(arr: pa.Array, words: pa.Array) -> _Tokens:
     rows = np.concatenate([a.rows, b.rows])
     order = np.argsort(rows, kind="stable")
     return _Tokens(rows[order], np.concatenate([a.words, b.words])[order])
+
+
+def tokens(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Every token of ``arr`` (a string array without nulls) as scikit-learn's default
+    analyzer finds them (lowercased, ``(?u)\\b\\w\\w+\\b``): their rows (nondecreasing)
+    and the tokens, in order."""
+    mask = to_numpy(pc.string_is_ascii(arr))
+    if mask.all():
+        return _ascii_tokens(arr)
+    if not mask.any():
+        return _unicode_tokens(arr)
+    index = np.arange(len(arr), dtype=np.int64)
+    r1, t1 = _ascii_tokens(arr.filter(from_numpy(mask)))
+    r2, t2 = _unicode_tokens(arr.filter(from_numpy(~mask)))
+    rows = np.concatenate([index[mask][r1], index[~mask][r2]])
+    order = np.argsort(rows, kind="stable")
+    return rows[order], pa.concat_arrays([t1, t2]).take(from_numpy(order))
 
 
 def _lookup(rows: np.ndarray, tokens: pa.Array, words: pa.Array) -> _Tokens:

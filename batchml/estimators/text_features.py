@@ -3,8 +3,9 @@
 ``CountVectorizer.transform`` / ``TfidfVectorizer.transform`` tokenise in a Python loop (~10k
 rows/s with bigrams on these machines, the whole cost of scoring). For the settings batchml's
 text candidates use (lowercase, the default word pattern, 1-2 grams, no stop words or accent
-stripping) :func:`transform` builds the same sparse matrix with Arrow compute kernels and one
-sparse COO->CSR pass. Anything else falls back to scikit-learn. Fidelity against scikit-learn
+stripping) :func:`transform` builds the same sparse matrix with the tokenizer of
+:mod:`.linear_text`, Arrow compute kernels and one sparse COO->CSR pass. (Scoring normally
+uses :mod:`.linear_text` itself; this serves pipelines without a linear export.) Anything else falls back to scikit-learn. Fidelity against scikit-learn
 is tested on real reviews.
 """
 
@@ -17,8 +18,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# Python's (?u)\w is letters, digits and underscore in Unicode; RE2's \w is ASCII only.
-_NON_WORD = r"[^\p{L}\p{N}_]+"
 _DEFAULT_PATTERN = r"(?u)\b\w\w+\b"
 
 
@@ -57,16 +56,14 @@ def counts(vectorizer: Any, texts: pa.Array | list[str]) -> Any:
     """The term-count matrix ``CountVectorizer.transform`` would return (CSR, int64)."""
     from scipy import sparse
 
+    from .linear_text import tokens
+
     arr = pa.array(texts, pa.string()) if not isinstance(texts, pa.Array) else texts
     n = len(arr)
     vocab = _vocab(vectorizer)
-    tokens = pc.split_pattern_regex(pc.utf8_lower(arr.fill_null("")), pattern=_NON_WORD)
-    lengths = pc.list_value_length(tokens).to_numpy(zero_copy_only=False)
-    flat = pc.list_flatten(tokens)
-    rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
-    keep = pc.greater_equal(pc.utf8_length(flat), 2)
-    flat = pc.filter(flat, keep)
-    rows = rows[keep.to_numpy(zero_copy_only=False)]
+    # scikit-learn's exact tokens (Python's lowercasing for non-ASCII rows: Arrow's differs
+    # on a few letters such as "İ" and the final sigma)
+    rows, flat = tokens(arr.cast(pa.string()).fill_null(""))
     feats = [(rows, pc.index_in(flat, value_set=vocab.terms))]
     if tuple(vectorizer.ngram_range) == (1, 2) and len(flat) > 1:
         same = rows[1:] == rows[:-1]

@@ -263,8 +263,9 @@ class Database:
     def write(self, *, single: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A writable connection inside one transaction; committed when the block ends.
 
-        ``single=True`` says the block runs one statement: it then commits on its own
-        (DuckDB's autocommit), without the BEGIN and COMMIT round trips. Nested in another
+        ``single=True`` says the block writes with one statement (reads before it are fine):
+        it then commits on its own (DuckDB's autocommit), without the BEGIN and COMMIT round
+        trips; the write lock still keeps the block's statements together. Nested in another
         write, every statement is part of the outer transaction."""
         with self._use(writable=True) as con:
             if self._depth > 1 or single:

@@ -457,22 +457,20 @@ class Run:
     def add_tag(self, tag: str, *, note: str | None = None) -> bool:
         """Put ``tag`` on the run. Idempotent: returns False if it already carries it."""
         _check_name("tag", tag)
+        # No BEGIN/COMMIT round trips: the catalog's write lock keeps the check and the one
+        # writing statement together (an INSERT ... WHERE EXISTS over runs would scan them).
         with self.catalog.db.write(single=True) as con:
-            # one statement: insert unless the run is missing or already carries the tag
-            added = con.execute(
-                "INSERT INTO tags (run_id, tag, added_at, note) SELECT $run, $tag, $now, $note"
-                " WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = $run)"
-                " AND NOT EXISTS (SELECT 1 FROM tags WHERE run_id = $run AND tag = $tag"
-                " AND removed_at IS NULL) RETURNING tag_id",
-                {"run": self.id, "tag": tag, "now": utcnow(), "note": note}).fetchall()
-        if added:
-            return True
-        with self.catalog.db.read() as con:
-            row = con.execute("SELECT EXISTS (SELECT 1 FROM runs WHERE run_id = ?)",
-                              [self.id]).fetchone()
-        if not row or not row[0]:
-            raise RunNotFound(f"No run {self.id!r}.", hint="List runs with `batchml runs`.")
-        return False
+            row = con.execute(
+                "SELECT EXISTS (SELECT 1 FROM runs WHERE run_id = $run),"
+                " EXISTS (SELECT 1 FROM tags WHERE run_id = $run AND tag = $tag"
+                " AND removed_at IS NULL)", {"run": self.id, "tag": tag}).fetchone()
+            if not row or not row[0]:
+                raise RunNotFound(f"No run {self.id!r}.", hint="List runs with `batchml runs`.")
+            if row[1]:
+                return False
+            con.execute("INSERT INTO tags (run_id, tag, added_at, note) VALUES (?, ?, ?, ?)",
+                        [self.id, tag, utcnow(), note])
+        return True
 
     def remove_tag(self, tag: str) -> bool:
         """Take ``tag`` off the run, keeping its history. Returns False if it was not there."""

@@ -41,14 +41,17 @@ import relhelp
 
 from batchml.synthetic import synthetic_reviews
 
-pytestmark = [pytest.mark.reliability, pytest.mark.slow]
-
 
 def _env_int(name: str, default: int) -> int:
     try:
         return int(os.environ.get(name, default))
     except ValueError:
         return default
+
+
+# the project's 600 s per-test timeout is too short for the real soak (900 s of feed)
+pytestmark = [pytest.mark.reliability, pytest.mark.slow,
+              pytest.mark.timeout(_env_int("BATCHML_SOAK_SECONDS", 60) + 900)]
 
 
 def tree_pids(pid: int) -> list[int]:

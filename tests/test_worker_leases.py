@@ -27,8 +27,8 @@ def _worker(settings: Settings, n: int, rows: int) -> Worker:
 
 
 def test_leases_are_renewed_while_a_batch_outlasts_them(tagged_home: Settings) -> None:
-    settings = Settings(home=tagged_home.home, lease_s=0.6)
-    worker = _worker(settings, 12, 2000)
+    settings = Settings(home=tagged_home.home, lease_s=0.45)
+    worker = _worker(settings, 12, 12_000)  # ~150k rows: well over one lease of scoring
     rival = Ledger(worker.catalog)
     stolen: list[str] = []
     done = threading.Event()

@@ -22,6 +22,7 @@ TensorFlow is imported on first use, never at module import, so ``import batchml
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import zipfile
@@ -38,6 +39,8 @@ from .keras_export import EXPORT_ENTRY, ExportError, LinearTextExport, export_mo
 
 if TYPE_CHECKING:
     import pandas as pd
+
+log = logging.getLogger("batchml.estimators.keras")
 
 _META_ENTRY = "batchml.json"
 _ALLOWED_LAYERS = frozenset({"InputLayer", "TextVectorization", "Dense"})
@@ -239,7 +242,7 @@ class KerasTextEstimator(Estimator):
     def to_bytes(self) -> bytes:
         """The native ``.keras`` file plus ``batchml.json`` and, when the model has one,
         ``batchml_export.json`` (see the module doc)."""
-        if self._model is None and self._saved is not None:  # loaded: the bytes it came from
+        if self._saved is not None:  # loaded for export scoring: the bytes it came from
             with zipfile.ZipFile(BytesIO(self._saved)) as archive:
                 unchanged = json.loads(archive.read(_META_ENTRY)) == self._meta()
             return self._saved if unchanged else \
@@ -285,8 +288,9 @@ class KerasTextEstimator(Estimator):
             try:
                 export = LinearTextExport.from_bytes(exported)
                 export.matches_config(config)
-            except ExportError:
-                export = None  # not one we can score exactly: TensorFlow does
+            except ExportError as exc:  # not one we can score exactly: TensorFlow does
+                log.warning("keras model export ignored, scoring through TensorFlow: %s", exc)
+                export = None
             if export is not None:
                 estimator._export = export
                 estimator._saved = data
@@ -313,7 +317,8 @@ def _try_export(model: Any, config: dict[str, Any] | None = None) -> LinearTextE
     """The model's checked export, or None (then TensorFlow scores it)."""
     try:
         return export_model(model, config)
-    except ExportError:
+    except ExportError as exc:
+        log.warning("keras_nbow scores through TensorFlow: no export (%s)", exc)
         return None
 
 

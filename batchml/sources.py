@@ -227,6 +227,7 @@ class S3PrefixSource(_RemoteFiles):
         self.bucket, self.prefix = split_s3_uri(self.uri + "/")
         self.client = client
         self.poll_s = poll_s
+        sweep_stale_downloads()
 
     def poll(self) -> list[FileRef]:
         """Every parquet object under the prefix, keyed by key + ETag."""
@@ -251,11 +252,45 @@ class S3PrefixSource(_RemoteFiles):
         time.sleep(min(timeout, self.poll_s))
 
 
+_DOWNLOAD_PREFIX = "batchml-in-"
+
+
+def sweep_stale_downloads(directory: str | None = None) -> int:
+    """Remove input downloads (``batchml-in-<pid>-*.parquet`` in the temp directory) whose
+    process is gone: a SIGKILLed worker cannot clean up after itself. Returns how many."""
+    removed = 0
+    root = Path(directory or tempfile.gettempdir())
+    try:
+        entries = list(root.glob(f"{_DOWNLOAD_PREFIX}*-*.parquet"))
+    except OSError:
+        return 0
+    for path in entries:
+        pid_text = path.name[len(_DOWNLOAD_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # alive (or a reused pid): leave it
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            path.unlink()
+            removed += 1
+        except OSError:
+            pass
+    if removed:
+        log.info("removed %d input download(s) left by dead workers in %s", removed, root)
+    return removed
+
+
 def _download(client: Any, record: FileRecord) -> Iterator[Path]:
     from .store import S3_HEALTH, split_s3_uri, translate_s3_error
 
     bucket, key = split_s3_uri(record.source_uri)
-    fd, name = tempfile.mkstemp(prefix="batchml-in-", suffix=".parquet")
+    # the pid in the name lets a later process remove what a killed one left behind
+    fd, name = tempfile.mkstemp(prefix=f"{_DOWNLOAD_PREFIX}{os.getpid()}-", suffix=".parquet")
     os.close(fd)
     path = Path(name)
     try:
@@ -300,6 +335,7 @@ class SQSSource(_RemoteFiles):
         self.wait_s = wait_s
         self.on_rejected = on_rejected
         self._pending: list[str] = []
+        sweep_stale_downloads()
 
     def poll(self) -> list[FileRef]:
         from .events import EventParseError, parse_message

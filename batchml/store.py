@@ -273,15 +273,14 @@ class S3Health:
         self._dir: Path | None = None
         self._written = 0.0
         self._started = 0.0
-        self._clients: set[int] = set()
 
     # the hooks -----------------------------------------------------------------------------
 
     def watch(self, client: Any) -> None:
         """Register the counting hooks on a botocore client (once per client)."""
-        if id(client) in self._clients:
+        if getattr(client, "_batchml_health", False):
             return
-        self._clients.add(id(client))
+        client._batchml_health = True
         events = client.meta.events
         events.register("needs-retry.s3", self._on_attempt)
         events.register("after-call.s3", self._on_call)

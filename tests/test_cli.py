@@ -85,3 +85,37 @@ def test_doctor_reports_ok(home: Path) -> None:
     result = runner.invoke(app, ["doctor", "--home", str(home)])
     assert result.exit_code == 0, result.output
     assert "FAIL" not in result.output
+
+
+COLD_PREDICT = """
+import sys
+from batchml.cli import app
+try:
+    app(["predict", sys.argv[1]])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+@pytest.mark.slow
+def test_predict_in_a_fresh_process_imports_no_heavy_stack(tagged_home, tmp_path: Path) -> None:
+    """Cold start: `batchml predict` with an exported text model needs neither pandas,
+    scikit-learn, skops, TensorFlow nor Prefect (each costs ~0.5-5 s to import)."""
+    import os
+    import subprocess
+    import sys
+
+    from batchml.synthetic import synthetic_reviews
+
+    data = tmp_path / "cold.parquet"
+    synthetic_reviews(200, seed=5).to_parquet(data)
+    env = {**os.environ, "BATCHML_HOME": str(tagged_home.home)}
+    done = subprocess.run([sys.executable, "-c", COLD_PREDICT, str(data)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "scored" in done.stdout
+    modules = set(done.stdout.strip().splitlines()[-1].split())
+    assert "batchml" in modules and "pyarrow" in modules
+    assert not modules & {"pandas", "sklearn", "skops", "tensorflow", "keras", "prefect"}, \
+        sorted(modules & {"pandas", "sklearn", "skops", "tensorflow", "keras", "prefect"})

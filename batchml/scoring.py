@@ -135,18 +135,16 @@ class Outbox:
         self._locks: dict[str, int] = {}
         if not self.is_s3:
             Path(self.root).mkdir(parents=True, exist_ok=True)
-            self.sweep()
+        self.sweep()
 
     def sweep(self) -> list[Path]:
         """Delete temp files left by writers that died (a killed worker); return them.
 
         A live writer holds an exclusive ``flock`` on its temp file for as long as it writes,
-        so a temp whose lock can be taken has no writer left. Local outboxes only: an S3
-        output is uploaded from the machine's temp directory as one object."""
+        so a temp whose lock can be taken has no writer left. Local outputs are written in the
+        outbox (rename is atomic there); S3 outputs in the machine's temp directory."""
         swept: list[Path] = []
-        if self.is_s3:
-            return swept
-        for path in Path(self.root).glob(".tmp-*.partial"):
+        for path in self._temp_dir().glob(f"{self._temp_prefix()}*.partial"):
             try:
                 fd = os.open(path, os.O_RDONLY)
             except OSError:
@@ -164,8 +162,16 @@ class Outbox:
             finally:
                 os.close(fd)
         if swept:
-            log.info("removed %d temp file(s) left by dead writers in %s", len(swept), self.root)
+            log.info("removed %d temp file(s) left by dead writers in %s", len(swept),
+                     self._temp_dir())
         return swept
+
+    def _temp_dir(self) -> Path:
+        return Path(tempfile.gettempdir() if self.is_s3 else self.root)
+
+    def _temp_prefix(self) -> str:
+        # in the shared temp directory the name says whose it is
+        return ".batchml-out-" if self.is_s3 else ".tmp-"
 
     def dataset(self, *, endpoint_url: str | None = None, region: str | None = None) -> Any:
         """The outbox's prediction parquet as one pyarrow dataset (S3 without DuckDB
@@ -195,21 +201,18 @@ class Outbox:
     def temp_path(self) -> Path:
         """A temp file to write into: inside the outbox locally (so rename is atomic). Its
         name is hidden and does not end in .parquet, so no reader or glob ever takes it."""
-        directory = tempfile.gettempdir() if self.is_s3 else self.root
+        directory = self._temp_dir()
         try:
-            if not self.is_s3:
-                Path(directory).mkdir(parents=True, exist_ok=True)
+            directory.mkdir(parents=True, exist_ok=True)
             while True:
-                fd, path = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=directory)
-                if self.is_s3 or _lock_own(fd, path):
+                fd, path = tempfile.mkstemp(prefix=self._temp_prefix(), suffix=".partial",
+                                            dir=directory)
+                if _lock_own(fd, path):
                     break
                 os.close(fd)  # a sweeper got it between create and lock: take another name
         except OSError as exc:
             raise _outbox_error(self.root, exc) from exc
-        if self.is_s3:
-            os.close(fd)
-        else:
-            self._locks[path] = fd  # held until commit or discard: sweep() leaves it alone
+        self._locks[path] = fd  # held until commit or discard: sweep() leaves it alone
         return Path(path)
 
     def discard(self, tmp: Path) -> None:
@@ -240,7 +243,7 @@ class Outbox:
                                          hint="Fix the outbox (bucket, permissions); the file "
                                               "stays pending.") from exc
             finally:
-                tmp.unlink(missing_ok=True)
+                self.discard(tmp)
             return uri
         target = Path(self.root) / key
         try:
@@ -266,11 +269,6 @@ def _outbox_error(root: str, exc: OSError) -> StorageUnavailable:
     return StorageUnavailable(f"Cannot write predictions to {root}: {exc}",
                               hint="Free space or fix the outbox path and permissions; the file "
                                    "stays pending and is scored once it can be.")
-
-
-def _constant(value: str | None, n: int) -> pa.Array:
-    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)),
-                                          pa.array([value], pa.string()))
 
 
 def _open_parquet(path: Path, uri: str) -> pq.ParquetFile:

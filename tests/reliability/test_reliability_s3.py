@@ -145,7 +145,7 @@ class S3KillRun:
 
 
 def _partials(tmpdir: Path) -> set[Path]:
-    return set(tmpdir.glob(".tmp-*.partial"))
+    return set(tmpdir.glob(".batchml-out-*.partial"))
 
 
 def s3_kill_scenario(settings: Any, zygote: relhelp.Zygote, client: Any, bucket: str,
@@ -204,9 +204,8 @@ def s3_kill_scenario(settings: Any, zygote: relhelp.Zygote, client: Any, bucket:
     final = zygote.spawn([*argv, "--once"], env, home, "s3final")
     assert final.wait(170), "the final `batchml watch --once` did not finish"
     run.final = subprocess.CompletedProcess(argv, final.rc, final.out(), final.err())
-    # output temps of killed workers (scoring.py Outbox.temp_path, nothing sweeps them: the
-    # known defect of test_reliability_kill.py) and input downloads (swept at start)
-    run.local_temp_left = len(list(tmpdir.glob(".tmp-*")))
+    # output temps of killed workers (the next Outbox sweeps those no live writer locks)
+    run.local_temp_left = len(list(tmpdir.glob(".batchml-out-*")))
     run.seconds = time.monotonic() - start
     return run
 
@@ -232,7 +231,8 @@ def test_sigkilled_s3_worker_scores_every_object_exactly_once(
     assert run.kills >= params["n_kills"]
     check_exactly_once(client, s3_bucket, run.expected, settings.catalog_file)
     # input downloads of the killed workers were swept by the next process
-    assert not list((Path(settings.home) / "tmp").glob("batchml-in-*")), run.local_temp_left
+    assert not list((Path(settings.home) / "tmp").glob("batchml-in-*"))
+    assert run.local_temp_left == 0  # and their output temps by the next Outbox
     print(f"\n[s3-kill] files={len(run.expected)} kills={run.kills} (mid-write "
           f"{run.kills_mid_write}) duplicates=0 lost=0 stray_objects=0 multipart_left=0 "
           f"stuck_claimed=0 output_temp_files_left={run.local_temp_left} input_downloads_left=0 "

@@ -162,6 +162,11 @@ class Signature:
         hints: list[str] = []
         names = set(schema.names)
         for spec in self.inputs:
+            if (count := schema.names.count(spec.name)) > 1:
+                problems.append(f"column {spec.name!r} appears more than once ({count} times); "
+                                f"the model expects one {spec.type} column of that name.")
+                hints.append(f"Keep one column named {spec.name!r}.")
+                continue
             if spec.name not in names:
                 if spec.required:
                     problems.append(f"column {spec.name!r} is missing; the model expects "
@@ -224,7 +229,12 @@ class Signature:
                                 f"{'s' if nulls != 1 else ''} (first at row {first}) but the "
                                 "model needs a value in every row.")
                 continue
-            out[spec.name] = _to_numpy(column, spec.type, has_nulls=bool(nulls))
+            try:
+                out[spec.name] = _to_numpy(column, spec.type, has_nulls=bool(nulls))
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                # e.g. an integer beyond 2**53 where float64 is expected: not exactly castable
+                problems.append(f"column {spec.name!r} holds values that cannot be converted to "
+                                f"{spec.type} exactly ({exc}).")
         if problems:
             raise SchemaMismatch(" ".join(problems),
                                  hint="Fill or drop those rows before scoring.")

@@ -129,7 +129,8 @@ CASES: dict[str, Case] = {
         row_index=["x"] * 3, label=["evil"] * 3)), "scored", None),
     "zero_rows": (lambda: _bytes(pa.table({"review": pa.array([], pa.string())})),
                   "quarantined", "zero rows"),
-    "duplicate_review_columns": (lambda: _bytes(_duplicate_review()), "quarantined", "review"),
+    "duplicate_review_columns": (lambda: _bytes(_duplicate_review()), "quarantined",
+                                 "column 'review' appears more than once"),
 }
 
 # Known defects: these cases need a library fix (see each reason).

@@ -224,10 +224,7 @@ class Signature:
             column = batch.column(spec.name)
             nulls = column.null_count
             if nulls and spec.required:
-                first = pc.index(pc.is_null(column), True).as_py()
-                problems.append(f"column {spec.name!r} has {nulls} null value"
-                                f"{'s' if nulls != 1 else ''} (first at row {first}) but the "
-                                "model needs a value in every row.")
+                problems.append(_null_problem(spec.name, column))
                 continue
             try:
                 out[spec.name] = _to_numpy(column, spec.type, has_nulls=bool(nulls))
@@ -245,7 +242,6 @@ class Signature:
         return pd.DataFrame({name: pd.Series(values, index=index, dtype=values.dtype, copy=False)
                              for name, values in out.items()}, index=index)
 
-
     def _coerce_arrow(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
         """coerce(arrow=True) after the schema check: the null check, same messages."""
         columns: dict[str, pa.Array | pa.ChunkedArray] = {}
@@ -257,10 +253,7 @@ class Signature:
             column = batch.column(spec.name)
             nulls = column.null_count
             if nulls and spec.required:
-                first = pc.index(pc.is_null(column), True).as_py()
-                problems.append(f"column {spec.name!r} has {nulls} null value"
-                                f"{'s' if nulls != 1 else ''} (first at row {first}) but the "
-                                "model needs a value in every row.")
+                problems.append(_null_problem(spec.name, column))
                 continue
             columns[spec.name] = column
         if problems:
@@ -296,6 +289,13 @@ class Signature:
         if not out.index.equals(pd.RangeIndex(len(out))):
             out = out.reset_index(drop=True)
         return out
+
+
+def _null_problem(name: str, column: pa.ChunkedArray | pa.Array) -> str:
+    nulls = column.null_count
+    first = pc.index(pc.is_null(column), True).as_py()
+    return (f"column {name!r} has {nulls} null value{'s' if nulls != 1 else ''} (first at row "
+            f"{first}) but the model needs a value in every row.")
 
 
 def _arrow_from_pandas(frame: pd.DataFrame, names: Sequence[str]) -> pa.Table:

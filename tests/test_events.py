@@ -645,6 +645,7 @@ PROPERTY_SETTINGS = settings(
 )
 
 
+@pytest.mark.reliability  # property-based (issue 7, item 8)
 @PROPERTY_SETTINGS
 @given(key=KEYS, envelope=st.sampled_from(sorted(ENVELOPES)))
 def test_property_encoded_notification_key_round_trips(key: str, envelope: str) -> None:
@@ -653,6 +654,7 @@ def test_property_encoded_notification_key_round_trips(key: str, envelope: str) 
     assert event.key == key
 
 
+@pytest.mark.reliability  # property-based (issue 7, item 8)
 @PROPERTY_SETTINGS
 @given(key=KEYS, envelope=st.sampled_from(sorted(ENVELOPES)))
 def test_property_eventbridge_key_is_verbatim(key: str, envelope: str) -> None:
@@ -743,6 +745,7 @@ JSON_MESSAGES = (
 )
 
 
+@pytest.mark.reliability  # property-based (issue 7, item 8)
 @PROPERTY_SETTINGS
 @given(value=JSON_MESSAGES)
 def test_property_arbitrary_json_raises_only_event_parse_error(value: Any) -> None:
@@ -754,6 +757,7 @@ def test_property_arbitrary_json_raises_only_event_parse_error(value: Any) -> No
             assert_well_formed(parse_message(body))
 
 
+@pytest.mark.reliability  # property-based (issue 7, item 8)
 @PROPERTY_SETTINGS
 @given(body=st.text() | st.binary())
 def test_property_arbitrary_text_raises_only_event_parse_error(body: str | bytes) -> None:
@@ -795,6 +799,7 @@ def _mutate(
     return node
 
 
+@pytest.mark.reliability  # property-based (issue 7, item 8)
 @PROPERTY_SETTINGS
 @given(
     removed=st.sets(st.sampled_from(RECORD_PATHS), max_size=3),
@@ -816,6 +821,7 @@ def test_property_damaged_notification_record(
         assert events[0].key == "dir/red flower+1.parquet"
 
 
+@pytest.mark.reliability  # property-based (issue 7, item 8)
 @PROPERTY_SETTINGS
 @given(
     removed=st.sets(st.sampled_from(EVENTBRIDGE_PATHS), max_size=3),

@@ -49,6 +49,8 @@ UINTS = {pa.uint8(): 8, pa.uint16(): 16, pa.uint32(): 32, pa.uint64(): 64}
 # safe cast to float64 for them (the larger values are a separate, pinned defect)
 EXACT = 2**53
 
+pytestmark = pytest.mark.reliability  # property-based (issue 7, item 8)
+
 
 def _int_values(bits: int, signed: bool, exact: bool) -> st.SearchStrategy[int]:
     lo = -(2**bits) if signed else 0

@@ -135,7 +135,7 @@ class Worker:
         an output committed but not yet recorded is scored again after a crash, to the same
         output path, so it replaces and never duplicates."""
         try:
-            claim, model = self._claim_batch(limit, file_ids, prefect_flow_run_id)
+            claim, model = self.claim_batch(limit, file_ids, prefect_flow_run_id)
         except ModelNotFound as exc:
             self._model = None
             return BatchReport(None, None, error=str(exc))  # files stay pending
@@ -198,10 +198,16 @@ class Worker:
                 log.warning("could not create the predictions view", exc_info=True)
         return report
 
-    def _claim_batch(self, limit: int, file_ids: list[str] | None,
-                     prefect_flow_run_id: str | None) -> tuple[ClaimedBatch, LoadedModel]:
-        """Choose the model and claim files in one transaction; load a model the transaction
-        chose that is not loaded yet (outside it) and ask again."""
+    def leases(self, claim: ClaimedBatch) -> _Leases:
+        """A context that renews ``claim``'s leases every ``lease_s / 3`` while it is open
+        (for work on claimed files outside :meth:`run_batch`, e.g. a file scored in pieces)."""
+        return _Leases(self, [r.file_id for r in claim.records], claim.lease_expires_at)
+
+    def claim_batch(self, limit: int, file_ids: list[str] | None = None,
+                    prefect_flow_run_id: str | None = None) -> tuple[ClaimedBatch, LoadedModel]:
+        """Choose the model, claim up to ``limit`` files and open their batch in one
+        transaction; a model the transaction chose that is not loaded yet is loaded (outside
+        it) and the claim asked again. Raises :class:`ModelNotFound` when no run qualifies."""
         model = self._model
         if model is None or (self.run_id is not None and model.run_id != self.run_id):
             model = self.cache.resolve(run_id=self.run_id, tag=self.tag)

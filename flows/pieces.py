@@ -55,17 +55,15 @@ def score_large_file_flow(file: str, rows_per_piece: int = 1_000_000, run_id: st
     source = ListSource([file], client=s3_client(settings.s3_endpoint_url, settings.s3_region))
     worker = Worker(catalog, source, settings, run_id=run_id, tag=tag)
     worker.discover()
-    model = worker.cache.resolve(run_id=worker.run_id, tag=worker.tag)
     ids = [r.file_id for r in source.poll()]
-    claimed = worker.ledger.claim(worker.name, limit=1, lease_s=settings.lease_s, file_ids=ids)
-    if not claimed:
+    # model chosen, file claimed and batch opened in one transaction (no model-switch race)
+    claim, model = worker.claim_batch(1, ids, str(flow_run.id) if flow_run.id else None)
+    if not claim.records or claim.batch_id is None:
         return {"status": "nothing to do", "file": file}
-    record = claimed[0]
-    batch_id = worker.ledger.start_batch(
-        model.run_id, prefect_flow_run_id=str(flow_run.id) if flow_run.id else None)
+    record, batch_id = claim.records[0], claim.batch_id
     start = time.perf_counter()
     outcome = FileOutcome(record.file_id, record.source_uri, "scored", model.run_id)
-    with source.fetch(record) as path:
+    with worker.leases(claim), source.fetch(record) as path:
         try:
             precheck(path, record, model, settings.memory_budget_mb * 2**20)
         except DataError as exc:

@@ -81,7 +81,8 @@ def test_tag_moves_while_files_flow(home: Any, rel_base: Any) -> None:
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
     n = 24
-    frames = [synthetic_reviews(20_000 if i == 8 else 100, seed=i) for i in range(n)]
+    # the large file must take well over 0.15 s to write with the fast (linear) scorers
+    frames = [synthetic_reviews(200_000 if i == 8 else 100, seed=i) for i in range(n)]
     names = []
     for i, frame in enumerate(frames):
         names.append(str(relhelp.land(inbox / f"m-{i:03d}.parquet", frame)))

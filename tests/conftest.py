@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# An in-process ephemeral Prefect server (Service.run(None), flows without a server) gets 20 s
+# to start by default; on 2 busy cores it sometimes needs more (seen once in a fresh-clone run).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "testdata"

@@ -88,22 +88,16 @@ def floor(p: dict[str, Any]) -> dict[str, Any]:
     out_dir = Path(p["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     cpu0 = _cpu()
+
+    def score(batch: Any) -> Any:
+        proba = est.predict_proba(batch.select([text]))
+        return pa.table({"review_id": batch.column("review_id"),
+                         "proba": pa.array(proba[:, -1].astype(np.float64))})
+
     for i, path in enumerate(p["inputs"]):
         start = time.perf_counter()
-        pf = pq.ParquetFile(path, memory_map=True)
         target = out_dir / f"floor-{i}.parquet"
-        writer = None
-        rows = 0
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS):
-            proba = est.predict_proba(batch.select([text]))
-            table = pa.table({"review_id": batch.column("review_id"),
-                              "proba": pa.array(proba[:, -1].astype(np.float64))})
-            if writer is None:
-                writer = pq.ParquetWriter(target, table.schema, compression="zstd")
-            writer.write_table(table)
-            rows += batch.num_rows
-        if writer is not None:
-            writer.close()
+        rows = _rewrite(path, target, score)
         seconds.append(time.perf_counter() - start)
         rows_done.append(rows)
         if not p.get("keep"):
@@ -112,29 +106,37 @@ def floor(p: dict[str, Any]) -> dict[str, Any]:
             "cpu_s": _cpu() - cpu0}
 
 
+def _rewrite(source: Any, target: Path, transform: Any) -> int:
+    """Stream ``source`` (memory-mapped) by record batches through ``transform`` into
+    ``target`` (zstd); return the rows read. The floors' plain read-transform-write loop."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(source, memory_map=True)
+    writer = None
+    rows = 0
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+        table = transform(batch)
+        if writer is None:
+            writer = pq.ParquetWriter(target, table.schema, compression="zstd")
+        writer.write_table(table)
+        rows += batch.num_rows
+    if writer is not None:
+        writer.close()
+    return rows
+
+
 def iofloor(p: dict[str, Any]) -> dict[str, Any]:
     """Read every column of the input and write one float column per batch: the I/O alone."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     seconds = []
     rows = 0
     for rep in range(int(p["reps"])):
         start = time.perf_counter()
-        pf = pq.ParquetFile(p["input"], memory_map=True)
         target = Path(p["out_dir"]) / f"io-{rep}.parquet"
-        writer = None
-        rows = 0
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS):
-            value = pc.cast(pc.utf8_length(batch.column("review")), pa.float64())
-            table = pa.table({"value": value})
-            if writer is None:
-                writer = pq.ParquetWriter(target, table.schema, compression="zstd")
-            writer.write_table(table)
-            rows += batch.num_rows
-        if writer is not None:
-            writer.close()
+        rows = _rewrite(p["input"], target, lambda batch: pa.table({"value": pc.cast(
+            pc.utf8_length(batch.column("review")), pa.float64())}))
         seconds.append(time.perf_counter() - start)
         target.unlink(missing_ok=True)
     return {"seconds": seconds, "rows": rows}

@@ -111,11 +111,11 @@ class Catalog:
             row = con.execute(
                 "INSERT INTO runs (run_id, flow, number, status, started_at, params,"
                 " prefect_flow_run_id, code_fingerprint, data_fingerprint)"
-                " SELECT ? || '/' || n, ?, n, 'running', ?, ?, ?, ?, ?"
-                " FROM (SELECT coalesce(max(number), 0) + 1 AS n FROM runs WHERE flow = ?)"
+                " SELECT $1 || '/' || n, $1, n, 'running', $2, $3, $4, $5, $6"
+                " FROM (SELECT coalesce(max(number), 0) + 1 AS n FROM runs WHERE flow = $1)"
                 " RETURNING run_id",
-                [flow, flow, now, json.dumps(dict(params or {}), default=str),
-                 prefect_flow_run_id, code_fingerprint, data_fingerprint, flow],
+                [flow, now, json.dumps(dict(params or {}), default=str),
+                 prefect_flow_run_id, code_fingerprint, data_fingerprint],
             ).fetchone()
             assert row is not None
             if keys:

@@ -311,14 +311,15 @@ class Ledger:
             if outcomes:
                 o = outcomes
                 done = {r[0] for r in con.execute(
+                    # numbered: DuckDB 1.5 binds the FROM subquery's parameters first
                     "UPDATE files SET state = v.state, error = v.error,"
-                    " model_run_id = v.model_run_id, batch_id = ?, output_uri = v.output_uri,"
+                    " model_run_id = v.model_run_id, batch_id = $1, output_uri = v.output_uri,"
                     " rows = v.rows, claimed_by = NULL, lease_expires_at = NULL,"
-                    " updated_at = ? FROM (SELECT unnest(?::VARCHAR[]) AS file_id,"
-                    " unnest(?::VARCHAR[]) AS state, unnest(?::VARCHAR[]) AS error,"
-                    " unnest(?::VARCHAR[]) AS model_run_id, unnest(?::VARCHAR[]) AS output_uri,"
-                    " unnest(?::BIGINT[]) AS rows) v WHERE files.file_id = v.file_id"
-                    " AND files.state = 'claimed' AND files.claimed_by = ?"
+                    " updated_at = $2 FROM (SELECT unnest($3::VARCHAR[]) AS file_id,"
+                    " unnest($4::VARCHAR[]) AS state, unnest($5::VARCHAR[]) AS error,"
+                    " unnest($6::VARCHAR[]) AS model_run_id, unnest($7::VARCHAR[]) AS output_uri,"
+                    " unnest($8::BIGINT[]) AS rows) v WHERE files.file_id = v.file_id"
+                    " AND files.state = 'claimed' AND files.claimed_by = $9"
                     " RETURNING files.file_id",
                     [batch_id, now, [x.file_id for x in o], [x.status for x in o],
                      [x.error for x in o], [x.model_run_id for x in o],

@@ -9,6 +9,9 @@ the lock with other readers; writes hold it alone for one transaction each.
 Inside :meth:`Database.hold` (a worker's batch) the connection is kept however long the holder
 is idle, and given up only when another process says it waits (the ``.waiting`` lock file) and
 it has been held for ``hold_max_s``: reopening costs ~50 ms, more than scoring a small file.
+
+Every committed change is published to a read-only copy for people (:mod:`.publication`):
+DuckDB would let no batchml process write while a person's session has this file open.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import duckdb
 
 from ._locking import FileLock
 from .errors import CatalogBusy, CatalogError
+from .publication import Publication, published_path
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -65,19 +69,28 @@ class Database:
     hold_max_s = 1.0
 
     @classmethod
-    def open(cls, path: Path, *, lock_timeout_s: float = 60.0) -> Database:
-        """The shared instance for ``path`` in this process (one lock holder per file)."""
+    def open(cls, path: Path, *, lock_timeout_s: float = 60.0, publish_to: Path | None = None,
+             publish_interval_s: float = 1.0) -> Database:
+        """The shared instance for ``path`` in this process (one lock holder per file).
+
+        Changes are published to ``publish_to`` (default: ``x.readonly.duckdb`` beside
+        ``x.duckdb``) at most once per ``publish_interval_s``."""
         key = Path(path).expanduser().absolute()
         with _registry_lock:
             db = _registry.get(key)
             if db is None or db._pid != os.getpid():
                 db = _registry[key] = cls(key, lock_timeout_s=lock_timeout_s)
             db.lock_timeout_s = max(db.lock_timeout_s, lock_timeout_s)
+            if publish_to is not None:
+                db.publication.target = Path(publish_to).expanduser().absolute()
+            db.publication.interval_s = publish_interval_s
             return db
 
     def __init__(self, path: Path, *, lock_timeout_s: float = 60.0) -> None:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
+        self.publication = Publication(published_path(self.path))
+        self._publisher: threading.Thread | None = None
         self._flock = FileLock(self.path.with_name(self.path.name + ".lock"))
         self._intent = FileLock(self.path.with_name(self.path.name + ".wlock"))
         self._waiting = FileLock(self.path.with_name(self.path.name + ".waiting"))
@@ -118,8 +131,13 @@ class Database:
                     continue
                 if locked:
                     raise CatalogBusy(
-                        f"The catalog {self.path} is held open by another program: {exc}",
-                        hint="Close other duckdb sessions on it, or open them with -readonly.",
+                        f"The catalog {self.path} is held open by {_holder(str(exc))}, so "
+                        f"batchml cannot {'write' if writable else 'read'} it; DuckDB lets "
+                        "no process write a file that another process has open, even "
+                        "read-only.",
+                        hint=f"Close that session and open the published copy "
+                             f"{self.publication.target} instead: batchml refreshes it after "
+                             "every change and never waits for its readers.",
                     ) from exc
                 raise CatalogError(
                     f"Cannot open the catalog {self.path}: {exc}",
@@ -128,11 +146,78 @@ class Database:
 
     def _release(self) -> None:
         if self._con is not None:
+            if self._writable and self._depth == 0 and self.publication.due():
+                self._publish(self._con)  # still writable and locked: no reopen for it
             try:
                 self._con.close()
             finally:
                 self._con = None
         self._flock.release()
+
+    # --- publication ---------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        """A write committed: publish it once the debounce interval allows (caller holds
+        ``_mutex``)."""
+        self.publication.changed()
+        if self._publisher is None or not self._publisher.is_alive():
+            self._publisher = threading.Thread(target=self._publish_loop, daemon=True,
+                                               name="batchml-catalog-publisher")
+            self._publisher.start()
+
+    def _publish_loop(self) -> None:
+        while True:
+            time.sleep(max(self.publication.wait_s(), 0.005))
+            with self._mutex:
+                if not self.publication.pending:
+                    self._publisher = None
+                    return
+                if self.publication.wait_s() > 0:
+                    continue
+                try:
+                    with self._use(writable=True) as con:
+                        self._publish(con)
+                except Exception as exc:  # the catalog busy or gone: try again later
+                    self.publication.failed(exc)
+
+    def _publish(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Stamp, checkpoint and copy the catalog to its published copy (under the write
+        lock, outside any transaction). Never raises: a failed copy stays pending."""
+        try:
+            with contextlib.suppress(duckdb.CatalogException):  # before migration 0003
+                con.execute(
+                    "INSERT OR REPLACE INTO publication VALUES (1, ?, ?, ?, ?)",
+                    [utcnow(), str(self.path), self.publication.interval_s, _version()])
+            con.execute("CHECKPOINT")  # the whole catalog in the file, the WAL emptied
+            self.publication.copy(self.path)
+        except Exception as exc:
+            self.publication.failed(exc)
+
+    def publish_if_stale(self) -> None:
+        """Schedule a publication when the copy is missing or older than the catalog (a
+        process was killed before it published its last change)."""
+        try:
+            source = max(p.stat().st_mtime for p in (self.path, Path(f"{self.path}.wal"))
+                         if p.exists())
+        except ValueError:
+            return  # no catalog yet
+        try:
+            published = self.publication.target.stat().st_mtime
+        except FileNotFoundError:
+            published = 0.0
+        if source > published:
+            with self._mutex:
+                self._changed()
+
+    def publish(self) -> Path:
+        """Publish the read-only copy now (whatever the debounce interval); return its path."""
+        self.publication.changed()
+        with self._use(writable=True) as con:
+            self._publish(con)
+        if self.publication.pending:
+            raise CatalogError(f"Could not publish the catalog to {self.publication.target}.",
+                               hint="Check free space and permissions of that directory.")
+        return self.publication.target
 
     def _acquire(self, writable: bool, strict: bool = False) -> duckdb.DuckDBPyConnection:
         if self._holds and not strict:
@@ -270,6 +355,8 @@ class Database:
         with self._use(writable=True) as con:
             if self._depth > 1 or single:
                 yield con
+                if self._depth == 1:
+                    self._changed()
                 return
             con.execute("BEGIN TRANSACTION")
             try:
@@ -278,6 +365,7 @@ class Database:
                 con.execute("ROLLBACK")
                 raise
             con.execute("COMMIT")
+            self._changed()
 
     def migrate(self) -> list[str]:
         """Apply every migration the file lacks, all in one transaction; return their names."""
@@ -311,10 +399,35 @@ class Database:
         return int(row[0] or 0) if row else 0
 
 
+def _holder(message: str) -> str:
+    """Who holds a DuckDB file, from DuckDB's lock error ("... (PID 123)") and /proc."""
+    match = re.search(r"\(PID (\d+)\)", message)
+    if not match:
+        return "another program"
+    pid = match.group(1)
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        cmd = ""
+    return f"process {pid} ({cmd[:120]})" if cmd else f"process {pid}"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("batchml")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _close_all() -> None:
     for db in list(_live):
         if db._pid == os.getpid():
             with contextlib.suppress(Exception):  # best effort at interpreter exit
+                if db.publication.pending:
+                    with db._mutex, db._use(writable=True) as con:
+                        db._publish(con)
                 db.close()
 
 
@@ -330,6 +443,8 @@ def _after_fork_in_child() -> None:
         db._holds = 0
         db._holds_lock = threading.Lock()
         db._reaper = None
+        db._publisher = None
+        db.publication.pending = False  # the parent publishes its own changes
         db._mutex = threading.RLock()
     _registry.clear()
 

@@ -56,11 +56,24 @@ class Catalog:
     """
 
     def __init__(self, path: str | Path, *, store: ArtifactStore | None = None,
-                 lock_timeout_s: float = 60.0) -> None:
+                 lock_timeout_s: float = 60.0, published_path: str | Path | None = None,
+                 publish_interval_s: float = 1.0) -> None:
         self.path = Path(path).expanduser()
-        self.db = Database.open(self.path, lock_timeout_s=lock_timeout_s)
+        self.db = Database.open(self.path, lock_timeout_s=lock_timeout_s,
+                                publish_to=Path(published_path) if published_path else None,
+                                publish_interval_s=publish_interval_s)
         self._store = store
         self.migrated = self._ensure_schema()
+
+    @property
+    def published_path(self) -> Path:
+        """The read-only copy people open (``duckdb -readonly``); see :meth:`publish`."""
+        return self.db.publication.target
+
+    def publish(self) -> Path:
+        """Publish the read-only copy now; batchml also does it within
+        ``publish_interval_s`` of every change. Returns its path."""
+        return self.db.publish()
 
     @classmethod
     def from_settings(cls, settings: Any) -> Catalog:
@@ -69,13 +82,16 @@ class Catalog:
 
         store = open_store(settings.artifact_root, endpoint_url=settings.s3_endpoint_url,
                            region=settings.s3_region)
-        return cls(settings.catalog_file, store=store, lock_timeout_s=settings.lock_timeout_s)
+        return cls(settings.catalog_file, store=store, lock_timeout_s=settings.lock_timeout_s,
+                   published_path=settings.published_catalog_path,
+                   publish_interval_s=settings.publish_interval_s)
 
     def _ensure_schema(self) -> list[str]:
         from ._db import migrations
 
         latest = migrations()[-1][0]
         if self.path.exists() and self.db.schema_version() >= latest:
+            self.db.publish_if_stale()
             return []
         return self.db.migrate()
 

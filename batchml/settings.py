@@ -58,6 +58,15 @@ class Settings(BaseSettings):
         "from boto3's standard chain (AWS_* variables, profiles, instance roles).",
     )
     s3_region: str | None = Field(default=None, description="AWS region for S3 and SQS clients.")
+    published_catalog_path: Path | None = Field(
+        default=None,
+        description="The read-only copy of the catalog for people and their tools (duckdb CLI, "
+        "notebooks), refreshed after each change. Default: CATALOG.readonly.duckdb beside the "
+        "catalog.")
+    publish_interval_s: float = Field(
+        default=1.0, gt=0,
+        description="Publish the read-only copy at most this often (a burst of changes is "
+        "published once; a large catalog is copied at most 1/10 of the time).")
     lock_timeout_s: float = Field(
         default=60.0, gt=0, description="How long to wait for the catalog lock before giving up."
     )
@@ -88,6 +97,14 @@ class Settings(BaseSettings):
         default=None, description="Feature columns for tabular scheduled training (JSON list); "
         "set BATCHML_TEXT_COLUMN to an empty value to use them.")
     label_column: str = Field(default="labels", description="Label column for training.")
+    smoke_path: str | None = Field(
+        default=None, description="Smoke examples for training's gate: parquet or .csv (path or "
+        "s3://) with the model's input columns and the expected label column. Default: none, "
+        "the gate runs only its checks derived from the data.")
+    decision_threshold: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Binary decision threshold for scoring, "
+        "overriding the one each model recorded at training (chosen on validation; 0.5 for "
+        "models trained before thresholds were recorded). Default: the model's.")
     log_format: Literal["text", "json"] = Field(
         default="text", description="Service log lines: human text or one JSON object a line.")
     train_cron: str = Field(default="0 2 * * *",
@@ -100,6 +117,10 @@ class Settings(BaseSettings):
             self.text_column = None
         if self.catalog_path is None:
             self.catalog_path = self.home / "catalog.duckdb"
+        if self.published_catalog_path is None:
+            from .publication import published_path
+
+            self.published_catalog_path = published_path(self.catalog_path)
         for name, sub in [
             ("artifact_root", "artifacts"),
             ("inbox", "inbox"),

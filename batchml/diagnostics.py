@@ -31,9 +31,22 @@ def run_checks(settings: Settings) -> list[Check]:
     from .catalog import Catalog
     from .store import open_store
 
+    def open_catalog() -> Catalog:  # no artifact store: its own check below
+        return Catalog(settings.catalog_file, lock_timeout_s=settings.lock_timeout_s,
+                       published_path=settings.published_catalog_path,
+                       publish_interval_s=settings.publish_interval_s)
+
     def catalog() -> str:
-        cat = Catalog(settings.catalog_file, lock_timeout_s=settings.lock_timeout_s)
+        cat = open_catalog()
         return f"{cat.path} (schema v{cat.db.schema_version()})"
+
+    def published() -> str:
+        import duckdb
+
+        path = open_catalog().publish()
+        with duckdb.connect(str(path), read_only=True) as con:  # what a person opens
+            row = con.execute("SELECT published_at FROM catalog_info").fetchone()
+        return f"{path} (published {row[0] if row else '?'}, opens read-only)"
 
     def store() -> str:
         st = open_store(str(settings.artifact_root), endpoint_url=settings.s3_endpoint_url,
@@ -57,6 +70,7 @@ def run_checks(settings: Settings) -> list[Check]:
         Check("settings", True, f"home={settings.home} inbox={settings.inbox} "
               f"outbox={settings.outbox}"),
         _check("catalog", catalog),
+        _check("published copy", published),
         _check("artifact store", store),
         _check("prefect api", prefect_api),
     ]

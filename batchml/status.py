@@ -36,4 +36,17 @@ def collect_status(catalog: Catalog, settings: Settings,
             f"({100 * s3['error_rate']:.1f}%), {s3['retries']} retries, "
             f"{s3['failed_calls']} calls gave up")
     return {"service": service, "files": ledger.counts(), "last_training_run": last,
-            "current_model": current, "recent_errors": recent, "s3": s3}
+            "current_model": current, "recent_errors": recent, "s3": s3,
+            "published_catalog": published_catalog(catalog)}
+
+
+def published_catalog(catalog: Catalog) -> dict[str, Any]:
+    """Where the read-only copy for people is and how old it is (None when not yet made)."""
+    import time
+
+    path = catalog.published_path
+    try:
+        age: float | None = round(time.time() - path.stat().st_mtime, 3)
+    except FileNotFoundError:
+        age = None
+    return {"path": str(path), "age_s": age}

@@ -17,6 +17,34 @@ from pathlib import Path
 from .errors import CatalogBusy
 
 
+def holders_of(fd: int) -> list[str]:
+    """The processes holding ``flock`` locks on the file open as ``fd`` ("process 12
+    (batchml serve)"), from /proc/locks; empty where that cannot be known."""
+    try:
+        st = os.fstat(fd)
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return []
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    found: list[str] = []
+    for line in table.splitlines():
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 00:2e:5678 0 EOF" ("->" marks a waiter)
+        if len(parts) < 6 or "->" in parts or parts[1] != "FLOCK" or parts[5] != inode:
+            continue
+        pid = parts[4]
+        if pid == str(os.getpid()):
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            cmd = ""
+        label = f"process {pid}" + (f" ({cmd.strip()[:80]})" if cmd.strip() else "")
+        if label not in found:
+            found.append(label)
+    return found
+
+
 class FileLock:
     """One holder's handle on a lock file; ``acquire(exclusive=...)`` / ``release()``."""
 
@@ -42,12 +70,14 @@ class FileLock:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
+                    holders = holders_of(fd)
                     os.close(fd)
+                    who = ", ".join(holders) or "another process"
                     raise CatalogBusy(
-                        f"The catalog lock {self.path} was held by another process for over "
+                        f"The catalog lock {self.path} was held by {who} for over "
                         f"{timeout_s:g} s.",
-                        hint="Check for a stuck batchml process (batchml status), or raise "
-                        "BATCHML_LOCK_TIMEOUT_S.",
+                        hint="If that process is stuck, stop it (batchml status shows the "
+                        "service); otherwise raise BATCHML_LOCK_TIMEOUT_S.",
                     ) from None
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.005)

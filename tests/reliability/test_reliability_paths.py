@@ -102,7 +102,8 @@ def test_local_names_stay_under_roots_one_output_each(home: Any, tmp_path: Path,
     written = {p.relative_to(home.home).parts[0] for p in Path(home.home).rglob("*")
                if p.is_file()}
     assert written <= {"inbox", "outbox", "catalog.duckdb", "catalog.duckdb.lock",
-                       "catalog.duckdb.wlock", "catalog.duckdb.waiting", "catalog.duckdb.wal"}
+                       "catalog.duckdb.wlock", "catalog.duckdb.waiting", "catalog.duckdb.wal",
+                       "catalog.readonly.duckdb"}
     assert drain(worker) == []
     ledger = set(Ledger(worker.catalog).files()["source_uri"])
     assert not {str(inbox / n) for n in LOCAL_HIDDEN} & ledger

@@ -109,6 +109,26 @@ class Settings(BaseSettings):
         default="text", description="Service log lines: human text or one JSON object a line.")
     train_cron: str = Field(default="0 2 * * *",
                             description="When scheduled training runs (cron, server time).")
+    isolate_scoring: bool = Field(
+        default=True,
+        description="batchml serve / watch score each file in a scorer child process, so a file "
+        "that kills its scorer (out of memory, a crash in native code) cannot kill the service.")
+    poison_attempts: int = Field(
+        default=2, ge=1, le=5,
+        description="A file that killed the scorer process this many times is quarantined as "
+        "poison, with the signal and the peak memory in its reason.")
+    scorer_memory_mb: int | None = Field(
+        default=None, ge=0,
+        description="The scorer process is killed above this resident memory, MiB (its file "
+        "then counts an attempt). Default: BATCHML_MEMORY_BUDGET_MB + 512; 0 turns it off.")
+    fault_kill_marker: str | None = Field(
+        default=None,
+        description="Test hook: the scorer process SIGKILLs itself on an input whose file name "
+        "contains this string (a poison file without a real OOM). Never set in production.")
+    fault_alloc_marker: str | None = Field(
+        default=None,
+        description="Test hook: the scorer process allocates memory until killed on an input "
+        "whose file name contains this string (exercises the memory guard).")
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

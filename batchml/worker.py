@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import BatchMLError, ModelNotFound, is_transient
 from .ledger import ClaimedBatch, FileRecord, FileRef, Ledger, worker_id
+from .scorer import CommitRefused, ModelSpec, Scorer, ScorerConfig, ScorerDied
 from .scoring import FileOutcome, LoadedModel, ModelCache, Outbox, score_file
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class Worker:
     def __init__(self, catalog: Catalog, source: Any, settings: Settings, *,
                  outbox: Outbox | None = None, run_id: str | None = None,
                  tag: str | None = None, cache: ModelCache | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, isolate: bool = False) -> None:
         self.catalog = catalog
         self.source = source
         self.settings = settings
@@ -78,19 +79,42 @@ class Worker:
         self._outer_hold: contextlib.ExitStack | None = None
         self.flush_files = 50
         self.flush_s = 0.5
+        # isolate: score in a scorer child process (batchml serve / watch), see scorer.py
+        self.scorer = Scorer(ScorerConfig.from_settings(settings, self.outbox.root),
+                             self.model_spec) if isolate else None
+        self._specs: dict[str, ModelSpec] = {}
 
     @classmethod
     def for_source(cls, settings: Settings, uri: str | None = None, *,
                    run_id: str | None = None, tag: str | None = None) -> Worker:
         """A worker on the source at ``uri`` (default: the inbox), with rejected queue
-        messages kept in the ledger."""
+        messages kept in the ledger, scoring in a scorer process unless
+        ``BATCHML_ISOLATE_SCORING`` is off."""
         from .catalog import Catalog
         from .sources import open_source
 
         catalog = Catalog.from_settings(settings)
         source = open_source(uri or str(settings.inbox), settings=settings,
                              on_rejected=Ledger(catalog).record_rejected_event)
-        return cls(catalog, source, settings, run_id=run_id, tag=tag)
+        return cls(catalog, source, settings, run_id=run_id, tag=tag,
+                   isolate=settings.isolate_scoring)
+
+    def model_spec(self, model: LoadedModel) -> ModelSpec:
+        """Where the scorer process finds ``model``'s bytes (read from the catalog here, so
+        the scorer process never opens it)."""
+        spec = self._specs.get(model.run_id)
+        if spec is None or spec.name != model.name:
+            run = self.catalog.run(model.run_id)
+            art = run.artifacts[run.models[model.name]["artifact"]]
+            spec = self._specs[model.run_id] = ModelSpec(
+                model.run_id, model.name, model.flavor, art["uri"], art["sha256"],
+                getattr(self.cache, "threshold", None))
+        return spec
+
+    def close(self) -> None:
+        """Stop the scorer process, if any (the source is the caller's to close)."""
+        if self.scorer is not None:
+            self.scorer.close()
 
     def hold_catalog(self) -> None:
         """Keep the catalog connection from now until the end of the next batch (or
@@ -158,6 +182,9 @@ class Worker:
                     try:
                         outcome = self._score_one(record, model, batch_id, leases)
                     except _ClaimLost:
+                        continue
+                    except _Retried:
+                        report.released += 1
                         continue
                     except BaseException as exc:
                         # Only transient trouble (outbox full or unreachable, S3 throttling)
@@ -271,12 +298,22 @@ class Worker:
             self.outbox, lambda: leases.check(record.file_id))
         try:
             with self.source.fetch(record) as path:
-                outcome = score_file(path, record, model, outbox, batch_id,
-                                     batch_rows=self.settings.batch_rows,
-                                     budget_bytes=self.settings.memory_budget_mb * 2**20,
-                                     reprocess=reprocess)
+                if self.scorer is not None:
+                    outcome = self.scorer.score(
+                        path, record, model, batch_id, reprocess=reprocess,
+                        still_held=None if leases is None else
+                        (lambda: leases.check(record.file_id)))
+                else:
+                    outcome = score_file(path, record, model, outbox, batch_id,
+                                         batch_rows=self.settings.batch_rows,
+                                         budget_bytes=self.settings.memory_budget_mb * 2**20,
+                                         reprocess=reprocess)
         except _ClaimLost:
             raise
+        except CommitRefused:
+            raise _ClaimLost(record.source_uri) from None
+        except ScorerDied as exc:
+            outcome = self._scorer_died(record, model, exc, leases)
         except FileNotFoundError:
             outcome = FileOutcome(record.file_id, record.source_uri, "failed", model.run_id,
                                   error=f"{record.source_uri} vanished before it could be "
@@ -302,9 +339,38 @@ class Worker:
                 outcome.error = f"{outcome.error} (moved to {moved})"
         return outcome
 
+    def _scorer_died(self, record: FileRecord, model: LoadedModel, exc: ScorerDied,
+                     leases: _Leases | None) -> FileOutcome:
+        """The scorer process died on ``record``: give the file back for another attempt
+        (raises :class:`_Retried`), or after ``BATCHML_POISON_ATTEMPTS`` attempts return it
+        quarantined as poison. A claim counts one attempt (released transient ones do not)."""
+        uri, death = record.source_uri, exc.death
+        limit = self.settings.poison_attempts
+        if record.attempts < limit:
+            log.warning("scorer died on %s (attempt %d of %d): %s", uri, record.attempts,
+                        limit, death.describe())
+            if leases is not None:
+                leases.drop([record.file_id])
+            self.ledger.release(
+                [record.file_id], self.name, count_attempt=True,
+                reason=f"The scorer process died on attempt {record.attempts} of {limit}: "
+                       f"{death.describe()}. It will be tried again.")
+            raise _Retried(uri)
+        log.error("quarantining %s as poison: %s on attempt %d", uri, death.describe(),
+                  record.attempts)
+        return FileOutcome(
+            record.file_id, uri, "quarantined", model.run_id,
+            error=f"{uri} is poison: the scorer process died on each of {record.attempts} "
+                  f"attempts (last {death.describe()}). Quarantined so it cannot stop the "
+                  "service. Check the file (row group sizes, very long values); split it or "
+                  "raise BATCHML_SCORER_MEMORY_MB / BATCHML_MEMORY_BUDGET_MB, then "
+                  f"`batchml reprocess {uri}`.")
+
     def run(self, stop: threading.Event, *, idle_s: float = 1.0, limit: int = 50,
             on_batch: Callable[[BatchReport], None] | None = None) -> None:
         """Discover and score until ``stop`` is set."""
+        if self.scorer is not None:
+            self.scorer.start()  # it imports while the first files are discovered
         while not stop.is_set():
             try:
                 self.discover()
@@ -323,6 +389,10 @@ class Worker:
 
 class _ClaimLost(Exception):
     """The file's claim passed to another worker before its output was committed."""
+
+
+class _Retried(Exception):
+    """The scorer process died on the file; it was given back for another attempt."""
 
 
 class _GuardedOutbox(Outbox):

@@ -480,6 +480,7 @@ def watch(
         out.print("stopped; claims released")
     finally:
         src.close()
+        worker.close()
 
 
 @app.command()

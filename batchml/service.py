@@ -147,6 +147,8 @@ class Service:
         self.stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()
         worker = Worker.for_source(self.settings)
+        if worker.scorer is not None:
+            worker.scorer.start()  # the scorer process imports while the service starts
         source = worker.source
         batch_flow = make_batch_flow(worker)
         runner_task = await self._start_trainer()
@@ -167,6 +169,7 @@ class Service:
                     await self._loop(worker, batch_flow, source, api_url)
         finally:
             source.close()
+            worker.close()
             if runner_task is not None:
                 runner_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

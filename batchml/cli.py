@@ -195,6 +195,10 @@ def run_show(run_id: Annotated[str, typer.Argument(help="Run id such as train/3.
         print_frame(pd.DataFrame([{"name": n, "kind": a["kind"], "bytes": a["bytes"],
                                    "sha256": a["sha256"][:12], "uri": a["uri"]}
                                   for n, a in sorted(run.artifacts.items())]), title="artifacts")
+    if "gate.md" in run.artifacts:  # the gate report: threshold, every check, smoke examples
+        from rich.markdown import Markdown
+
+        out.print(Markdown(run.fetch_artifact("gate.md").decode()))
 
 
 @tag_app.command("add")
@@ -300,18 +304,23 @@ def train(
     metric: Annotated[str, typer.Option(help="Primary metric for the gate.")] = "roc_auc",
     margin: Annotated[float, typer.Option(help="How much the winner must beat the baseline "
                                           "by.")] = 0.01,
+    smoke: Annotated[str | None, typer.Option(
+        "--smoke", help="Smoke examples the winner must get right: parquet or .csv (path or "
+        "s3://) with the input column(s) and the label column (default: BATCHML_SMOKE_PATH; "
+        "none: only the checks derived from the data).")] = None,
     prefect: Annotated[bool, typer.Option(help="Run as a Prefect flow (visible in Prefect); "
                                           "--no-prefect runs the same steps directly.")] = True,
     home: HomeOpt = None, catalog: CatalogOpt = None,
 ) -> None:
-    """Train a baseline and candidates, evaluate, smoke-test and tag a deployment candidate."""
+    """Train a baseline and candidates, evaluate, check and tag a deployment candidate."""
     settings = settings_from(home, catalog)
     if text_column is None and feature_columns is None:
         text_column = "review"
     kwargs: dict[str, Any] = dict(
         train_uri=train_uri, valid_uri=valid_uri, label=label, text_column=text_column,
         feature_columns=_split(feature_columns), candidates=_split(candidates),
-        primary_metric=metric, baseline_margin=margin)
+        primary_metric=metric, baseline_margin=margin,
+        smoke_uri=smoke or settings.smoke_path)
     if prefect:
         _prefect_env(settings)
         from flows.train import train_flow
@@ -322,7 +331,13 @@ def train(
         from . import training as tr
         from .catalog import Catalog
 
-        outcome = tr.train(Catalog.from_settings(settings), tr.TrainingConfig(**kwargs))
+        s3 = None
+        if any((u or "").startswith("s3://") for u in (train_uri, valid_uri,
+                                                       kwargs["smoke_uri"])):
+            from .store import s3_client
+
+            s3 = s3_client(settings.s3_endpoint_url, settings.s3_region)
+        outcome = tr.train(Catalog.from_settings(settings), tr.TrainingConfig(**kwargs), s3=s3)
         run_id, tagged = outcome.run.id, outcome.decision.tagged
         reasons = outcome.decision.reasons
     cat = open_catalog(home, catalog)
@@ -330,7 +345,8 @@ def train(
     import pandas as pd
 
     rows = [{"candidate": name, **{k: metrics.get(f"{name}.{k}") for k in
-                                   ("roc_auc", "accuracy", "f1", "log_loss", "seconds")}}
+                                   ("roc_auc", "accuracy", "balanced_accuracy", "f1",
+                                    "threshold", "log_loss", "seconds")}}
             for name in cat.run(run_id).params.get("candidates", [])]
     print_frame(pd.DataFrame(rows), title=f"{run_id} candidates")
     out.print(f"[bold]{run_id}[/]: {'[green]tagged ' + settings.model_tag + '[/]' if tagged else '[yellow]not tagged[/]'}"

@@ -95,6 +95,11 @@ class SchemaMismatch(DataError):
     """Input does not match the model's signature."""
 
 
+class SmokeExamplesError(DataError):
+    """The smoke-example file cannot be used (unreadable, no rows, a missing column, a label
+    that is not a training class); raised before any candidate is trained."""
+
+
 class ModelError(BatchMLError, RuntimeError):
     """A model could not be fitted, saved or loaded."""
 

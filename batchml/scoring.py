@@ -59,10 +59,13 @@ class LoadedModel:
 class ModelCache:
     """Loaded models by run id, so a long-running service loads each model once."""
 
-    def __init__(self, catalog: Catalog, *, flow: str = "train", max_models: int = 4) -> None:
+    def __init__(self, catalog: Catalog, *, flow: str = "train", max_models: int = 4,
+                 threshold: float | None = None) -> None:
         self.catalog = catalog
         self.flow = flow
         self.max_models = max_models
+        self.threshold = threshold
+        """Binary decision threshold overriding each model's (BATCHML_DECISION_THRESHOLD)."""
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
@@ -88,6 +91,8 @@ class ModelCache:
             raise ModelNotFound(f"Run {run_id} has no primary model.",
                                 hint="Choose a training run whose gate picked a winner.")
         estimator = run.load_model(primary)
+        if self.threshold is not None and len(estimator.classes_) == 2:
+            estimator.set_threshold(self.threshold)
         model = LoadedModel(run_id, primary, estimator.flavor, estimator)
         with self._lock:
             if len(self._models) >= self.max_models:

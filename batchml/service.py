@@ -239,7 +239,8 @@ class Service:
             name="nightly", cron=s.train_cron, parameters={
                 "train_uri": s.train_uri, "valid_uri": s.valid_uri,
                 "text_column": s.text_column,
-                "feature_columns": s.feature_columns or None, "label": s.label_column})
+                "feature_columns": s.feature_columns or None, "label": s.label_column,
+                "smoke_uri": s.smoke_path})
         runner = Runner(name="batchml-trainer", limit=1)
         await runner.aadd_deployment(deployment)
         return asyncio.create_task(runner.start())

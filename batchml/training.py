@@ -1,7 +1,8 @@
-"""Training: fit a baseline and candidates side by side, evaluate, smoke-test, and gate.
+"""Training: fit a baseline and candidates side by side, evaluate, check, and gate.
 
 Every step is a plain function so it is testable without Prefect; ``flows/train.py`` wires the
-same functions into Prefect tasks, and :func:`train` runs them with a thread pool.
+same functions into Prefect tasks, and :func:`train` runs them with a thread pool. The gate's
+checks and decision live in :mod:`batchml.gate`.
 """
 
 from __future__ import annotations
@@ -21,28 +22,59 @@ import pandas as pd
 
 from .datasets import (
     check_classes,
-    clean_text,
     fingerprint,
     prepare_training_frame,
     read_parquet,
 )
-from .errors import DataError
-from .evaluation import better, confusion_plot, curve_plots, evaluate, history_plot
+from .errors import DataError, SmokeExamplesError
+from .evaluation import (
+    THRESHOLD_OBJECTIVES,
+    choose_threshold,
+    confusion_plot,
+    curve_plots,
+    evaluate,
+    history_plot,
+)
+from .gate import (
+    BASELINE,
+    CheckResult,
+    GateDecision,
+    SmokeResult,
+    choose_winner,
+    decide,
+    decision_markdown,
+    prepare_smoke,
+    read_smoke_file,
+    run_checks,
+)
 
 if TYPE_CHECKING:
     from .catalog import Catalog, Run
     from .estimators import Estimator
 
-BASELINE = "baseline"
-DEFAULT_TEXT_SMOKE = (
-    ("poor fit its baggy in places where it isn't supposed to be.", 0),
-    ("love it, very high quality and great value", 1),
-)
+__all__ = ["BASELINE", "CandidateResult", "CheckResult", "GateDecision", "SmokeResult",
+           "TrainingConfig", "TrainingData", "TrainingOutcome", "choose_winner", "decide",
+           "decision_markdown", "train"]
 
 
 @dataclass
 class TrainingConfig:
-    """What to train on and how to judge it. Mirrors the training flow's parameters."""
+    """What to train on and how to judge it. Mirrors the training flow's parameters.
+
+    Gate thresholds (see :mod:`batchml.gate`), with their defaults:
+
+    - ``smoke_uri``: parquet or CSV of examples with the input columns and the expected label
+      (the label column); None runs only the checks derived from the data.
+    - ``threshold_objective`` ``"balanced_accuracy"``: what the binary decision threshold
+      maximises on validation (``"f1"``, or ``"fixed"`` for 0.5).
+    - ``threshold_folds`` 5: ``holdout_agreement`` judges each validation row at a threshold
+      chosen on the other folds (the recorded threshold is chosen on all of validation).
+    - ``holdout_margin`` 0.1: that balanced accuracy must exceed chance (1 / classes) by this.
+    - ``stability_sample`` 200 rows, ``min_stability_agreement`` 0.95, ``numeric_jitter``
+      1e-6 (relative): ``perturbation_stability``.
+    - ``min_class_rows`` 5: ``every_class_predicted`` covers classes with this many
+      validation rows.
+    """
 
     train_uri: str
     valid_uri: str
@@ -56,11 +88,31 @@ class TrainingConfig:
     tag: str = "deployment_candidate"
     seed: int = 0
     candidate_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    smoke_uri: str | None = None
+    threshold_objective: str = "balanced_accuracy"
+    threshold_folds: int = 5
+    holdout_margin: float = 0.1
+    stability_sample: int = 200
+    min_stability_agreement: float = 0.95
+    numeric_jitter: float = 1e-6
+    min_class_rows: int = 5
 
     def __post_init__(self) -> None:
         if (self.text_column is None) == (not self.feature_columns):
             raise DataError("Give exactly one of a text column or feature columns.",
                             hint="Use --text-column for text, --feature-columns a,b,c for tables.")
+        self.smoke_uri = self.smoke_uri or None
+        if self.threshold_objective not in THRESHOLD_OBJECTIVES:
+            raise DataError(f"Unknown threshold objective {self.threshold_objective!r}.",
+                            hint=f"Use one of {', '.join(THRESHOLD_OBJECTIVES)}.")
+        if self.threshold_folds < 2:
+            raise DataError(f"threshold_folds must be at least 2, got {self.threshold_folds}.",
+                            hint="5 judges each validation row at a threshold chosen on 80%.")
+
+    @property
+    def inputs(self) -> list[str]:
+        """The model's input columns."""
+        return [self.text_column] if self.text_column else list(self.feature_columns or [])
 
 
 @dataclass
@@ -73,6 +125,8 @@ class TrainingData:
     valid_y: pd.Series
     classes: list[Any]
     fingerprint: str
+    smoke_x: pd.DataFrame | None = None
+    smoke_y: list[Any] | None = None
 
 
 @dataclass
@@ -87,30 +141,11 @@ class CandidateResult:
     valid_proba: np.ndarray | None = None
 
 
-@dataclass
-class SmokeResult:
-    """One smoke-test example."""
-
-    example: Any
-    expected: Any
-    predicted: Any
-    passed: bool
-
-
-@dataclass
-class GateDecision:
-    """Whether the run gets the tag, and why (or why not)."""
-
-    winner: str | None
-    tagged: bool
-    metric: str
-    winner_score: float | None
-    baseline_score: float | None
-    reasons: list[str]
-
-
 def load_training_data(config: TrainingConfig, *, s3: Any = None) -> TrainingData:
-    """Read, check and clean the training and validation parquet."""
+    """Read, check and clean the training and validation parquet and the smoke examples.
+
+    Bad smoke examples raise :class:`SmokeExamplesError` here, before anything is trained.
+    """
     train_frame, train_sha = read_parquet(config.train_uri, s3=s3)
     valid_frame, valid_sha = read_parquet(config.valid_uri, s3=s3)
     kw: dict[str, Any] = {"label": config.label, "text_column": config.text_column,
@@ -122,8 +157,35 @@ def load_training_data(config: TrainingConfig, *, s3: Any = None) -> TrainingDat
     if unseen:
         raise DataError(f"The validation data has labels the training data lacks: {unseen}.",
                         hint="Split the data so every class appears in training.")
-    return TrainingData(train_x, train_y, valid_x, valid_y, classes,
+    data = TrainingData(train_x, train_y, valid_x, valid_y, classes,
                         fingerprint(train_sha, valid_sha))
+    data.smoke_x, data.smoke_y = load_smoke(config, classes, s3=s3)
+    return data
+
+
+def load_smoke(config: TrainingConfig, classes: list[Any], *,
+               s3: Any = None) -> tuple[pd.DataFrame | None, list[Any] | None]:
+    """The smoke inputs and expected labels from ``config.smoke_uri`` or
+    ``config.smoke_examples`` (None, None when there are none)."""
+    if config.smoke_uri:
+        frame = read_smoke_file(config.smoke_uri, label=config.label, inputs=config.inputs,
+                                s3=s3)
+        where = config.smoke_uri
+    elif config.smoke_examples:
+        rows = [dict(e) if isinstance(e, dict) else
+                {config.inputs[0]: e} if config.text_column else dict(e)
+                for e, _ in config.smoke_examples]
+        frame = pd.DataFrame(rows)
+        frame[config.label] = [label for _, label in config.smoke_examples]
+        missing = [c for c in config.inputs if c not in frame.columns]
+        if missing:
+            raise SmokeExamplesError(f"The inline smoke examples lack column(s) {missing}.",
+                                     hint="Give each example every input column.")
+        where = "the inline smoke examples"
+    else:
+        return None, None
+    return prepare_smoke(frame, uri=where, label=config.label, inputs=config.inputs,
+                         text_column=config.text_column, classes=classes)
 
 
 def candidate_list(config: TrainingConfig, data: TrainingData) -> list[str]:
@@ -147,85 +209,16 @@ def fit_candidate(name: str, data: TrainingData, config: TrainingConfig) -> Cand
                              **config.candidate_params.get(name, {}))
         est.fit(data.train_x, data.train_y)
         proba = est.predict_proba(data.valid_x)
-        metrics = evaluate(data.valid_y, proba, est.classes_)
+        threshold = choose_threshold(data.valid_y, proba, est.classes_,
+                                     config.threshold_objective)
+        if threshold is not None:
+            est.set_threshold(threshold)  # saved with the model: scoring uses it
+        metrics = evaluate(data.valid_y, proba, est.classes_, threshold=threshold)
         return CandidateResult(name, est, metrics, time.perf_counter() - start,
                                valid_proba=proba)
     except Exception as exc:  # one candidate failing must not stop the others
         detail = "".join(traceback.format_exception_only(exc)).strip()
         return CandidateResult(name, None, {}, time.perf_counter() - start, error=detail)
-
-
-def smoke_test(estimator: Estimator, config: TrainingConfig,
-               data: TrainingData) -> list[SmokeResult]:
-    """Score the smoke examples and compare with the expected labels.
-
-    Text data defaults to the two obvious reviews of the tutorial; tabular data with no
-    examples is checked for well-formed probabilities on a few validation rows.
-    """
-    examples = config.smoke_examples
-    if examples is None and config.text_column is not None:
-        examples = list(DEFAULT_TEXT_SMOKE)
-    if not examples:
-        sample = data.valid_x.head(5)
-        proba = estimator.predict_proba(sample)
-        ok = bool(np.isfinite(proba).all() and np.allclose(proba.sum(axis=1), 1, atol=1e-4))
-        return [SmokeResult("5 validation rows", "finite probabilities summing to 1",
-                            "ok" if ok else "malformed probabilities", ok)]
-    if config.text_column is not None:
-        frame = pd.DataFrame({config.text_column: [clean_text(str(e)) for e, _ in examples]})
-    else:
-        frame = pd.DataFrame([e for e, _ in examples])
-    predicted = estimator.predict(frame)
-    return [SmokeResult(ex, exp, _plain(p), _plain(p) == _plain(exp))
-            for (ex, exp), p in zip(examples, predicted, strict=True)]
-
-
-def _plain(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
-
-
-def choose_winner(results: Sequence[CandidateResult], metric: str) -> CandidateResult | None:
-    """The best non-baseline candidate on ``metric``; ties go to the earlier name (sorted)."""
-    ok = [r for r in results if r.name != BASELINE and r.error is None
-          and not np.isnan(r.metrics.get(metric, np.nan))]
-    best: CandidateResult | None = None
-    for r in sorted(ok, key=lambda r: r.name):
-        if best is None or better(metric, r.metrics[metric], best.metrics[metric]):
-            best = r
-    return best
-
-
-def decide(results: Sequence[CandidateResult], smoke: Sequence[SmokeResult] | None,
-           config: TrainingConfig) -> GateDecision:
-    """Tag only when the winner beats the baseline by the margin and passes the smoke test."""
-    metric = config.primary_metric
-    base = next((r for r in results if r.name == BASELINE and r.error is None), None)
-    winner = choose_winner(results, metric)
-    reasons: list[str] = []
-    base_score = base.metrics.get(metric) if base else None
-    if winner is None:
-        reasons.append(f"no candidate produced a {metric}: "
-                       + "; ".join(f"{r.name}: {r.error}" for r in results if r.error))
-        return GateDecision(None, False, metric, None, base_score, reasons)
-    score = float(winner.metrics[metric])
-    if base_score is None:
-        reasons.append("the baseline failed, so nothing shows the winner beats it")
-    elif not better(metric, score, float(base_score), config.baseline_margin):
-        reasons.append(f"{winner.name} {metric}={score:.4f} does not beat the baseline "
-                       f"{base_score:.4f} by the margin {config.baseline_margin}")
-    failed = [s for s in (smoke or []) if not s.passed]
-    if smoke is None:
-        reasons.append("the smoke test did not run")
-    elif failed:
-        reasons.append(f"smoke test failed on {len(failed)} of {len(smoke)} examples: "
-                       + "; ".join(f"{s.example!r} expected {s.expected!r} got {s.predicted!r}"
-                                   for s in failed))
-    if not reasons:
-        reasons.append(f"{winner.name} {metric}={score:.4f} beats the baseline "
-                       f"{base_score:.4f} by more than {config.baseline_margin} and passed "
-                       f"{len(smoke or [])} smoke examples")
-        return GateDecision(winner.name, True, metric, score, base_score, reasons)
-    return GateDecision(winner.name, False, metric, score, base_score, reasons)
 
 
 def code_fingerprint() -> str:
@@ -242,7 +235,8 @@ def summary_table(results: Sequence[CandidateResult], metric: str) -> list[dict[
     for r in results:
         row: dict[str, Any] = {"candidate": r.name, "seconds": round(r.seconds, 2),
                                "status": "failed" if r.error else "ok"}
-        for key in ("accuracy", "roc_auc", "precision", "recall", "f1", "log_loss"):
+        for key in ("accuracy", "balanced_accuracy", "roc_auc", "precision", "recall", "f1",
+                    "f1_macro", "log_loss", "threshold"):
             v = r.metrics.get(key)
             row[key] = None if v is None else round(float(v), 4)
         row["error"] = r.error
@@ -250,22 +244,11 @@ def summary_table(results: Sequence[CandidateResult], metric: str) -> list[dict[
     return rows
 
 
-def decision_markdown(decision: GateDecision, run_id: str) -> str:
-    """The gate decision as markdown for people (Prefect artifact, catalog artifact)."""
-    verdict = "tagged **deployment candidate**" if decision.tagged else "**not** tagged"
-    lines = [f"# Training run {run_id}: {verdict}", "",
-             f"- winner: `{decision.winner}`", f"- primary metric: `{decision.metric}`",
-             f"- winner score: {decision.winner_score}",
-             f"- baseline score: {decision.baseline_score}", "", "## Why"]
-    lines += [f"- {r}" for r in decision.reasons]
-    return "\n".join(lines) + "\n"
-
-
 def record_training(run: Run, data: TrainingData, results: Sequence[CandidateResult],
                     smoke: Sequence[SmokeResult] | None, decision: GateDecision,
                     config: TrainingConfig) -> None:
-    """Write everything into the catalog: metrics, models, plots, smoke results, the decision
-    and, when the gate passed, the tag."""
+    """Write everything into the catalog: metrics, models, plots, the gate report (every
+    check, the threshold, the smoke examples with scores) and, when the gate passed, the tag."""
     run.log_params({"candidates": [r.name for r in results], "classes": data.classes,
                     "train_rows": len(data.train_x), "valid_rows": len(data.valid_x)})
     all_metrics: dict[str, float] = {}
@@ -278,7 +261,7 @@ def record_training(run: Run, data: TrainingData, results: Sequence[CandidateRes
     if winner is not None:
         all_metrics.update({k: float(v) for k, v in winner.metrics.items()
                             if isinstance(v, float | int)})
-    if smoke is not None:
+    if smoke:
         all_metrics["smoke_passed"] = float(sum(s.passed for s in smoke))
         all_metrics["smoke_total"] = float(len(smoke))
     run.log_metrics(all_metrics)
@@ -296,8 +279,9 @@ def record_training(run: Run, data: TrainingData, results: Sequence[CandidateRes
     probas = {r.name: r.valid_proba for r in results if r.valid_proba is not None}
     for name, png in curve_plots(data.valid_y, probas, data.classes).items():
         run.log_artifact(f"plots/{name}", png, kind="plot")
-    report = {"decision": asdict(decision), "candidates": summary_table(results,
-                                                                         decision.metric),
+    report = {"decision": asdict(decision), "threshold": decision.threshold,
+              "checks": [asdict(c) for c in decision.checks],
+              "candidates": summary_table(results, decision.metric),
               "smoke": [asdict(s) for s in smoke or []],
               "confusion_matrices": {r.name: r.metrics.get("confusion_matrix")
                                      for r in results}}
@@ -321,31 +305,50 @@ class TrainingOutcome:
 def train(catalog: Catalog, config: TrainingConfig, *, flow: str = "train",
           prefect_flow_run_id: str | None = None, s3: Any = None,
           map_candidates: Callable[..., list[CandidateResult]] | None = None) -> TrainingOutcome:
-    """Train, evaluate, smoke-test, gate and record one run. A crash marks the run failed.
+    """Train, evaluate, check, gate and record one run. A crash marks the run failed.
 
-    ``map_candidates(names, data, config)`` fits the candidates; the default runs them in
-    parallel threads. The Prefect flow passes one that submits Prefect tasks instead.
+    Bad smoke examples (:class:`SmokeExamplesError`) are found before anything is trained and
+    raised without recording a run: fix the file and train again. ``map_candidates(names,
+    data, config)`` fits the candidates; the default runs them in parallel threads. The
+    Prefect flow passes one that submits Prefect tasks instead.
     """
-    run = catalog.create_run(flow, params=_config_params(config),
-                             prefect_flow_run_id=prefect_flow_run_id,
-                             code_fingerprint=code_fingerprint())
+    def new_run() -> Run:
+        return catalog.create_run(flow, params=_config_params(config),
+                                  prefect_flow_run_id=prefect_flow_run_id,
+                                  code_fingerprint=code_fingerprint())
+
     try:
         data = load_training_data(config, s3=s3)
+    except SmokeExamplesError:
+        raise
+    except BaseException as exc:
+        new_run().finish("failed", error=_detail(exc))
+        raise
+    run = new_run()
+    try:
         run.set_data_fingerprint(data.fingerprint)
         names = candidate_list(config, data)
         results = (map_candidates or fit_in_threads)(names, data, config)
         winner = choose_winner(results, config.primary_metric)
-        smoke = None
+        checks: list[CheckResult] | None = None
+        smoke: list[SmokeResult] = []
         if winner is not None and winner.estimator is not None:
-            smoke = smoke_test(winner.estimator, config, data)
-        decision = decide(results, smoke, config)
+            try:
+                checks, smoke = run_checks(winner.estimator, data, config, winner.valid_proba)
+            except Exception as exc:  # a check that crashes refuses the tag, with the reason
+                checks = [CheckResult("checks", {}, None, "fail",
+                                      f"the checks could not run: {_detail(exc)}")]
+        decision = decide(results, checks, config, smoke)
         record_training(run, data, results, smoke, decision, config)
         run.finish("completed")
         return TrainingOutcome(run, list(results), smoke, decision)
     except BaseException as exc:
-        detail = "".join(traceback.format_exception_only(exc)).strip()
-        run.finish("failed", error=detail)
+        run.finish("failed", error=_detail(exc))
         raise
+
+
+def _detail(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(exc)).strip()
 
 
 def fit_in_threads(names: Sequence[str], data: TrainingData,

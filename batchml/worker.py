@@ -72,7 +72,8 @@ class Worker:
         self.outbox = outbox
         self.run_id = run_id
         self.tag = tag if tag is not None or run_id is not None else settings.model_tag
-        self.cache = cache or ModelCache(catalog, flow=settings.train_flow)
+        self.cache = cache or ModelCache(catalog, flow=settings.train_flow,
+                                         threshold=settings.decision_threshold)
         self.name = name or worker_id()
         self._view_ready = False
         self._model: LoadedModel | None = None

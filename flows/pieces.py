@@ -28,7 +28,8 @@ def _models(settings: Settings) -> ModelCache:
     # one warm cache per Dask worker process and settings
     key = settings.model_dump_json()
     if key not in _CACHES:
-        _CACHES[key] = ModelCache(Catalog.from_settings(settings), flow=settings.train_flow)
+        _CACHES[key] = ModelCache(Catalog.from_settings(settings), flow=settings.train_flow,
+                                  threshold=settings.decision_threshold)
     return _CACHES[key]
 
 

@@ -41,21 +41,26 @@ def train_flow(
     feature_columns: list[str] | None = None,
     candidates: list[str] | None = None,
     smoke_examples: list[tuple[Any, Any]] | None = None,
+    smoke_uri: str | None = None,
     primary_metric: str = "roc_auc",
     baseline_margin: float = 0.01,
     seed: int = 0,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Train a baseline and candidates, evaluate, smoke-test and tag a deployment candidate."""
+    """Train a baseline and candidates, evaluate, check and tag a deployment candidate.
+
+    ``smoke_uri``: parquet or .csv of examples the winner must get right (path or s3://;
+    empty: only the checks derived from the data run).
+    """
     settings = settings or Settings()
     catalog = Catalog.from_settings(settings)
     config = tr.TrainingConfig(
         train_uri=train_uri, valid_uri=valid_uri, label=label, text_column=text_column,
         feature_columns=feature_columns, candidates=candidates, smoke_examples=smoke_examples,
-        primary_metric=primary_metric, baseline_margin=baseline_margin, seed=seed,
-        tag=settings.model_tag)
+        smoke_uri=smoke_uri or None, primary_metric=primary_metric,
+        baseline_margin=baseline_margin, seed=seed, tag=settings.model_tag)
     s3 = None
-    if train_uri.startswith("s3://") or valid_uri.startswith("s3://"):
+    if any((u or "").startswith("s3://") for u in (train_uri, valid_uri, smoke_uri)):
         from batchml.store import s3_client
 
         s3 = s3_client(settings.s3_endpoint_url, settings.s3_region)

@@ -26,6 +26,13 @@ def test_prefect_yaml_entrypoints_exist_and_name_real_flows() -> None:
     assert predict["concurrency_limit"] >= 1
     nightly = next(d for d in spec["deployments"] if d["name"] == "train-nightly")
     assert nightly["schedules"][0]["cron"] == "0 2 * * *"
+    # the gate's smoke examples are a parameter of the deployment, from BATCHML_SMOKE_PATH
+    assert nightly["parameters"]["smoke_uri"] == "{{ $BATCHML_SMOKE_PATH }}"
+    import inspect
+
+    from flows.train import train_flow
+
+    assert set(nightly["parameters"]) <= set(inspect.signature(train_flow.fn).parameters)
 
 
 def test_compose_services_and_environment() -> None:

@@ -64,3 +64,31 @@ def test_train_then_predict_flows(prefect_server, tmp_path: Path) -> None:  # ty
     assert "prediction-batch" in artifacts_of(batch["prefect_flow_run_id"])
     again = predict_flow(files=files, settings=settings)
     assert again["files"] == []  # exactly once
+
+
+def test_train_flow_with_a_smoke_file(prefect_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import pandas as pd
+
+    from flows.train import train_flow
+
+    synthetic_reviews(800, seed=1).to_parquet(tmp_path / "train.parquet")
+    synthetic_reviews(300, seed=2).to_parquet(tmp_path / "valid.parquet")
+    pd.DataFrame({"review": ["a wonderful flattering dress, love it",
+                             "awful cheap fabric, returned it"],
+                  "labels": [1, 0]}).to_parquet(tmp_path / "smoke.parquet")
+    settings = Settings(home=tmp_path / "home")
+    result = train_flow(train_uri=str(tmp_path / "train.parquet"),
+                        valid_uri=str(tmp_path / "valid.parquet"), text_column="review",
+                        candidates=["sklearn_text"], smoke_uri=str(tmp_path / "smoke.parquet"),
+                        settings=settings)
+    assert result["tagged"], result["reasons"]
+    run = Catalog.from_settings(settings).run(result["run_id"])
+    assert run.params["smoke_uri"] == str(tmp_path / "smoke.parquet")
+    report = json.loads(run.fetch_artifact("gate.json"))
+    assert [s["passed"] for s in report["smoke"]] == [True, True]
+    found = artifacts_of(run.prefect_flow_run_id)  # type: ignore[arg-type]
+    markdown = str(found["gate-decision"].data)  # type: ignore[attr-defined]
+    assert "## Smoke examples" in markdown and "| smoke_examples |" in markdown
+    assert "decision threshold:" in markdown

@@ -1,4 +1,4 @@
-"""The gate: tag only when the winner beats the baseline by the margin and passes smoke tests."""
+"""The gate: tag only when the winner beats the baseline by the margin and fails no check."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from batchml.gate import CheckResult
 from batchml.training import (
     CandidateResult,
-    SmokeResult,
     TrainingConfig,
     choose_winner,
     decide,
@@ -21,8 +21,10 @@ def result(name: str, auc: float | None, error: str | None = None) -> CandidateR
 
 
 CONFIG = TrainingConfig(train_uri="t", valid_uri="v", text_column="review", baseline_margin=0.05)
-PASS = [SmokeResult("love it", 1, 1, True), SmokeResult("poor fit", 0, 0, True)]
-FAIL = [SmokeResult("love it", 1, 1, True), SmokeResult("poor fit", 0, 1, False)]
+PASS = [CheckResult("predictions_vary", {"rows": 10}, {0: 5, 1: 5}, "pass", "2 classes"),
+        CheckResult("smoke_examples", {"examples": 0}, None, "skip", "no smoke examples")]
+FAIL = [PASS[0], CheckResult("smoke_examples", {"examples": 2}, "1 of 2 right", "fail",
+                             "smoke test failed on 1 of 2 examples: 'poor fit' expected 0 got 1")]
 
 
 def test_winner_is_best_and_ties_are_deterministic() -> None:
@@ -39,22 +41,24 @@ def test_nan_and_failed_candidates_never_win() -> None:
     assert choose_winner(results, "roc_auc").name == "c"  # type: ignore[union-attr]
 
 
-def test_tagged_when_it_beats_the_baseline_and_passes_smoke() -> None:
+def test_tagged_when_it_beats_the_baseline_and_fails_no_check() -> None:
     d = decide([result("baseline", 0.5), result("m", 0.9)], PASS, CONFIG)
     assert d.tagged and d.winner == "m"
-    assert "beats the baseline" in d.reasons[0]
+    assert "beats the baseline" in d.reasons[0] and "predictions_vary" in d.reasons[0]
+    assert d.checks == PASS  # a skipped check (no smoke file) does not block the tag
 
 
 @pytest.mark.parametrize(("results", "smoke", "reason"), [
     ([result("baseline", 0.5), result("m", 0.53)], PASS,
      "m roc_auc=0.5300 does not beat the baseline 0.5000 by the margin 0.05"),
     ([result("baseline", 0.5), result("m", 0.9)], FAIL,
-     "smoke test failed on 1 of 2 examples: 'poor fit' expected 0 got 1"),
+     "check smoke_examples failed: smoke test failed on 1 of 2 examples: 'poor fit' "
+     "expected 0 got 1"),
     ([result("baseline", 0.5), result("m", None, "ValueError: x")], None,
      "no candidate produced a roc_auc: m: ValueError: x"),
     ([result("baseline", None, "boom"), result("m", 0.9)], PASS,
      "the baseline failed"),
-    ([result("baseline", 0.5), result("m", 0.9)], None, "the smoke test did not run"),
+    ([result("baseline", 0.5), result("m", 0.9)], None, "the gate checks did not run"),
 ])
 def test_not_tagged_with_the_reason(results, smoke, reason: str) -> None:
     d = decide(results, smoke, CONFIG)

@@ -91,7 +91,9 @@ def test_directory_files_scored_once_with_lineage(trained: Settings, tmp_path: P
         assert set(got["model_run_id"]) == {model_run.id}
         assert set(got["input_uri"]) == {o.source_uri}
         assert got["proba"].between(0, 1).all()
-        assert (got["label"] == (got["proba"] >= 0.5).astype(int)).all()
+        # labels follow the threshold the model recorded at training (chosen on validation)
+        threshold = model_run.load_model().threshold
+        assert (got["label"] == (got["proba"] >= threshold).astype(int)).all()
         assert o.positives == int(got["label"].sum())
         assert b"batchml.lineage" in out.schema.metadata
         hits += int((got["label"].to_numpy() == frame["labels"].to_numpy()).sum())

@@ -39,7 +39,8 @@ def test_clothing_reviews_beat_baseline_and_get_tagged(reviews_run) -> None:  # 
     run = Catalog.from_settings(settings).latest_run("train", tag="deployment_candidate")
     assert run == outcome.run and run.successful
     for key in ("accuracy", "roc_auc", "precision", "recall", "f1", "log_loss",
-                "baseline.roc_auc", f"{d.winner}.roc_auc", "smoke_passed"):
+                "balanced_accuracy", "f1_macro", "threshold",
+                "baseline.roc_auc", f"{d.winner}.roc_auc", f"{d.winner}.threshold"):
         assert key in run.metrics, key
     assert run.metrics["roc_auc"] == pytest.approx(d.winner_score)
     assert run.metrics["baseline.roc_auc"] == pytest.approx(0.5)
@@ -55,7 +56,14 @@ def test_clothing_reviews_beat_baseline_and_get_tagged(reviews_run) -> None:  # 
     for name in plots:
         assert run.fetch_artifact(name)[:8] == b"\x89PNG\r\n\x1a\n"
     gate = json.loads(run.fetch_artifact("gate.json"))
-    assert gate["decision"]["tagged"] and len(gate["smoke"]) == 2
+    assert gate["decision"]["tagged"] and gate["smoke"] == []  # no clothing sentences built in
+    assert {c["name"]: c["outcome"] for c in gate["checks"]} == {
+        "probabilities_well_formed": "pass", "probabilities_vary": "pass",
+        "predictions_vary": "pass", "every_class_predicted": "pass",
+        "perturbation_stability": "pass", "holdout_agreement": "pass",
+        "smoke_examples": "skip"}
+    assert gate["threshold"] == pytest.approx(run.metrics["threshold"])
+    assert run.load_model().threshold == pytest.approx(run.metrics["threshold"])
 
 
 def test_model_loads_in_a_plain_python_session(reviews_run) -> None:  # type: ignore[no-untyped-def]
@@ -102,7 +110,8 @@ def test_shuffled_labels_are_not_tagged(tmp_path: Path) -> None:
     assert run.successful and run.tags == set()
     gate = json.loads(run.fetch_artifact("gate.json"))
     reasons = " ".join(gate["decision"]["reasons"])
-    assert "does not beat the baseline" in reasons or "smoke test failed" in reasons
+    assert "does not beat the baseline" in reasons
+    assert "check holdout_agreement failed" in reasons
 
 
 def test_tabular_multiclass_training(tmp_path: Path) -> None:

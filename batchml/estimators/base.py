@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeAlias
 
 import numpy as np
@@ -224,6 +225,27 @@ class Estimator(ABC):
         classes = np.array(self.classes_, dtype=object if isinstance(self.classes_[0], str)
                            else None)
         return classes[self.label_index(proba, threshold=threshold)]
+
+    @property
+    def threshold(self) -> float | None:
+        """The binary decision threshold saved with the model (None for multi-class)."""
+        if len(self.classes_) != 2:
+            return None
+        return float(self.signature.params.get("threshold", 0.5))
+
+    def set_threshold(self, threshold: float) -> None:
+        """Record the binary decision threshold in the signature, so it is saved with the model
+        and :meth:`predict` / :meth:`label_index` use it (training picks it on validation)."""
+        if len(self.classes_) != 2:
+            raise ModelError(f"Model {self.name!r} has {len(self.classes_)} classes; only a "
+                             "binary model has a decision threshold.",
+                             hint="Multi-class models predict the most probable class.")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ConfigError(f"A decision threshold must lie in [0, 1], got {threshold!r}.",
+                              hint="Pass a probability.")
+        self.params["threshold"] = float(threshold)
+        self._signature = replace(self.signature, params={**self.signature.params,
+                                                          "threshold": float(threshold)})
 
     def label_index(self, proba: np.ndarray, *, threshold: float | None = None) -> np.ndarray:
         """Positions in ``classes_`` of the labels :meth:`labels_from_proba` returns."""

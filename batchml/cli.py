@@ -224,15 +224,31 @@ def tag_rm(run_id: Annotated[str, typer.Argument(help="Run id such as train/3.")
 
 @app.command()
 @clean_errors
-def sql(query: Annotated[str, typer.Argument(help="SQL to run against the catalog.")],
+def sql(query: Annotated[str | None, typer.Argument(help="SQL to run against the catalog.")
+                         ] = None,
         fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
         write: Annotated[bool, typer.Option("--write", help="Allow statements that modify the "
                                             "catalog (default: read-only).")] = False,
+        duckdb_init: Annotated[bool, typer.Option(
+            "--duckdb-init", help="Instead of running SQL, print the init script for your own "
+            "DuckDB session on an S3 outbox (httpfs, an S3 secret, the predictions view), for "
+            "duckdb -readonly PUBLISHED-CATALOG -init FILE (docs/catalog.md). It PRINTS YOUR S3 "
+            "CREDENTIALS to stdout: "
+            "write it only to a private file (umask 077), delete it after, never log it.")] = False,
         home: HomeOpt = None, catalog: CatalogOpt = None) -> None:
     """Run SQL against the catalog (read-only unless --write) and print the result."""
     if fmt not in ("table", "csv", "json"):
         raise typer.BadParameter("--format must be table, csv or json")
     settings = settings_from(home, catalog)
+    if duckdb_init:
+        if query is not None:
+            raise ValueError("Give either a query or --duckdb-init, not both.")
+        from .duckdb_init import duckdb_init_sql
+
+        sys.stdout.write(duckdb_init_sql(settings))  # plain text: no rich markup or wrapping
+        return
+    if query is None:
+        raise ValueError("Give a query (or --duckdb-init).")
     from .catalog import Catalog
 
     cat = Catalog.from_settings(settings)

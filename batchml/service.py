@@ -212,10 +212,13 @@ class Service:
                 self._last_error = result.get("error")
                 if self._last_error:
                     log.warning("waiting: %s", self._last_error)
+            scorer = worker.scorer
             self.heartbeat.write(state="running", inbox=source.uri,
                                  outbox=self.settings.outbox, prefect_api_url=api_url,
                                  batches=self.batches, files=self.files,
-                                 waiting=result.get("error"))
+                                 waiting=result.get("error"),
+                                 scorer_pid=scorer.pid if scorer else None,
+                                 scorer_deaths=len(scorer.deaths) if scorer else None)
             if not scored:
                 await self._idle(source)
 

@@ -145,3 +145,24 @@ def test_scorer_dead_while_idle_costs_no_attempt(trained: Settings, tmp_path: Pa
         assert files["state"].tolist() == ["scored"] and files["attempts"].tolist() == [1]
     finally:
         worker.close()
+
+
+def test_scorer_process_writes_what_in_process_scoring_writes(trained: Settings,
+                                                              tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    outputs = []
+    for isolate in (True, False):
+        worker = _worker(trained, tmp_path / str(isolate), ["same.parquet"])
+        if not isolate:
+            worker.close()
+            worker.scorer = None
+        try:
+            (rep,) = _drain(worker)
+            (outcome,) = rep.outcomes
+            assert outcome.status == "scored"
+            outputs.append(pq.read_table(outcome.output_uri).drop_columns(
+                ["input_uri", "input_etag", "batch_id", "scored_at"]))
+        finally:
+            worker.close()
+    assert outputs[0].equals(outputs[1])

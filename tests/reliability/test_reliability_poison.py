@@ -72,8 +72,13 @@ def test_poison_file_is_quarantined_and_the_service_stays_up(home: Any, tmp_path
             return facts if facts.states == {"scored": 6, "quarantined": 1} else None
 
         facts = _wait(settled, 120, "6 files scored and the poison file quarantined")
-        code, info = status()
-        assert code == 0 and info["service"]["up"] and info["service"]["pid"] == pid
+        def reported() -> dict[str, Any] | None:  # the heartbeat after the last batch
+            code, info = status()
+            assert code == 0 and info["service"]["up"] and info["service"]["pid"] == pid
+            return info if info["service"].get("scorer_deaths") == 2 else None
+
+        info = _wait(reported, 30, "the heartbeat to report 2 scorer deaths")
+        assert info["service"]["scorer_pid"] not in (None, pid)
         assert proc.poll() is None
 
         row = facts.frame.set_index("source_uri").loc[str(poison)]

@@ -54,8 +54,12 @@ echo "== 7. query the outputs in SQL"
 "$BIN/batchml" sql "select model_run_id, sum(rows) as rows, round(sum(positives) / sum(rows), 3) as positive_rate from prediction_outputs where status = 'scored' group by all"
 "$BIN/batchml" sql "select p.review_id, p.label, round(p.proba, 3) as proba, o.model_run_id from predictions p join prediction_outputs o on o.source_uri = p.input_uri order by p.review_id limit 5"
 
+echo "== 7b. the same from the duckdb CLI, on the published copy, while the service runs"
+"$BIN/duckdb" -readonly "$BATCHML_HOME/catalog.readonly.duckdb" -c "select published_at, age from catalog_info" \
+  -c "select source_uri, model_run_id, rows from prediction_outputs where status = 'scored' order by source_uri"
+
 echo "== 8. stop the service"
 kill -TERM $SERVE_PID
 wait $SERVE_PID || true
 trap - EXIT
-echo "demo done: catalog at $BATCHML_HOME/catalog.duckdb (try: duckdb -readonly $BATCHML_HOME/catalog.duckdb)"
+echo "demo done: catalog at $BATCHML_HOME/catalog.duckdb (try: $BIN/duckdb -readonly $BATCHML_HOME/catalog.readonly.duckdb)"

@@ -73,3 +73,27 @@ def test_config_needs_exactly_one_kind_of_input() -> None:
         TrainingConfig(train_uri="t", valid_uri="v")
     with pytest.raises(DataError, match="exactly one"):
         TrainingConfig(train_uri="t", valid_uri="v", text_column="r", feature_columns=["a"])
+
+
+def test_threshold_maximises_balanced_accuracy_on_validation() -> None:
+    import numpy as np
+
+    from batchml.evaluation import choose_threshold, evaluate
+
+    y = [0, 0, 0, 1, 1]
+    pos = np.array([0.1, 0.2, 0.32, 0.3, 0.35])
+    proba = np.column_stack([1 - pos, pos])
+    # 0.25 catches both positives and one false alarm: balanced accuracy 5/6 (0.5 gives 0.5)
+    assert choose_threshold(y, proba, [0, 1]) == pytest.approx(0.25)
+    assert choose_threshold(y, proba, [0, 1], "fixed") == 0.5
+    assert choose_threshold(y, proba, [0, 1], "f1") == pytest.approx(0.25)
+    flat = np.full((5, 2), 0.5)
+    assert choose_threshold(y, flat, [0, 1]) == 0.5  # nothing to separate: keeps 0.5
+    assert choose_threshold([0, 1, 2], np.eye(3), [0, 1, 2]) is None  # multi-class
+    at = evaluate(y, proba, [0, 1], threshold=0.25)
+    assert at["threshold"] == 0.25 and at["balanced_accuracy"] == pytest.approx(5 / 6)
+    assert at["f1_macro"] == pytest.approx(np.mean([0.8, 0.8]))
+    at_half = evaluate(y, proba, [0, 1])
+    assert at_half["threshold"] == 0.5 and at_half["balanced_accuracy"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="Unknown threshold objective"):
+        choose_threshold(y, proba, [0, 1], "accuracy")

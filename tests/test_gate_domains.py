@@ -363,3 +363,60 @@ def test_unreadable_smoke_file_through_the_cli(tmp_path: Path, logs: Path) -> No
     assert result.exit_code == 1
     assert f"The smoke-example file {smoke} cannot be read" in result.output
     assert Catalog(tmp_path / "home" / "catalog.duckdb").runs("train") == []
+
+
+def test_smoke_file_on_s3(tmp_path: Path, logs: Path, s3_bucket: str, aws_env: str) -> None:
+    from batchml.store import s3_client
+
+    client = s3_client(aws_env, "us-east-1")
+    smoke = write_smoke(tmp_path / "smoke.csv", OBVIOUS)
+    client.put_object(Bucket=s3_bucket, Key="gate/smoke.csv", Body=smoke.read_bytes())
+    outcome = tr.train(home_catalog(tmp_path), logs_config(
+        logs, candidates=["sklearn_text"], smoke_uri=f"s3://{s3_bucket}/gate/smoke.csv"),
+        s3=client)
+    assert outcome.decision.tagged, outcome.decision.reasons
+    assert [s.passed for s in outcome.smoke] == [True, True]
+    with pytest.raises(SmokeExamplesError, match=f"s3://{s3_bucket}/gate/missing.csv cannot"):
+        tr.train(home_catalog(tmp_path / "again"), logs_config(
+            logs, smoke_uri=f"s3://{s3_bucket}/gate/missing.csv"), s3=client)
+
+
+def test_nightly_training_passes_the_smoke_setting(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`batchml serve` builds its nightly deployment with BATCHML_SMOKE_PATH as smoke_uri."""
+    import asyncio
+
+    import prefect.runner
+
+    from batchml.service import Service
+    from flows.train import train_flow
+
+    monkeypatch.setenv("BATCHML_SMOKE_PATH", "s3://bucket/smoke.csv")
+    settings = Settings(home=tmp_path, train_uri="t.parquet", valid_uri="v.parquet")
+    assert settings.smoke_path == "s3://bucket/smoke.csv"
+    seen: dict[str, Any] = {}
+
+    async def fake_deployment(**kw: Any) -> str:
+        seen.update(kw["parameters"])
+        return "deployment"
+
+    class FakeRunner:
+        def __init__(self, **kw: Any) -> None:
+            pass
+
+        async def aadd_deployment(self, deployment: str) -> None:
+            seen["added"] = deployment
+
+        async def start(self) -> None:
+            return None
+
+    monkeypatch.setattr(train_flow, "ato_deployment", fake_deployment)
+    monkeypatch.setattr(prefect.runner, "Runner", FakeRunner)
+
+    async def start() -> None:
+        task = await Service(settings)._start_trainer()
+        assert task is not None
+        await task
+
+    asyncio.run(start())
+    assert seen["smoke_uri"] == "s3://bucket/smoke.csv" and seen["added"] == "deployment"

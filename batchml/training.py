@@ -43,10 +43,9 @@ from .gate import (
     choose_winner,
     decide,
     decision_markdown,
-    prepare_smoke,
-    read_smoke_file,
     run_checks,
 )
+from .smoke import prepare_smoke, read_smoke_file
 
 if TYPE_CHECKING:
     from .catalog import Catalog, Run

@@ -502,7 +502,8 @@ def watch(
     try:
         if once:
             worker.discover()
-            while (rep := worker.run_batch()).outcomes:
+            # a file given back after killing the scorer process is tried again at once
+            while (rep := worker.run_batch()).outcomes or rep.retried:
                 show(rep)
             if rep.error:
                 show(rep)

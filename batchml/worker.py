@@ -38,6 +38,7 @@ class BatchReport:
     model_run_id: str | None
     outcomes: list[FileOutcome] = field(default_factory=list)
     released: int = 0
+    retried: int = 0  # files given back after the scorer process died on them
     error: str | None = None
 
     @property
@@ -185,7 +186,7 @@ class Worker:
                     except _ClaimLost:
                         continue
                     except _Retried:
-                        report.released += 1
+                        report.retried += 1
                         continue
                     except BaseException as exc:
                         # Only transient trouble (outbox full or unreachable, S3 throttling)
@@ -384,7 +385,7 @@ class Worker:
                 continue
             if on_batch is not None and (report.outcomes or report.error):
                 on_batch(report)
-            if not report.outcomes:
+            if not report.outcomes and not report.retried:
                 self.source.wait(idle_s)
 
 

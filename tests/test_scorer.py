@@ -55,7 +55,7 @@ def _drain(worker: Worker) -> list[BatchReport]:
     reports = []
     for _ in range(10):
         rep = worker.run_batch(limit=10)
-        if not rep.outcomes and not rep.released:
+        if not rep.outcomes and not rep.retried:
             break
         reports.append(rep)
     return reports
@@ -80,7 +80,7 @@ def test_killed_scorer_is_replaced_and_its_file_quarantined_as_poison(
         scorer = worker.scorer
         # batch 1: a scored, b kills the scorer (attempt 1, given back), c and d scored by a
         # new scorer; batch 2: b kills it again and is quarantined
-        assert [r.released for r in reports] == [1, 0]
+        assert [r.retried for r in reports] == [1, 0]
         assert len(scorer.deaths) == 2 and scorer.starts == 3
         assert all(d.signal == signal.SIGKILL for d in scorer.deaths)
         assert all(d.peak_mb > 20 for d in scorer.deaths), scorer.deaths

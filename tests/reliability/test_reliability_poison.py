@@ -108,3 +108,23 @@ def test_poison_file_is_quarantined_and_the_service_stays_up(home: Any, tmp_path
             code = proc.wait()
     assert code == 0, log_path.read_text()[-3000:]
     assert relhelp.tmp_leftovers(outbox) == []
+
+
+def test_watch_once_drains_past_a_poison_file(home: Any) -> None:
+    """``batchml watch --once`` gets the same protection: the poison file alone in its batch
+    is tried again at once (not left pending for the next run) and quarantined."""
+    settings = home
+    inbox = Path(settings.inbox)
+    poison = relhelp.land(inbox / f"only-{MARKER}.parquet", synthetic_reviews(50, seed=3))
+    env = relhelp.worker_env(settings, BATCHML_FAULT_KILL_MARKER=MARKER)
+    first = relhelp.run_cli(["watch", str(inbox), "--once"], env, Path(settings.home))
+    assert first.returncode == 0, first.stderr[-3000:]
+    good = relhelp.land(inbox / "later.parquet", synthetic_reviews(60, seed=4))
+    second = relhelp.run_cli(["watch", str(inbox), "--once"], env, Path(settings.home))
+    assert second.returncode == 0, second.stderr[-3000:]
+    facts = relhelp.catalog_facts(settings.catalog_file)
+    row = facts.frame.set_index("source_uri").loc[str(poison)]
+    assert (row["state"], row["attempts"]) == ("quarantined", 2), row.to_dict()
+    assert "signal 9 (SIGKILL)" in row["error"] and "each of 2 attempts" in row["error"]
+    assert facts.scored_uris == [str(good)] and facts.batch_scored_distinct == 1
+    assert "killed by signal 9" in first.stderr

@@ -498,6 +498,8 @@ def watch(
         if rep.error and not rep.outcomes:
             err.print(f"[yellow]waiting:[/] {rep.error}")
 
+    if worker.scorer is not None and not once:
+        worker.scorer.wait_ready()  # "watching" once files can be scored
     out.print(f"watching {src.uri} (Ctrl-C to stop)")
     try:
         if once:
@@ -599,7 +601,9 @@ def status(
         svc = info["service"]
         out.print(f"service: {'[green]up[/]' if svc.get('up') else '[red]down[/]'}"
                   + (f" (pid {svc.get('pid')}, {svc.get('files', 0)} files in "
-                     f"{svc.get('batches', 0)} batches)" if svc.get("pid") else ""))
+                     f"{svc.get('batches', 0)} batches)" if svc.get("pid") else "")
+                  + (f"; scorer process {svc['scorer_pid']}, died {svc['scorer_deaths']} "
+                     "time(s)" if svc.get("scorer_pid") else ""))
         out.print("files: " + ", ".join(f"{k} {v}" for k, v in info["files"].items()))
         out.print(f"last training run: {info['last_training_run'] or '-'}")
         out.print(f"current model: {info['current_model'] or '-'}")

@@ -192,6 +192,24 @@ class Scorer:
         self.starts += 1
         self._conn.send(("init", self.config))
 
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Start the child if needed and wait until it has imported (False if it died or
+        took longer): a worker should not claim files it cannot score yet."""
+        self.start()
+        assert self._conn is not None
+        if self._ready:
+            return True
+        try:
+            if not self._conn.poll(timeout):
+                return False
+            kind, *_ = self._conn.recv()  # the child's first message is always "ready"
+        except (EOFError, OSError):
+            self._reap(0, guard=False)
+            return False
+        self._ready = kind == "ready"
+        self.last_start_s = time.perf_counter() - self._spawned_at
+        return self._ready
+
     def close(self) -> None:
         """Stop the child (asks it, then kills it if it does not go within 5 s)."""
         proc, conn = self._proc, self._conn

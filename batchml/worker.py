@@ -371,8 +371,8 @@ class Worker:
     def run(self, stop: threading.Event, *, idle_s: float = 1.0, limit: int = 50,
             on_batch: Callable[[BatchReport], None] | None = None) -> None:
         """Discover and score until ``stop`` is set."""
-        if self.scorer is not None:
-            self.scorer.start()  # it imports while the first files are discovered
+        if self.scorer is not None:  # claim nothing before files can be scored
+            self.scorer.wait_ready()
         while not stop.is_set():
             try:
                 self.discover()

@@ -33,6 +33,9 @@ def run_workers(settings: Any, zygote: relhelp.Zygote, *, n_workers: int, frames
     env = relhelp.worker_env(settings)
     workers = [zygote.spawn(["watch", str(inbox)], env, Path(settings.home), f"w{i}")
                for i in range(n_workers)]
+    deadline = time.monotonic() + 60  # each prints "watching" once its scorer process is up
+    while not all("watching " in w.out() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
     expected: dict[str, int] = {}
 
     def feed() -> None:

@@ -79,6 +79,8 @@ def test_poison_file_is_quarantined_and_the_service_stays_up(home: Any, tmp_path
 
         info = _wait(reported, 30, "the heartbeat to report 2 scorer deaths")
         assert info["service"]["scorer_pid"] not in (None, pid)
+        table = relhelp.run_cli(["status"], env, Path(settings.home))
+        assert table.returncode == 0 and "died 2 time(s)" in table.stdout, table.stdout
         assert proc.poll() is None
 
         row = facts.frame.set_index("source_uri").loc[str(poison)]

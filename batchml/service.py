@@ -152,6 +152,8 @@ class Service:
         source = worker.source
         batch_flow = make_batch_flow(worker)
         runner_task = await self._start_trainer()
+        if worker.scorer is not None:  # "running" once files can be scored
+            await asyncio.to_thread(worker.scorer.wait_ready)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
         self.heartbeat.write(state="running", inbox=source.uri, outbox=self.settings.outbox,

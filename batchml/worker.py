@@ -355,17 +355,21 @@ class Worker:
                 leases.drop([record.file_id])
             self.ledger.release(
                 [record.file_id], self.name, count_attempt=True,
-                reason=f"The scorer process died on attempt {record.attempts} of {limit}: "
+                reason=f"{_DIED} on attempt {record.attempts} of {limit}: "
                        f"{death.describe()}. It will be tried again.")
             raise _Retried(uri)
         log.error("quarantining %s as poison: %s on attempt %d", uri, death.describe(),
                   record.attempts)
+        if record.attempts == 1 or (record.error or "").startswith(_DIED):
+            how = f"died on each of {record.attempts} attempts (last {death.describe()})"
+        else:  # an earlier claim ended with no outcome: its worker died or lost the lease
+            how = (f"died on attempt {record.attempts} of {limit} ({death.describe()}); the "
+                   "attempt before ended without an outcome")
         return FileOutcome(
             record.file_id, uri, "quarantined", model.run_id,
-            error=f"{uri} is poison: the scorer process died on each of {record.attempts} "
-                  f"attempts (last {death.describe()}). Quarantined so it cannot stop the "
-                  "service. Check the file (row group sizes, very long values); split it or "
-                  "raise BATCHML_SCORER_MEMORY_MB / BATCHML_MEMORY_BUDGET_MB, then "
+            error=f"{uri} is poison: the scorer process {how}. Quarantined so it cannot stop "
+                  "the service. Check the file (row group sizes, very long values); split it "
+                  "or raise BATCHML_SCORER_MEMORY_MB / BATCHML_MEMORY_BUDGET_MB, then "
                   f"`batchml reprocess {uri}`.")
 
     def run(self, stop: threading.Event, *, idle_s: float = 1.0, limit: int = 50,
@@ -391,6 +395,9 @@ class Worker:
 
 class _ClaimLost(Exception):
     """The file's claim passed to another worker before its output was committed."""
+
+
+_DIED = "The scorer process died"
 
 
 class _Retried(Exception):

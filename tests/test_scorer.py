@@ -166,3 +166,20 @@ def test_scorer_process_writes_what_in_process_scoring_writes(trained: Settings,
         finally:
             worker.close()
     assert outputs[0].equals(outputs[1])
+
+
+def test_poison_after_a_worker_died_holding_the_file(trained: Settings, tmp_path: Path) -> None:
+    from batchml.ledger import Ledger
+
+    worker = _worker(trained, tmp_path, ["x-POISON.parquet"], fault_kill_marker="POISON")
+    try:
+        # a worker that died while it held the file: its claim expires with no outcome
+        (ghost,) = Ledger(worker.catalog).claim("ghost", limit=5, lease_s=0.01)
+        time.sleep(0.05)
+        (rep,) = _drain(worker)
+        (outcome,) = rep.outcomes
+        assert outcome.status == "quarantined" and len(worker.scorer.deaths) == 1
+        assert "died on attempt 2 of 2" in outcome.error, outcome.error
+        assert "the attempt before ended without an outcome" in outcome.error
+    finally:
+        worker.close()

@@ -77,6 +77,7 @@ class ScorerConfig:
     memory_limit_mb: float | None = None
     fault_kill_marker: str | None = None
     fault_alloc_marker: str | None = None
+    s3_health_dir: str | None = None  # where the child's S3 call counts go (batchml status)
 
     @classmethod
     def from_settings(cls, settings: Settings, outbox: str) -> ScorerConfig:
@@ -90,7 +91,8 @@ class ScorerConfig:
                    budget_bytes=settings.memory_budget_mb * 2**20,
                    memory_limit_mb=float(limit) or None,
                    fault_kill_marker=settings.fault_kill_marker or None,
-                   fault_alloc_marker=settings.fault_alloc_marker or None)
+                   fault_alloc_marker=settings.fault_alloc_marker or None,
+                   s3_health_dir=str(settings.home / "s3-health"))
 
 
 @dataclass(frozen=True)
@@ -410,6 +412,10 @@ def child_main(fd: int) -> None:
     from .scoring import Outbox, score_file
 
     s3 = None
+    if config.s3_health_dir:  # S3 calls made here count in `batchml status` too
+        from .store import S3_HEALTH
+
+        S3_HEALTH.persist_to(config.s3_health_dir)
     if config.outbox.startswith("s3://"):
         from .store import s3_client
 

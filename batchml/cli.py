@@ -440,7 +440,7 @@ def predict(
             uris.append(item)
     client = s3_client(settings.s3_endpoint_url, settings.s3_region) \
         if any(u.startswith("s3://") for u in uris) else None
-    source = ListSource(uris, client=client)
+    source = ListSource(uris, client=client, max_file_bytes=settings.max_file_bytes)
     worker = _worker(settings, source, run, tag, output)
     refs = source.poll()
     worker.ledger.discover(refs)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 import html
 import io
+import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -16,6 +17,10 @@ import pyarrow.parquet as pq
 
 from .errors import DataError, UnreadableFile
 
+if TYPE_CHECKING:
+    from .limits import Limits
+
+log = logging.getLogger("batchml.datasets")
 _TAG = re.compile(r"<!--.*?-->|</?[A-Za-z][^<>]{0,200}>", re.S)
 _SPACE = re.compile(r"\s+")
 
@@ -36,37 +41,70 @@ def clean_text_column(values: pd.Series) -> pd.Series:
     return values.map(lambda v: clean_text(v) if isinstance(v, str) else v)
 
 
-def read_bytes(uri: str, *, s3: Any = None) -> bytes:
-    """The bytes at a local path or ``s3://`` URI."""
+def read_bytes(uri: str, *, s3: Any = None, max_bytes: int | None = None) -> bytes:
+    """The bytes at a local path or ``s3://`` URI; more than ``max_bytes`` raises
+    :class:`~batchml.errors.FileTooLarge` before they are read."""
+    from .limits import Limits, check_object_size
+
+    limits = Limits(max_file_bytes=max_bytes)
     if uri.startswith("s3://"):
         from .store import split_s3_uri, translate_s3_error
 
         bucket, key = split_s3_uri(uri)
         try:
-            return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            response = s3.get_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            raise translate_s3_error(exc, uri) from exc
+        check_object_size(uri, response.get("ContentLength"), limits)
+        try:
+            return bytes(response["Body"].read())
         except Exception as exc:
             raise translate_s3_error(exc, uri) from exc
     try:
+        check_object_size(uri, Path(uri).stat().st_size, limits)
         return Path(uri).read_bytes()
     except FileNotFoundError:
         raise DataError(f"{uri} does not exist.", hint="Check the path.") from None
 
 
-def read_parquet(uri: str, *, s3: Any = None) -> tuple[pd.DataFrame, str]:
+def read_parquet(uri: str, *, s3: Any = None,
+                 limits: Limits | None = None) -> tuple[pd.DataFrame, str]:
     """Read a whole parquet file into pandas; returns the frame and the file's sha256.
 
-    Training data is small enough to hold in memory; scoring streams instead (see scoring).
+    Training data is held in memory whole, so the file must fit the memory budget per file
+    as a whole (estimated from its footer before decoding, see :mod:`batchml.limits`), and
+    text values over ``max_text_chars`` are truncated (counted in the frame's
+    ``attrs["batchml.truncated_values"]``) or refused. ``limits`` default to the documented
+    defaults. Raises :class:`DataError` subclasses naming the file and the limit.
     """
-    data = read_bytes(uri, s3=s3)
+    from .limits import Limits, check_footer, decode_error, limit_text_columns, plan_read
+
+    limits = limits or Limits.defaults()
+    data = read_bytes(uri, s3=s3, max_bytes=limits.max_file_bytes)
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         raise DataError(f"{uri} is empty (0 bytes).", hint="Point to a parquet file with rows.")
     try:
-        table = pq.read_table(io.BytesIO(data))
+        check_footer(data, uri, limits)
+        pf = pq.ParquetFile(io.BytesIO(data))
     except (pa.ArrowException, OSError) as exc:
         raise UnreadableFile(f"{uri} is not readable parquet: {exc}",
                              hint="Re-export it as parquet.") from exc
-    return table.to_pandas(), digest
+    plan = plan_read(pf, data, uri, limits, whole=True)
+    try:
+        table = pa.Table.from_batches(list(plan.batches(pf)), schema=pf.schema_arrow)
+    except (pa.ArrowException, OSError, MemoryError) as exc:
+        raise decode_error(exc, uri, limits) from exc
+    texts = [f.name for f in table.schema
+             if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+             or (pa.types.is_dictionary(f.type) and pa.types.is_string(f.type.value_type))]
+    table, truncated = limit_text_columns(table, texts, uri=uri, limits=limits)
+    frame = table.to_pandas()
+    frame.attrs["batchml.truncated_values"] = truncated
+    if truncated:
+        log.warning("%s: %d text value(s) cut to %d characters (BATCHML_MAX_TEXT_CHARS)",
+                    uri, truncated, limits.max_text_chars)
+    return frame, digest
 
 
 def prepare_training_frame(frame: pd.DataFrame, *, label: str, text_column: str | None = None,

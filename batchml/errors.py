@@ -95,6 +95,24 @@ class SchemaMismatch(DataError):
     """Input does not match the model's signature."""
 
 
+class MemoryBudgetExceeded(DataError):
+    """A file would decode to more than the memory budget per file allows (estimated from its
+    footer before reading, or measured on a batch); ``BATCHML_MEMORY_BUDGET_MB`` raises it."""
+
+
+class ValueTooLong(DataError):
+    """A text value is longer than ``BATCHML_MAX_TEXT_CHARS`` and overflow is ``refuse``."""
+
+
+class FileTooLarge(DataError):
+    """An input object is larger than ``BATCHML_MAX_FILE_BYTES``; it is not downloaded."""
+
+
+class DecodeError(UnreadableFile):
+    """Arrow or a decompressor failed while decoding a file's pages (corrupt data, or values
+    that expand beyond what one array can hold); names the file and, when known, the column."""
+
+
 class SmokeExamplesError(DataError):
     """The smoke-example file cannot be used (unreadable, no rows, a missing column, a label
     that is not a training class); raised before any candidate is trained."""

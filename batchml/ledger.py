@@ -327,15 +327,20 @@ class Ledger:
                 kept = [x for x in o if x.file_id in done]
                 if kept:
                     con.execute(
-                        "INSERT OR REPLACE INTO batch_files SELECT ?, unnest(?::VARCHAR[]),"
+                        "INSERT OR REPLACE INTO batch_files (batch_id, file_id, source_uri,"
+                        " model_run_id, status, output_uri, rows, positives, duration_ms, error,"
+                        " reprocess, finished_at, truncated_values)"
+                        " SELECT ?, unnest(?::VARCHAR[]),"
                         " unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]),"
                         " unnest(?::VARCHAR[]), unnest(?::BIGINT[]), unnest(?::BIGINT[]),"
-                        " unnest(?::DOUBLE[]), unnest(?::VARCHAR[]), unnest(?::BOOLEAN[]), ?",
+                        " unnest(?::DOUBLE[]), unnest(?::VARCHAR[]), unnest(?::BOOLEAN[]), ?,"
+                        " unnest(?::BIGINT[])",
                         [batch_id, [x.file_id for x in kept], [x.source_uri for x in kept],
                          [x.model_run_id for x in kept], [x.status for x in kept],
                          [x.output_uri for x in kept], [x.rows for x in kept],
                          [x.positives for x in kept], [x.duration_ms for x in kept],
-                         [x.error for x in kept], [bool(x.reprocess) for x in kept], now])
+                         [x.error for x in kept], [bool(x.reprocess) for x in kept], now,
+                         [int(getattr(x, "truncated", 0) or 0) for x in kept]])
             if end is not None:
                 kept = [x for x in outcomes if x.file_id in done]
                 self._end_batch(con, batch_id, now, **{

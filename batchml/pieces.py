@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from .ledger import FileRecord
+from .limits import Limits, plan_read
 from .scoring import LoadedModel, Outbox, _open_parquet, _stream, check_file, output_key
 
 
@@ -52,25 +53,33 @@ def piece_dir(record: FileRecord, model_run_id: str) -> str:
 
 
 def score_piece(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbox,
-                batch_id: str, piece: Piece, *, batch_rows: int = 65_536) -> dict[str, Any]:
-    """Score one piece into its own part file; returns its manifest entry."""
+                batch_id: str, piece: Piece, *, batch_rows: int = 65_536,
+                limits: Limits | None = None) -> dict[str, Any]:
+    """Score one piece into its own part file (batches sized by bytes within ``limits``);
+    returns its manifest entry."""
     start = time.perf_counter()
-    pf = _open_parquet(path, record.source_uri)
+    limits = limits or Limits.defaults()
+    pf = _open_parquet(path, record.source_uri, limits)
+    plan = plan_read(pf, path, record.source_uri, limits, batch_rows=batch_rows)
     tmp = outbox.temp_path()
     try:
-        rows, positives = _stream(pf, model, record, batch_id, tmp, batch_rows,
-                                  row_groups=piece.row_groups)
+        rows, positives, truncated = _stream(pf, model, record, batch_id, tmp, batch_rows,
+                                             row_groups=piece.row_groups, plan=plan,
+                                             limits=limits)
         uri = outbox.commit(tmp, f"{piece_dir(record, model.run_id)}/part-{piece.index:05d}"
                                  ".parquet")
     finally:
         outbox.discard(tmp)
     return {"part": piece.index, "uri": uri, "rows": rows, "positives": positives,
-            "row_groups": piece.row_groups, "seconds": round(time.perf_counter() - start, 3)}
+            "truncated": truncated, "row_groups": piece.row_groups, "seconds": round(time.perf_counter() - start, 3)}
 
 
-def precheck(path: Path, record: FileRecord, model: LoadedModel, budget_bytes: int) -> None:
-    """The same checks as whole-file scoring (signature, zero rows, memory budget)."""
-    check_file(_open_parquet(path, record.source_uri), model, record.source_uri, budget_bytes)
+def precheck(path: Path, record: FileRecord, model: LoadedModel, budget_bytes: int, *,
+             limits: Limits | None = None) -> None:
+    """The same checks as whole-file scoring (memory budget, signature, zero rows)."""
+    limits = limits or Limits(memory_bytes=budget_bytes)
+    check_file(_open_parquet(path, record.source_uri, limits), model, record.source_uri,
+               limits.memory_bytes, source=path, limits=limits)
 
 
 def write_manifest(outbox: Outbox, record: FileRecord, model: LoadedModel, batch_id: str,

@@ -30,6 +30,7 @@ from .errors import (
     StorageUnavailable,
     UnreadableFile,
 )
+from .limits import Limits, ReadPlan, check_footer, decode_error, limit_text_columns, plan_read
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -115,6 +116,7 @@ class FileOutcome:
     duration_ms: float | None = None
     error: str | None = None
     reprocess: bool = False
+    truncated: int = 0  # text values cut to BATCHML_MAX_TEXT_CHARS
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
@@ -276,11 +278,13 @@ def _outbox_error(root: str, exc: OSError) -> StorageUnavailable:
                                    "stays pending and is scored once it can be.")
 
 
-def _open_parquet(path: Path, uri: str) -> pq.ParquetFile:
+def _open_parquet(path: Path, uri: str, limits: Limits | None = None) -> pq.ParquetFile:
     try:
         if path.stat().st_size == 0:
             raise UnreadableFile(f"{uri} is empty (0 bytes).",
                                  hint="Write the whole file, then move it into the inbox.")
+        if limits is not None:
+            check_footer(path, uri, limits)  # before parsing: 100,000 columns cost 300 MB
         # not memory-mapped: mapped pages of a large input stay resident and made peak RSS
         # grow with file size (B5: 613 MB mapped vs 228 MB buffered on a 3M-row file)
         return pq.ParquetFile(path, memory_map=False)
@@ -291,9 +295,14 @@ def _open_parquet(path: Path, uri: str) -> pq.ParquetFile:
                              hint="Re-export it as parquet; the original is kept.") from exc
 
 
-def check_file(pf: pq.ParquetFile, model: LoadedModel, uri: str, budget_bytes: int) -> None:
-    """Refuse a file before scoring: schema against the signature, zero rows, row groups
-    that would not fit the memory budget."""
+def check_file(pf: pq.ParquetFile, model: LoadedModel, uri: str, budget_bytes: int, *,
+               source: Path | None = None, limits: Limits | None = None,
+               batch_rows: int = 65_536) -> ReadPlan | None:
+    """Refuse a file before scoring: schema against the signature, zero rows, memory budget
+    (every row group's decoded size estimated from the footer, see :mod:`batchml.limits`).
+    Returns the read plan (rows per batch within the budget); ``None`` without ``source``,
+    when only the row groups' page sizes can be checked."""
+    limits = limits or Limits(memory_bytes=budget_bytes)
     try:
         schema = pf.schema_arrow
     except (pa.ArrowException, OSError) as exc:
@@ -304,47 +313,54 @@ def check_file(pf: pq.ParquetFile, model: LoadedModel, uri: str, budget_bytes: i
         raise SchemaMismatch(f"{uri}: {exc}") from exc
     if pf.metadata.num_rows == 0:
         raise DataError(f"{uri} has zero rows.", hint="Nothing to score; drop files with rows.")
+    if source is not None:
+        return plan_read(pf, source, uri, limits, batch_rows=batch_rows)
     for i in range(pf.metadata.num_row_groups):
         size = pf.metadata.row_group(i).total_byte_size
-        if size > budget_bytes:
+        if size > limits.memory_bytes:
             raise DataError(
                 f"{uri}: row group {i} decodes to {size / 2**20:.0f} MiB, over the memory "
-                f"budget of {budget_bytes / 2**20:.0f} MiB.",
+                f"budget of {limits.memory_bytes / 2**20:.0f} MiB.",
                 hint="Rewrite the file with smaller row groups or raise "
                      "BATCHML_MEMORY_BUDGET_MB.")
+    return None
 
 
 def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbox,
                batch_id: str, *, batch_rows: int = 65_536, budget_bytes: int = 2**30,
-               reprocess: bool = False) -> FileOutcome:
+               reprocess: bool = False, limits: Limits | None = None) -> FileOutcome:
     """Score one local parquet file into the outbox; never raises for bad input.
 
-    Bad input (unreadable, schema mismatch, zero rows, over budget) comes back ``quarantined``
-    with the reason; a vanished file ``failed``. Transient errors (the outbox unreachable or
-    full) propagate, so the caller releases the claim and retries later.
+    Bad input (unreadable, schema mismatch, zero rows, over the memory budget or a text
+    limit) comes back ``quarantined`` with the reason; a vanished file ``failed``. Transient
+    errors (the outbox unreachable or full) propagate, so the caller releases the claim and
+    retries later. ``limits`` default to ``budget_bytes`` and the documented text limits.
     """
+    limits = limits or Limits(memory_bytes=budget_bytes)
     start = time.perf_counter()
     outcome = FileOutcome(record.file_id, record.source_uri, "scored", model.run_id,
                           reprocess=reprocess)
     tmp: Path | None = None
     try:
-        pf = _open_parquet(path, record.source_uri)
-        check_file(pf, model, record.source_uri, budget_bytes)
+        pf = _open_parquet(path, record.source_uri, limits)
+        plan = check_file(pf, model, record.source_uri, limits.memory_bytes, source=path,
+                          limits=limits, batch_rows=batch_rows)
         tmp = outbox.temp_path()
-        rows, positives = _stream(pf, model, record, batch_id, tmp, batch_rows)
+        rows, positives, truncated = _stream(pf, model, record, batch_id, tmp, batch_rows,
+                                             plan=plan, limits=limits)
         outcome.output_uri = outbox.commit(tmp, output_key(record, model.run_id))
         tmp = None
-        outcome.rows, outcome.positives = rows, positives
+        outcome.rows, outcome.positives, outcome.truncated = rows, positives, truncated
     except FileNotFoundError:
         outcome.status = "failed"
         outcome.error = (f"{record.source_uri} was deleted before it could be read; nothing to "
                          "score. Drop it again to score it.")
     except StorageUnavailable:
         raise  # the outbox's trouble, not the input's: the file stays pending
-    except (DataError, pa.ArrowException) as exc:
+    except (DataError, pa.ArrowException, MemoryError) as exc:
         outcome.status = "quarantined"
         outcome.error = str(exc) if isinstance(exc, BatchMLError) else \
-            f"{record.source_uri} could not be decoded: {type(exc).__name__}: {exc}"
+            str(decode_error(exc, record.source_uri, limits))
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
             raise StorageUnavailable(f"Cannot write predictions to {outbox.root}: {exc}",
@@ -360,7 +376,12 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
 
 
 def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id: str,
-            tmp: Path, batch_rows: int, row_groups: list[int] | None = None) -> tuple[int, int]:
+            tmp: Path, batch_rows: int, row_groups: list[int] | None = None, *,
+            plan: ReadPlan | None = None, limits: Limits | None = None
+            ) -> tuple[int, int, int]:
+    """Score ``pf`` into ``tmp``; returns (rows, positives, text values truncated). With a
+    ``plan`` batches are sized by bytes (:mod:`batchml.limits`); text inputs are held to
+    ``limits`` (default: the documented limits)."""
     # Arrays are built from their buffers: pa.array()/to_numpy() import pandas (~0.5 s cold)
     from .estimators._arrays import class_values, constant, from_numpy
 
@@ -368,6 +389,9 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
     classes = list(model.estimator.classes_)
     class_array = class_values(classes)
     inputs = set(sig.input_names)
+    texts = [s.name for s in sig.inputs if s.type == "string"]
+    limits = limits or Limits()
+    truncated = 0
     scored_at = utcnow().isoformat()
     lineage = {"model_run_id": model.run_id, "model_flavor": model.flavor,
                "input_uri": record.source_uri, "input_etag": record.etag or record.ref.identity,
@@ -381,12 +405,17 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
     # One reader per row group: a single iter_batches over the whole file kept ~100 MB more
     # per million rows resident (measured: 467 vs 249 MB peak over 2M rows), so peak memory
     # grew with file size.
-    batches = (b for g in groups for b in pf.iter_batches(batch_size=batch_rows, row_groups=[g]))
+    batches = plan.batches(pf, groups) if plan is not None else \
+        (b for g in groups for b in pf.iter_batches(batch_size=batch_rows, row_groups=[g]))
     try:
         for batch in batches:
             n = batch.num_rows
             if n == 0:
                 continue
+            if texts:
+                batch, cut = limit_text_columns(batch, texts, uri=record.source_uri,
+                                                limits=limits, first_row=first + rows)
+                truncated += cut
             # arrow straight in: the estimator checks and coerces it with the signature once
             # (a text model with an arrow hook never builds a DataFrame)
             proba = model.estimator.predict_proba(batch)
@@ -423,4 +452,4 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
                 writer.close()
             except OSError as exc:
                 raise _outbox_error(str(tmp.parent), exc) from exc
-    return rows, positives
+    return rows, positives, truncated

@@ -7,6 +7,7 @@ point (the CLI, a flow) and passed down; no module reads them at import time.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 def _default_home() -> Path:
     return Path.cwd() / ".batchml"
+
+
+def default_memory_budget_mb() -> int:
+    """The default memory budget per file: min(1024 MiB, 1/8 of this machine's memory, or of
+    its cgroup limit when lower). One file never takes more than an eighth of the machine, so
+    a worker keeps room beside training and other processes; ordinary files stay far inside
+    it (B5: 10M rows scored in 626 MB peak RSS, decoded batches of a few MB)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        raw = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if raw.isdigit():
+            total = min(total, int(raw))
+    except OSError:
+        pass
+    return max(64, min(1024, total // 8 // 2**20))
 
 
 class Settings(BaseSettings):
@@ -82,10 +98,24 @@ class Settings(BaseSettings):
         default=65_536, gt=0, description="Rows scored per record batch (bounds memory)."
     )
     memory_budget_mb: int = Field(
-        default=1024,
+        default_factory=default_memory_budget_mb,
         gt=0,
-        description="A row group whose decoded size exceeds this is quarantined, not read.",
+        description="Memory budget per input file, MiB: the decoded data one file may hold at "
+        "once while it is scored or loaded for training, estimated from its footer before "
+        "reading (dictionary and run-length expansion included) and checked on every batch. A "
+        "file that cannot be read within it is quarantined. Default: min(1024, 1/8 of RAM).",
     )
+    max_text_chars: int = Field(
+        default=100_000, gt=0,
+        description="Longest text value, in characters, a model reads (scoring and training).")
+    text_overflow: Literal["truncate", "refuse"] = Field(
+        default="truncate",
+        description="A longer text value is cut to max_text_chars (counted in batch_files."
+        "truncated_values) or, with 'refuse', its file is quarantined naming column and row.")
+    max_file_bytes: int | None = Field(
+        default=20 * 2**30, gt=0,
+        description="An input object larger than this is refused before download (S3, SQS); "
+        "unset for no limit.")
 
     train_uri: str | None = Field(
         default=None, description="Training parquet for scheduled training (path or s3://).")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
-from .errors import ConfigError
+from .errors import ConfigError, FileTooLarge
 from .ledger import FileRecord, FileRef
 
 log = logging.getLogger("batchml.sources")
@@ -202,11 +202,13 @@ class _RemoteFiles:
     objects stay where they are (the ledger says why they were not scored)."""
 
     client: Any
+    max_file_bytes: int | None = None  # larger objects are refused before download
 
     @contextmanager
     def fetch(self, record: FileRecord) -> Iterator[Path]:
-        """Download the exact version (If-Match on the ETag) to a temp file."""
-        yield from _download(self.client, record)
+        """Download the exact version (If-Match on the ETag) to a temp file; an object over
+        ``max_file_bytes`` raises :class:`~batchml.errors.FileTooLarge` first."""
+        yield from _download(self.client, record, self.max_file_bytes)
 
     def quarantine(self, record: FileRecord, reason: str) -> str | None:
         return None
@@ -285,9 +287,12 @@ def sweep_stale_downloads(directory: str | None = None) -> int:
     return removed
 
 
-def _download(client: Any, record: FileRecord) -> Iterator[Path]:
+def _download(client: Any, record: FileRecord, max_bytes: int | None = None) -> Iterator[Path]:
+    from .limits import Limits, check_object_size
     from .store import S3_HEALTH, split_s3_uri, translate_s3_error
 
+    limits = Limits(max_file_bytes=max_bytes)
+    check_object_size(record.source_uri, record.size, limits)  # the size the listing gave
     bucket, key = split_s3_uri(record.source_uri)
     # the pid in the name lets a later process remove what a killed one left behind
     fd, name = tempfile.mkstemp(prefix=f"{_DOWNLOAD_PREFIX}{os.getpid()}-", suffix=".parquet")
@@ -298,14 +303,23 @@ def _download(client: Any, record: FileRecord) -> Iterator[Path]:
         try:
             # get_object (not download_file) so If-Match pins the version that was claimed;
             # the body is streamed to disk in chunks, so memory stays flat for large files.
-            body = client.get_object(Bucket=bucket, Key=key, **extra)["Body"]
+            response = client.get_object(Bucket=bucket, Key=key, **extra)
+            check_object_size(record.source_uri, response.get("ContentLength"), limits)
+            body = response["Body"]
             try:
                 with path.open("wb") as fh:
                     for chunk in body.iter_chunks(chunk_size=8 * 2**20):
                         fh.write(chunk)
+                        if max_bytes is not None and fh.tell() > max_bytes:
+                            body.close()
+                            check_object_size(record.source_uri, fh.tell(), limits)
+            except FileTooLarge:
+                raise
             except Exception as exc:  # the body broke off: botocore does not retry that
                 S3_HEALTH.note_stream_error(exc, record.source_uri)
                 raise
+        except FileTooLarge:
+            raise
         except Exception as exc:
             err = translate_s3_error(exc, record.source_uri)
             code = ((getattr(exc, "response", None) or {}).get("Error") or {}).get("Code", "")
@@ -380,7 +394,10 @@ def open_source(uri: str, *, settings: Any, on_rejected: Any = None) -> Any:
     # every S3 call of this process is counted into HOME/s3-health for `batchml status`
     S3_HEALTH.persist_to(Path(settings.home) / "s3-health")
     if uri.startswith("s3://"):
-        return S3PrefixSource(uri, client=s3_client(settings.s3_endpoint_url, settings.s3_region))
+        prefix = S3PrefixSource(uri, client=s3_client(settings.s3_endpoint_url,
+                                                      settings.s3_region))
+        prefix.max_file_bytes = settings.max_file_bytes
+        return prefix
     if uri.startswith("sqs://"):
         import boto3
 
@@ -389,9 +406,11 @@ def open_source(uri: str, *, settings: Any, on_rejected: Any = None) -> Any:
             queue_url = "https://" + queue_url
         sqs = boto3.client("sqs", endpoint_url=settings.s3_endpoint_url,
                            region_name=settings.s3_region)
-        return SQSSource(queue_url, sqs=sqs,
-                         s3=s3_client(settings.s3_endpoint_url, settings.s3_region),
-                         on_rejected=on_rejected)
+        queue = SQSSource(queue_url, sqs=sqs,
+                          s3=s3_client(settings.s3_endpoint_url, settings.s3_region),
+                          on_rejected=on_rejected)
+        queue.max_file_bytes = settings.max_file_bytes
+        return queue
     if "://" in uri:
         raise ConfigError(f"Unsupported source {uri!r}.",
                           hint="Use a directory, s3://bucket/prefix or sqs://queue-url.")
@@ -401,10 +420,12 @@ def open_source(uri: str, *, settings: Any, on_rejected: Any = None) -> Any:
 class ListSource:
     """An explicit list of files (local paths or ``s3://`` URIs), for one-off scoring."""
 
-    def __init__(self, uris: list[str], *, client: Any = None) -> None:
+    def __init__(self, uris: list[str], *, client: Any = None,
+                 max_file_bytes: int | None = None) -> None:
         self.uris = uris
         self.uri = "list"
         self.client = client
+        self.max_file_bytes = max_file_bytes  # s3:// objects larger are never downloaded
 
     def poll(self) -> list[FileRef]:
         refs = []
@@ -432,7 +453,7 @@ class ListSource:
     @contextmanager
     def fetch(self, record: FileRecord) -> Iterator[Path]:
         if record.source_uri.startswith("s3://"):
-            yield from _download(self.client, record)
+            yield from _download(self.client, record, self.max_file_bytes)
         else:
             yield Path(record.source_uri)
 

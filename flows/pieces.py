@@ -15,6 +15,7 @@ from prefect_dask import DaskTaskRunner
 from batchml import Catalog, Settings
 from batchml.errors import DataError
 from batchml.ledger import FileRecord
+from batchml.limits import Limits
 from batchml.pieces import Piece, plan_pieces, precheck, score_piece, write_manifest
 from batchml.scoring import FileOutcome, ModelCache, Outbox
 from batchml.sources import ListSource
@@ -41,7 +42,8 @@ def score_piece_task(path: str, record: FileRecord, run_id: str, batch_id: str, 
     s3 = s3_client(settings.s3_endpoint_url, settings.s3_region) \
         if str(settings.outbox).startswith("s3://") else None
     return score_piece(Path(path), record, model, Outbox(str(settings.outbox), s3=s3), batch_id,
-                       piece, batch_rows=settings.batch_rows)
+                       piece, batch_rows=settings.batch_rows,
+                       limits=Limits.from_settings(settings))
 
 
 @flow(name="score-large-file",
@@ -66,7 +68,8 @@ def score_large_file_flow(file: str, rows_per_piece: int = 1_000_000, run_id: st
     outcome = FileOutcome(record.file_id, record.source_uri, "scored", model.run_id)
     with worker.leases(claim), source.fetch(record) as path:
         try:
-            precheck(path, record, model, settings.memory_budget_mb * 2**20)
+            precheck(path, record, model, settings.memory_budget_mb * 2**20,
+                     limits=Limits.from_settings(settings))
         except DataError as exc:
             outcome.status, outcome.error = "quarantined", str(exc)
         else:

@@ -77,7 +77,9 @@ def read_parquet(uri: str, *, s3: Any = None,
     ``attrs["batchml.truncated_values"]``) or refused. ``limits`` default to the documented
     defaults. Raises :class:`DataError` subclasses naming the file and the limit.
     """
-    from .limits import Limits, check_footer, decode_error, limit_text_columns, plan_read
+    from .budget import plan_read
+    from .footer import check_footer
+    from .limits import Limits, decode_error, limit_text_columns
 
     limits = limits or Limits.defaults()
     data = read_bytes(uri, s3=s3, max_bytes=limits.max_file_bytes)

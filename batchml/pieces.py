@@ -16,8 +16,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from .budget import plan_read
 from .ledger import FileRecord
-from .limits import Limits, plan_read
+from .limits import Limits
 from .scoring import LoadedModel, Outbox, _open_parquet, _stream, check_file, output_key
 
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._db import utcnow
+from .budget import ReadPlan, plan_read
 from .errors import (
     BatchMLError,
     DataError,
@@ -30,7 +31,8 @@ from .errors import (
     StorageUnavailable,
     UnreadableFile,
 )
-from .limits import Limits, ReadPlan, check_footer, decode_error, limit_text_columns, plan_read
+from .footer import check_footer
+from .limits import Limits, decode_error, limit_text_columns
 
 if TYPE_CHECKING:
     from .catalog import Catalog

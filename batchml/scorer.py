@@ -299,7 +299,16 @@ class Scorer:
         if conn is not None:
             conn.close()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            deadline = time.monotonic() + 2.0
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline:  # it closed the socket but lives on
+                    os.kill(proc.pid, signal.SIGKILL)
+                    _, status, usage = os.wait4(proc.pid, 0)
+                    break
+                time.sleep(0.005)
         except ChildProcessError:  # reaped elsewhere: no status, no rusage
             status, maxrss = 0, 0
         else:

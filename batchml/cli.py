@@ -133,6 +133,7 @@ def init(home: HomeOpt = None, catalog: CatalogOpt = None) -> None:
     cat = Catalog.from_settings(settings)
     applied = ", ".join(cat.migrated) or "none (already current)"
     out.print(f"catalog {cat.path} ready; migrations applied: {applied}")
+    out.print(f"read-only copy for duckdb sessions: {cat.publish()}")
 
 
 @app.command()
@@ -607,6 +608,10 @@ def status(
         out.print("files: " + ", ".join(f"{k} {v}" for k, v in info["files"].items()))
         out.print(f"last training run: {info['last_training_run'] or '-'}")
         out.print(f"current model: {info['current_model'] or '-'}")
+        pub = info["published_catalog"]
+        out.print(f"published copy: {pub['path']} ("
+                  + ("not yet published" if pub["age_s"] is None
+                     else f"{pub['age_s']:.1f} s old") + ")")
         if info["recent_errors"]:
             out.print(f"recent errors: {info['recent_errors']}")
     if not info["service"].get("up"):

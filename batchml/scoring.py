@@ -189,7 +189,7 @@ class Outbox:
 
         if not self.is_s3:
             files = sorted(str(p) for p in Path(self.root).rglob("*.parquet")
-                           if not p.name.startswith("."))
+                           if not p.name.startswith((".", "_")))
             return ds.dataset(files, format="parquet") if files else None
         from pyarrow import fs
 
@@ -204,7 +204,9 @@ class Outbox:
         bucket, prefix = split_s3_uri(self.root + "/")
         infos = s3fs.get_file_info(fs.FileSelector(f"{bucket}/{prefix}".rstrip("/"),
                                                    recursive=True, allow_not_found=True))
-        files = sorted(i.path for i in infos if i.path.endswith(".parquet"))
+        # temp files and markers (names starting with '.' or '_') are not outputs
+        files = sorted(i.path for i in infos if i.path.endswith(".parquet")
+                       and not i.base_name.startswith((".", "_")))
         return ds.dataset(files, format="parquet", filesystem=s3fs) if files else None
 
     def temp_path(self) -> Path:

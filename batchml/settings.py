@@ -135,14 +135,6 @@ class Settings(BaseSettings):
         default=None, ge=0.0, le=1.0, description="Binary decision threshold for scoring, "
         "overriding the one each model recorded at training (chosen on validation; 0.5 for "
         "models trained before thresholds were recorded). Default: the model's.")
-    smoke_path: str | None = Field(
-        default=None, description="Smoke examples for training's gate: parquet or .csv (path or "
-        "s3://) with the model's input columns and the expected label column. Default: none, "
-        "the gate runs only its checks derived from the data.")
-    decision_threshold: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="Binary decision threshold for scoring, "
-        "overriding the one each model recorded at training (chosen on validation; 0.5 for "
-        "models trained before thresholds were recorded). Default: the model's.")
     log_format: Literal["text", "json"] = Field(
         default="text", description="Service log lines: human text or one JSON object a line.")
     train_cron: str = Field(default="0 2 * * *",

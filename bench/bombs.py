@@ -116,14 +116,14 @@ def large_string_map(path: Path, *, exponent: int = 27) -> Path:
     return path
 
 
-def large_string_column(path: Path, *, exponent: int = 27) -> Path:
-    """The same ratio with the column a text model reads: ``arr`` a string column, two rows
-    of ``"a" * 2**exponent``, brotli."""
+def large_string_column(path: Path, *, exponent: int = 27, column: str = "arr") -> Path:
+    """The same ratio with the column a text model reads: ``column`` a string column, two
+    rows of ``"a" * 2**exponent``, brotli."""
     n = 2**exponent
     data = pa.py_buffer(np.full(2 * n, ord("a"), dtype=np.uint8))
     arr = pa.Array.from_buffers(pa.string(), 2, [None, pa.py_buffer(
         np.array([0, n, 2 * n], dtype=np.int32)), data])
-    pq.write_table(pa.table({"arr": arr}), path, compression="BROTLI", compression_level=1)
+    pq.write_table(pa.table({column: arr}), path, compression="BROTLI", compression_level=1)
     return path
 
 
@@ -262,3 +262,29 @@ def _encode_struct(fields: dict[int, tuple[int, Any]]) -> bytes:
         last = fid
     out.append(0)
     return bytes(out)
+
+
+# --- measuring a child's own peak ---------------------------------------------------------------
+
+PEAK_MARK = "BATCHML_PEAK_KB"
+# ``python -c PEAK_CLI args...`` runs the batchml command line and, at exit, writes its own peak
+# RSS (VmHWM, reset at exec) to stderr. ``ru_maxrss`` from wait4 is not that: it starts at the
+# parent's RSS when the child was forked, so it overstates a small child of a big parent.
+PEAK_CLI = (
+    "import atexit, sys\n"
+    "def _peak():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    f"            sys.stderr.write('{PEAK_MARK} ' + line.split()[1] + '\\n')\n"
+    "atexit.register(_peak)\n"
+    "from batchml.cli import main\n"
+    "sys.argv = ['batchml'] + sys.argv[1:]\n"
+    "main()\n")
+
+
+def peak_mb(output: str) -> float | None:
+    """The peak RSS (MB) a :data:`PEAK_CLI` child wrote, or None (it died before exiting)."""
+    for line in reversed(output.splitlines()):
+        if line.startswith(PEAK_MARK):
+            return int(line.split()[1]) / 1024
+    return None

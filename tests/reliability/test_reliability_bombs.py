@@ -1,8 +1,9 @@
 """Issue 22: decompression bombs and their cousins (bench/bombs.py) scored by ``batchml
 predict`` in a CHILD PROCESS with a hard address-space limit (``RLIMIT_AS``, 3 GiB), so a
 regression fails here instead of exhausting the machine. Each file ends quarantined with a
-clear reason, or scored within the budget; the child's peak RSS (``os.wait4``) must stay under
-the budget plus the peak of the same command on an ordinary small file (the fixed overhead:
+clear reason, or scored within the budget; the child's peak RSS (its own VmHWM at exit, see
+``bench.bombs.PEAK_CLI``; ``os.wait4`` if it died) must stay under the budget plus the peak of
+the same command on an ordinary small file (the fixed overhead:
 interpreter, pyarrow, the model), plus a margin.
 
 Also: a bomb among the training files stops training (run failed, nothing tagged), an S3
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.bombs import BOMBS  # noqa: E402
+from bench.bombs import BOMBS, PEAK_CLI, PEAK_MARK, peak_mb  # noqa: E402
 
 pytestmark = pytest.mark.reliability
 
@@ -46,7 +47,7 @@ BUDGET_MB = 128
 AS_LIMIT = 3 * 2**30  # every child stays under ~3 GB of address space
 MARGIN_MB = 96  # allocator slack and the decoder's builders over the fixed overhead
 MiB = 2**20
-BATCHML = str(Path(sys.executable).parent / "batchml")
+BATCHML = [sys.executable, "-c", PEAK_CLI]  # the batchml command line, reporting its peak
 
 
 @dataclass
@@ -81,8 +82,11 @@ def run_measured(args: list[str], env: dict[str, str], *, timeout_s: float = 300
                 proc.kill()
         _, status, usage = os.wait4(proc.pid, 0)
     out_f.write(b"".join(chunks))
-    return Child(os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024,
-                 time.perf_counter() - start, out_f.getvalue().decode(errors="replace"))
+    text = out_f.getvalue().decode(errors="replace")
+    # the child's own VmHWM when it wrote it (PEAK_CLI); wait4's ru_maxrss starts at this
+    # process's RSS at fork, an upper bound
+    peak = peak_mb(text) or usage.ru_maxrss / 1024
+    return Child(os.waitstatus_to_exitcode(status), peak, time.perf_counter() - start, text)
 
 
 def build(name: str, path: Path) -> Path:
@@ -163,7 +167,7 @@ def outcome_of(home: Path) -> dict[str, Any]:
 
 def predict(template: Settings, home: Path, path: Path) -> tuple[Child, dict[str, Any]]:
     env = predict_env(template, home)
-    child = run_measured([BATCHML, "predict", str(path), "--output", str(home / "out")], env)
+    child = run_measured([*BATCHML, "predict", str(path), "--output", str(home / "out")], env)
     assert child.returncode in (0, 1), child.output[-3000:]
     return child, outcome_of(home)
 
@@ -235,11 +239,13 @@ try:
     print(json.dumps({{"raised": None}}))
 except Exception as exc:
     print(json.dumps({{"raised": type(exc).__name__, "message": str(exc)}}))
+print("{PEAK_MARK}", [l.split()[1] for l in open("/proc/self/status")
+                      if l.startswith("VmHWM:")][0])
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHML_")}
     child = run_measured([sys.executable, "-c", code], env)
     assert child.returncode == 0, child.output[-3000:]
-    answer = json.loads(child.output.strip().splitlines()[-1])
+    answer = json.loads(child.output.strip().splitlines()[-2])
     print(f"\n[bombs] training bomb: peak {child.peak_mb:.0f} MB, {child.wall_s:.1f} s: "
           f"{answer}")
     assert answer["raised"] == "MemoryBudgetExceeded", answer
@@ -268,7 +274,7 @@ def test_s3_object_over_max_file_bytes_is_refused_before_download(
     env = predict_env(homes["text"], tmp_path / "home",
                       BATCHML_MAX_FILE_BYTES=str(size - 1), BATCHML_S3_ENDPOINT_URL=aws_env,
                       BATCHML_S3_REGION="us-east-1", TMPDIR=str(private_tmpdir))
-    child = run_measured([BATCHML, "predict", f"s3://{s3_bucket}/in/big.parquet",
+    child = run_measured([*BATCHML, "predict", f"s3://{s3_bucket}/in/big.parquet",
                           f"s3://{s3_bucket}/in/small.parquet", "--output",
                           str(tmp_path / "out")], env)
     rows = {r[0].rsplit("/", 1)[-1]: (r[1], r[2] or "") for r in query(

@@ -9,7 +9,8 @@ sends the file's local path, its ledger record, the model to use and the batch i
 asks the parent before it commits an output (is the claim still held?) and answers with the
 :class:`~batchml.scoring.FileOutcome` or the exception it raised.
 
-The child is started with ``python -m batchml.scorer FD`` (a fresh interpreter: the parent has
+The child (:mod:`batchml.scorer_child`) is started with
+``python -m batchml.scorer_child FD`` (a fresh interpreter: the parent has
 threads, so it is not forked) and keeps its models warm between files. When it dies, the
 parent sees EOF on the socket, reaps it with ``os.wait4`` and raises :class:`ScorerDied`
 naming the signal and the peak memory; the next file starts a new child.
@@ -184,7 +185,7 @@ class Scorer:
         self._spawned_at = time.perf_counter()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "batchml.scorer", str(child_sock.fileno())],
+                [sys.executable, "-m", "batchml.scorer_child", str(child_sock.fileno())],
                 pass_fds=[child_sock.fileno()], stdin=subprocess.DEVNULL,
                 start_new_session=True)  # Ctrl-C in a terminal reaches the parent only
         finally:
@@ -356,118 +357,3 @@ def _pack(exc: BaseException) -> bytes:
 def _unpack(data: bytes) -> BaseException:
     exc = pickle.loads(data)
     return exc if isinstance(exc, BaseException) else RuntimeError(repr(exc))
-
-
-# --- the child -------------------------------------------------------------------------------
-
-
-class _AskingOutbox:
-    """The child's outbox: commits an output only after the parent says the claim is held."""
-
-    def __init__(self, outbox: Any, conn: Connection) -> None:
-        self._outbox = outbox
-        self._conn = conn
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._outbox, name)
-
-    def commit(self, tmp: Path, key: str) -> str:
-        self._conn.send(("commit?", key))
-        kind, ok = self._conn.recv()
-        if not ok:
-            tmp.unlink(missing_ok=True)
-            raise CommitRefused(key)
-        return str(self._outbox.commit(tmp, key))
-
-
-def _load_model(spec: ModelSpec, config: ScorerConfig) -> LoadedModel:
-    from .estimators import load_estimator
-    from .scoring import LoadedModel
-    from .store import S3Store, split_s3_uri, store_for_uri
-
-    if spec.artifact_uri.startswith("s3://"):
-        bucket, _ = split_s3_uri(spec.artifact_uri)
-        store: Any = S3Store(f"s3://{bucket}", endpoint_url=config.s3_endpoint_url,
-                             region=config.s3_region)
-    else:
-        store = store_for_uri(spec.artifact_uri)
-    estimator = load_estimator(spec.flavor, store.get(spec.artifact_uri, sha256=spec.sha256))
-    if spec.threshold is not None and len(estimator.classes_) == 2:
-        estimator.set_threshold(spec.threshold)  # type: ignore[attr-defined]
-    return LoadedModel(spec.run_id, spec.name, spec.flavor, estimator)
-
-
-def _fault_hooks(uri: str, config: ScorerConfig) -> None:
-    """Test hooks (``BATCHML_FAULT_*_MARKER``): die the way a poison file would make it."""
-    name = uri.rstrip("/").rsplit("/", 1)[-1]
-    if config.fault_kill_marker and config.fault_kill_marker in name:
-        os.kill(os.getpid(), signal.SIGKILL)
-    if config.fault_alloc_marker and config.fault_alloc_marker in name:
-        hog: list[bytearray] = []
-        cap = 2 * (config.memory_limit_mb or 1024)
-        while len(hog) * 16 < cap:  # until the guard kills us; stop at twice the limit
-            hog.append(bytearray(16 * 2**20))
-            hog[-1][::4096] = b"\x01" * len(range(0, 16 * 2**20, 4096))
-            time.sleep(0.002)
-        raise MemoryError(f"fault hook allocated {cap:.0f} MB and was not killed")
-
-
-def child_main(fd: int) -> None:
-    """The child's loop: take a file, score it, answer; exit on ``stop`` or EOF."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn = Connection(fd)
-    kind, config = conn.recv()
-    assert kind == "init"
-    from .scoring import Outbox, score_file
-
-    s3 = None
-    if config.s3_health_dir:  # S3 calls made here count in `batchml status` too
-        from .store import S3_HEALTH
-
-        S3_HEALTH.persist_to(config.s3_health_dir)
-    if config.outbox.startswith("s3://"):
-        from .store import s3_client
-
-        s3 = s3_client(config.s3_endpoint_url, config.s3_region)
-    outbox = _AskingOutbox(Outbox(config.outbox, s3=s3), conn)
-    models: dict[str, LoadedModel] = {}
-    try:
-        conn.send(("ready", os.getpid()))
-    except OSError:
-        return  # the parent stopped us before we were ready
-    while True:
-        try:
-            kind, *body = conn.recv()
-        except (EOFError, OSError):
-            return  # the parent is gone
-        if kind == "stop":
-            return
-        job = body[0]
-        try:
-            spec: ModelSpec = job["model"]
-            model = models.get(spec.run_id)
-            if model is None:
-                if len(models) >= 4:
-                    models.pop(next(iter(models)))
-                model = models[spec.run_id] = _load_model(spec, config)
-            _fault_hooks(job["record"].source_uri, config)
-            outcome = score_file(Path(job["path"]), job["record"], model, outbox,  # type: ignore[arg-type]
-                                 job["batch_id"], batch_rows=config.batch_rows,
-                                 budget_bytes=config.budget_bytes, reprocess=job["reprocess"])
-            reply: tuple[Any, ...] = ("done", outcome)
-        except CommitRefused:
-            reply = ("refused",)
-        except (EOFError, BrokenPipeError):
-            return  # the parent died while we asked it
-        except Exception as exc:
-            reply = ("raised", _pack(exc))
-        try:
-            conn.send(reply)
-        except OSError:
-            return
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s[scorer] %(message)s")
-    child_main(int(sys.argv[1]))

@@ -16,6 +16,7 @@ from batchml import Catalog, Settings
 from batchml.errors import DataError
 from batchml.ledger import FileRecord
 from batchml.limits import Limits
+from batchml.limits import Limits
 from batchml.pieces import Piece, plan_pieces, precheck, score_piece, write_manifest
 from batchml.scoring import FileOutcome, ModelCache, Outbox
 from batchml.sources import ListSource
@@ -81,6 +82,7 @@ def score_large_file_flow(file: str, rows_per_piece: int = 1_000_000, run_id: st
                                                 parts)
             outcome.rows = sum(p["rows"] for p in parts)
             outcome.positives = sum(p["positives"] or 0 for p in parts)
+            outcome.truncated = sum(p.get("truncated", 0) for p in parts)
     outcome.duration_ms = (time.perf_counter() - start) * 1000
     worker.ledger.record_file(batch_id, outcome, worker.name)
     worker.ledger.end_batch(batch_id, files=1, rows=outcome.rows or 0,

@@ -16,7 +16,6 @@ from batchml import Catalog, Settings
 from batchml.errors import DataError
 from batchml.ledger import FileRecord
 from batchml.limits import Limits
-from batchml.limits import Limits
 from batchml.pieces import Piece, plan_pieces, precheck, score_piece, write_manifest
 from batchml.scoring import FileOutcome, ModelCache, Outbox
 from batchml.sources import ListSource

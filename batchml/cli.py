@@ -354,7 +354,10 @@ def train(
             from .store import s3_client
 
             s3 = s3_client(settings.s3_endpoint_url, settings.s3_region)
-        outcome = tr.train(Catalog.from_settings(settings), tr.TrainingConfig(**kwargs), s3=s3)
+        from .limits import Limits
+
+        outcome = tr.train(Catalog.from_settings(settings), tr.TrainingConfig(**kwargs), s3=s3,
+                           limits=Limits.from_settings(settings))
         run_id, tagged = outcome.run.id, outcome.decision.tagged
         reasons = outcome.decision.reasons
     cat = open_catalog(home, catalog)

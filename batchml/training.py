@@ -50,6 +50,7 @@ from .smoke import prepare_smoke, read_smoke_file
 if TYPE_CHECKING:
     from .catalog import Catalog, Run
     from .estimators import Estimator
+    from .limits import Limits
 
 __all__ = ["BASELINE", "CandidateResult", "CheckResult", "GateDecision", "SmokeResult",
            "TrainingConfig", "TrainingData", "TrainingOutcome", "choose_winner", "decide",
@@ -140,13 +141,15 @@ class CandidateResult:
     valid_proba: np.ndarray | None = None
 
 
-def load_training_data(config: TrainingConfig, *, s3: Any = None) -> TrainingData:
+def load_training_data(config: TrainingConfig, *, s3: Any = None,
+                       limits: Limits | None = None) -> TrainingData:
     """Read, check and clean the training and validation parquet and the smoke examples.
 
     Bad smoke examples raise :class:`SmokeExamplesError` here, before anything is trained.
     """
-    train_frame, train_sha = read_parquet(config.train_uri, s3=s3)
-    valid_frame, valid_sha = read_parquet(config.valid_uri, s3=s3)
+    # each file held to the memory budget and text limits (default: the documented ones)
+    train_frame, train_sha = read_parquet(config.train_uri, s3=s3, limits=limits)
+    valid_frame, valid_sha = read_parquet(config.valid_uri, s3=s3, limits=limits)
     kw: dict[str, Any] = {"label": config.label, "text_column": config.text_column,
                           "feature_columns": config.feature_columns}
     train_x, train_y = prepare_training_frame(train_frame, **kw, what="training data")
@@ -303,8 +306,12 @@ class TrainingOutcome:
 
 def train(catalog: Catalog, config: TrainingConfig, *, flow: str = "train",
           prefect_flow_run_id: str | None = None, s3: Any = None,
-          map_candidates: Callable[..., list[CandidateResult]] | None = None) -> TrainingOutcome:
+          map_candidates: Callable[..., list[CandidateResult]] | None = None,
+          limits: Limits | None = None) -> TrainingOutcome:
     """Train, evaluate, check, gate and record one run. A crash marks the run failed.
+
+    ``limits`` (memory budget per file, text values; see :mod:`batchml.limits`) apply to
+    the training and validation files: ``Limits.from_settings(settings)``.
 
     Bad smoke examples (:class:`SmokeExamplesError`) are found before anything is trained and
     raised without recording a run: fix the file and train again. ``map_candidates(names,
@@ -317,7 +324,7 @@ def train(catalog: Catalog, config: TrainingConfig, *, flow: str = "train",
                                   code_fingerprint=code_fingerprint())
 
     try:
-        data = load_training_data(config, s3=s3)
+        data = load_training_data(config, s3=s3, limits=limits)
     except SmokeExamplesError:
         raise
     except BaseException as exc:

@@ -15,6 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from batchml import Catalog, Settings
 from batchml import training as tr
+from batchml.limits import Limits
 
 
 @task(name="fit-candidate", cache_policy=NO_CACHE)
@@ -66,7 +67,8 @@ def train_flow(
         s3 = s3_client(settings.s3_endpoint_url, settings.s3_region)
     outcome = tr.train(catalog, config, flow=settings.train_flow,
                        prefect_flow_run_id=str(flow_run.id) if flow_run.id else None,
-                       s3=s3, map_candidates=_submit_all)
+                       s3=s3, map_candidates=_submit_all,
+                       limits=Limits.from_settings(settings))
     run = outcome.run
     create_table_artifact(tr.summary_table(outcome.results, config.primary_metric),
                           key="candidates", description=f"Candidates of {run.id}")

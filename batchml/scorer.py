@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import BatchMLError, StorageUnavailable, is_transient
+from .limits import Limits
 
 if TYPE_CHECKING:
     from .ledger import FileRecord
@@ -79,6 +80,7 @@ class ScorerConfig:
     fault_kill_marker: str | None = None
     fault_alloc_marker: str | None = None
     s3_health_dir: str | None = None  # where the child's S3 call counts go (batchml status)
+    limits: Limits | None = None  # memory budget and text limits (None: the budget above)
 
     @classmethod
     def from_settings(cls, settings: Settings, outbox: str) -> ScorerConfig:
@@ -93,7 +95,8 @@ class ScorerConfig:
                    memory_limit_mb=float(limit) or None,
                    fault_kill_marker=settings.fault_kill_marker or None,
                    fault_alloc_marker=settings.fault_alloc_marker or None,
-                   s3_health_dir=str(settings.home / "s3-health"))
+                   s3_health_dir=str(settings.home / "s3-health"),
+                   limits=Limits.from_settings(settings))
 
 
 @dataclass(frozen=True)

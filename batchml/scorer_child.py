@@ -117,7 +117,8 @@ def child_main(fd: int) -> None:
             _fault_hooks(job["record"].source_uri, config)
             outcome = score_file(Path(job["path"]), job["record"], model, outbox,  # type: ignore[arg-type]
                                  job["batch_id"], batch_rows=config.batch_rows,
-                                 budget_bytes=config.budget_bytes, reprocess=job["reprocess"])
+                                 budget_bytes=config.budget_bytes, reprocess=job["reprocess"],
+                                 limits=config.limits)
             reply: tuple[Any, ...] = ("done", outcome)
         except CommitRefused:
             reply = ("refused",)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import BatchMLError, ModelNotFound, is_transient
 from .ledger import ClaimedBatch, FileRecord, FileRef, Ledger, worker_id
+from .limits import Limits
 from .scorer import CommitRefused, ModelSpec, Scorer, ScorerConfig, ScorerDied
 from .scoring import FileOutcome, LoadedModel, ModelCache, Outbox, score_file
 
@@ -309,7 +310,8 @@ class Worker:
                     outcome = score_file(path, record, model, outbox, batch_id,
                                          batch_rows=self.settings.batch_rows,
                                          budget_bytes=self.settings.memory_budget_mb * 2**20,
-                                         reprocess=reprocess)
+                                         reprocess=reprocess,
+                                         limits=Limits.from_settings(self.settings))
         except _ClaimLost:
             raise
         except CommitRefused:

@@ -172,3 +172,38 @@ def test_settings_defaults_and_limits_from_settings(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("BATCHML_TEXT_OVERFLOW", "ignore")
     with pytest.raises(ValueError):
         Settings()
+
+
+@pytest.mark.parametrize("command", [["predict"], ["watch", "--once"]])
+@pytest.mark.parametrize("mode", ["truncate", "refuse"])
+def test_text_limit_settings_reach_predict_and_the_scorer_process(
+        tagged_home, tmp_path: Path, command: list[str], mode: str) -> None:  # type: ignore[no-untyped-def]
+    """BATCHML_MAX_TEXT_CHARS / BATCHML_TEXT_OVERFLOW apply in `batchml predict` (in-process)
+    and in `batchml watch` (the scorer child process), not only the budget."""
+    import os
+    import subprocess
+    import sys
+
+    from batchml import Catalog
+    from batchml.synthetic import synthetic_reviews
+
+    frame = synthetic_reviews(20, seed=3)
+    frame.loc[4, "review"] = "word " * 400  # 2,000 characters
+    inbox = Path(tagged_home.inbox)
+    inbox.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(inbox / ".long.tmp")
+    (inbox / ".long.tmp").rename(inbox / "long.parquet")
+    env = {**os.environ, "BATCHML_HOME": str(tagged_home.home),
+           "BATCHML_MAX_TEXT_CHARS": "1000", "BATCHML_TEXT_OVERFLOW": mode}
+    args = command + ([str(inbox / "long.parquet")] if command == ["predict"] else [])
+    done = subprocess.run([str(Path(sys.executable).parent / "batchml"), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    row = Catalog(tagged_home.catalog_file).sql(
+        "SELECT status, error, truncated_values FROM batch_files")
+    assert len(row) == 1, done.stdout + done.stderr
+    if mode == "truncate":
+        assert row["status"][0] == "scored" and row["truncated_values"][0] == 1
+    else:
+        assert row["status"][0] == "quarantined"
+        assert "column 'review' row 4 holds 2,000 characters, over the limit of 1,000" \
+            in row["error"][0], row["error"][0]

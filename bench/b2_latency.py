@@ -50,6 +50,18 @@ while True:
 """
 
 
+def drop(svc, src: Path, name: str) -> tuple[Path, float | None, float | None]:  # type: ignore[no-untyped-def]
+    """Land ``src`` in the inbox as ``name`` (atomic rename) and wait until it is scored:
+    (its path, the time it was seen scored or None on a 120 s timeout, the latency)."""
+    tmp = land(src, svc.inbox, name)
+    target = svc.inbox / name
+    start = time.perf_counter()
+    os.rename(tmp, target)
+    seen = svc.wait_scored(str(target), timeout_s=120)
+    svc.close_catalog()
+    return target, seen, None if seen is None else seen - start
+
+
 def _visible(published: Path, uri: str) -> bool:
     import duckdb
 
@@ -76,18 +88,12 @@ def with_reader(ctx: Context, svc, files: list[Path], floor: float) -> list[Figu
     timeouts = 0
     try:
         for src in files:
-            name = f"b2r_{src.name}"
-            tmp = land(src, svc.inbox, name)
-            target = svc.inbox / name
-            start = time.perf_counter()
-            os.rename(tmp, target)
-            seen = svc.wait_scored(str(target), timeout_s=120)
-            svc.close_catalog()
-            if seen is None:
+            target, seen, latency = drop(svc, src, f"b2r_{src.name}")
+            if seen is None or latency is None:
                 timeouts += 1
                 latencies.append(120.0)
                 continue
-            latencies.append(seen - start)
+            latencies.append(latency)
             while not _visible(published, str(target)) and time.perf_counter() - seen < 60:
                 time.sleep(0.02)
             stale.append(time.perf_counter() - seen)
@@ -131,19 +137,13 @@ def run(ctx: Context) -> list[Figure]:
     first: float | None = None
     landed = []
     for i, src in enumerate(files):
-        name = f"b2_{src.name}"
-        tmp = land(src, svc.inbox, name)
-        target = svc.inbox / name
-        start = time.perf_counter()
-        os.rename(tmp, target)
-        seen = svc.wait_scored(str(target), timeout_s=120)
-        svc.close_catalog()
+        target, _, measured = drop(svc, src, f"b2_{src.name}")
         landed.append(target)
-        if seen is None:
+        if measured is None:
             timeouts += 1
             latency = 120.0
         else:
-            latency = seen - start
+            latency = measured
         if i == 0:
             first = latency  # the service's first file also loads the model: reported apart
         else:

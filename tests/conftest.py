@@ -74,22 +74,35 @@ def catalog(tmp_path: Path):  # type: ignore[no-untyped-def]
     return Catalog(tmp_path / "catalog.duckdb", store=open_store(str(tmp_path / "artifacts")))
 
 
-@pytest.fixture
-def tagged_home(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A batchml home whose catalog holds one tagged training run (a fast scikit-learn text
-    model on synthetic reviews); returns its Settings."""
+def make_tagged_home(data: Path, home: Path, *, train_rows: int = 1200,
+                     valid_rows: int = 300):  # type: ignore[no-untyped-def]
+    """Train a fast scikit-learn text model on synthetic reviews written to ``data`` and tag
+    it in the batchml home ``home``; return its Settings."""
     from batchml import Catalog, Settings
     from batchml import training as tr
     from batchml.synthetic import synthetic_reviews
 
-    data = tmp_path / "data"
-    data.mkdir(exist_ok=True)
-    synthetic_reviews(1200, seed=1).to_parquet(data / "train.parquet")
-    synthetic_reviews(300, seed=2).to_parquet(data / "valid.parquet")
-    settings = Settings(home=tmp_path / "home")
+    data.mkdir(parents=True, exist_ok=True)
+    synthetic_reviews(train_rows, seed=1).to_parquet(data / "train.parquet")
+    synthetic_reviews(valid_rows, seed=2).to_parquet(data / "valid.parquet")
+    settings = Settings(home=home)
     outcome = tr.train(Catalog.from_settings(settings), tr.TrainingConfig(
         train_uri=str(data / "train.parquet"), valid_uri=str(data / "valid.parquet"),
         text_column="review", candidates=["sklearn_text"]))
     assert outcome.decision.tagged, outcome.decision.reasons
     Catalog.from_settings(settings).db.close()
     return settings
+
+
+@pytest.fixture
+def tagged_home(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A batchml home whose catalog holds one tagged training run (a fast scikit-learn text
+    model on synthetic reviews); returns its Settings."""
+    return make_tagged_home(tmp_path / "data", tmp_path / "home")
+
+
+@pytest.fixture(scope="module")
+def module_tagged_home(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """:func:`tagged_home` made once per test module (1,500 / 500 rows)."""
+    home = tmp_path_factory.mktemp("home")
+    return make_tagged_home(home / "data", home, train_rows=1500, valid_rows=500)

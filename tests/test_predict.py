@@ -22,21 +22,9 @@ from batchml.worker import Worker
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def trained(module_tagged_home: Settings) -> Settings:
     """A home with a tagged training run (scikit-learn text model on synthetic reviews)."""
-    from batchml import training as tr
-
-    home = tmp_path_factory.mktemp("home")
-    data = home / "data"
-    data.mkdir()
-    synthetic_reviews(1500, seed=1).to_parquet(data / "train.parquet")
-    synthetic_reviews(500, seed=2).to_parquet(data / "valid.parquet")
-    settings = Settings(home=home)
-    outcome = tr.train(Catalog.from_settings(settings), tr.TrainingConfig(
-        train_uri=str(data / "train.parquet"), valid_uri=str(data / "valid.parquet"),
-        text_column="review", candidates=["sklearn_text"]))
-    assert outcome.decision.tagged, outcome.decision.reasons
-    return settings
+    return module_tagged_home
 
 
 def fresh(trained: Settings, tmp_path: Path, **kw) -> Settings:  # type: ignore[no-untyped-def]

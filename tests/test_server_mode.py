@@ -3,6 +3,7 @@ deploy/prefect.yaml, a process worker, an event-triggered prediction and a sched
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -41,6 +42,10 @@ def test_deploy_worker_event_trigger_and_schedule(tagged_home: Settings, tmp_pat
     # the scheduler loops every few seconds so a short interval fires within the test
     monkeypatch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "2")
     monkeypatch.setenv("PREFECT_API_SERVICES_SCHEDULER_LOOP_SECONDS", "2")
+    # the deployment's smoke examples come from BATCHML_SMOKE_PATH (deploy/prefect.yaml)
+    smoke = tmp_path / "smoke.csv"
+    smoke.write_text("review,labels\nlove it great perfect soft beautiful,1\n"
+                     "poor baggy cheap itchy returned disappointed,0\n")
     started = time.monotonic()
     with local_prefect_server(settings) as api_url:
         startup_s = time.monotonic() - started
@@ -48,6 +53,7 @@ def test_deploy_worker_event_trigger_and_schedule(tagged_home: Settings, tmp_pat
                "BATCHML_HOME": str(home), "BATCHML_PROJECT_DIR": str(ROOT),
                "BATCHML_TRAIN_URI": str(data / "train.parquet"),
                "BATCHML_VALID_URI": str(data / "valid.parquet"),
+               "BATCHML_SMOKE_PATH": str(smoke),
                "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_LOGGING_LEVEL": "WARNING",
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
@@ -118,6 +124,14 @@ def test_deploy_worker_event_trigger_and_schedule(tagged_home: Settings, tmp_pat
             t = time.monotonic()
             wait_for(trained_by_schedule, 240, "a scheduled training run to complete")
             marks["scheduled training"] = time.monotonic() - t
+            cat = Catalog(settings.catalog_file)
+            try:
+                run = cat.runs("train", limit=1)[0]
+                assert run.params["smoke_uri"] == str(smoke)  # from the deployment
+                report = json.loads(run.fetch_artifact("gate.json"))
+            finally:
+                cat.db.close()
+            assert [s["expected"] for s in report["smoke"]] == [1, 0], report["smoke"]
         finally:
             worker.terminate()
             try:

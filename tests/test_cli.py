@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -14,19 +17,93 @@ from batchml.cli import app
 runner = CliRunner()
 
 
-def all_commands(group: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    found = [prefix + (c.name or c.callback.__name__.replace("_", "-"),)  # type: ignore[union-attr]
-             for c in group.registered_commands]
-    for sub in group.registered_groups:
-        found += all_commands(sub.typer_instance, prefix + (sub.name,))  # type: ignore[arg-type,operator]
-    return found
+def command_tree(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every command of the click tree typer builds (groups included), with its path."""
+    yield path, command
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        yield from command_tree(sub, (*path, name))
 
 
-@pytest.mark.parametrize("command", all_commands(app), ids=" ".join)
-def test_every_command_has_help(command: tuple[str, ...]) -> None:
-    result = runner.invoke(app, [*command, "--help"])
-    assert result.exit_code == 0, result.output
-    assert "Usage" in result.output and len(result.output.splitlines()) > 4
+def _flat(text: str) -> str:
+    """Help text as words: rich's box drawing removed, wrapped lines joined."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+def help_problems(root: typer.Typer, path: tuple[str, ...], command: Any) -> list[str]:
+    """What the help of ``command`` (at ``path`` under ``root``) fails to say."""
+    where = " ".join(("batchml", *path))
+    problems: list[str] = []
+    purpose = _flat(command.help or "").split(". ")[0]
+    if not purpose:
+        problems.append(f"{where}: no help text")
+    params = [p for p in command.params if not getattr(p, "hidden", False)]
+    for param in params:
+        if not (getattr(param, "help", None) or "").strip():
+            problems.append(f"{where}: {param.name} has no help text")
+    result = runner.invoke(root, [*path, "--help"], env={"COLUMNS": "200"})
+    if result.exit_code != 0 or "Usage" not in result.output:
+        return [*problems, f"{where} --help failed: {result.output}"]
+    shown = _flat(result.output)
+    if purpose and purpose not in shown:
+        problems.append(f"{where} --help does not state its purpose {purpose!r}")
+    for param in params:
+        names = [*param.opts, *getattr(param, "secondary_opts", [])]
+        for name in names:
+            if name not in shown:
+                problems.append(f"{where} --help does not name {name}")
+        text = _flat(getattr(param, "help", None) or "")
+        if text and text not in shown:
+            problems.append(f"{where} --help does not explain {names[0]}: {text!r}")
+    for name in getattr(command, "commands", {}):
+        if name not in shown:
+            problems.append(f"{where} --help does not list its command {name!r}")
+    return problems
+
+
+COMMANDS = list(command_tree(typer.main.get_command(app)))
+
+
+def test_the_command_tree_is_complete() -> None:
+    paths = {path for path, _ in COMMANDS}
+    for path in [(), ("init",), ("runs",), ("run", "show"), ("tag", "add"), ("tag", "rm"),
+                 ("sql",), ("doctor",), ("train",), ("predict",), ("watch",), ("serve",),
+                 ("reprocess",), ("files",), ("status",)]:
+        assert path in paths
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS,
+                         ids=[" ".join(("batchml", *p)) for p, _ in COMMANDS])
+def test_every_command_has_help(path: tuple[str, ...], command: Any) -> None:
+    assert help_problems(app, path, command) == []
+
+
+def _toy_app() -> typer.Typer:
+    toy = typer.Typer()
+
+    @toy.command()
+    def good(name: str = typer.Option("x", "--name", help="A name.")) -> None:
+        """Do a good thing."""
+
+    @toy.command()
+    def bare(count: int = typer.Option(1, "--count")) -> None:
+        pass
+
+    @toy.command()
+    def terse(flag: bool = typer.Option(False, "--flag")) -> None:
+        """Say little."""
+
+    return toy
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("good", []),
+    ("bare", ["batchml bare: no help text", "batchml bare: count has no help text"]),
+    ("terse", ["batchml terse: flag has no help text"]),
+])
+def test_a_command_without_help_is_caught(name: str, expected: list[str]) -> None:
+    toy = _toy_app()
+    command = typer.main.get_command(toy).commands[name]  # type: ignore[attr-defined]
+    assert help_problems(toy, (name,), command) == expected
 
 
 def test_top_level_help_lists_commands() -> None:

@@ -340,7 +340,7 @@ def train(
         smoke_uri=smoke or settings.smoke_path)
     if prefect:
         _prefect_env(settings)
-        from flows.train import train_flow
+        from .flows.train import train_flow
 
         result = train_flow(**kwargs, settings=settings)
         run_id, tagged, reasons = result["run_id"], result["tagged"], result["reasons"]
@@ -638,8 +638,7 @@ def bridge(
 
         raise ConfigError("bridge needs a Prefect server: set PREFECT_API_URL.",
                           hint="Or use `batchml serve`, which scores without events.")
-    from flows.bridge import bridge_once
-
+    from .flows.bridge import bridge_once
     from .worker import Worker
 
     worker = Worker.for_source(settings_from(home, catalog), source)

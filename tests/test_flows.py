@@ -33,8 +33,8 @@ def artifacts_of(flow_run_id: str) -> dict[str, object]:
 
 
 def test_train_then_predict_flows(prefect_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from flows.predict import predict_flow
-    from flows.train import train_flow
+    from batchml.flows.predict import predict_flow
+    from batchml.flows.train import train_flow
 
     synthetic_reviews(1200, seed=1).to_parquet(tmp_path / "train.parquet")
     synthetic_reviews(400, seed=2).to_parquet(tmp_path / "valid.parquet")
@@ -71,7 +71,7 @@ def test_train_flow_with_a_smoke_file(prefect_server, tmp_path: Path) -> None:  
 
     import pandas as pd
 
-    from flows.train import train_flow
+    from batchml.flows.train import train_flow
 
     synthetic_reviews(800, seed=1).to_parquet(tmp_path / "train.parquet")
     synthetic_reviews(300, seed=2).to_parquet(tmp_path / "valid.parquet")

@@ -388,8 +388,8 @@ def test_nightly_training_passes_the_smoke_setting(tmp_path: Path,
 
     import prefect.runner
 
+    from batchml.flows.train import train_flow
     from batchml.service import Service
-    from flows.train import train_flow
 
     monkeypatch.setenv("BATCHML_SMOKE_PATH", "s3://bucket/smoke.csv")
     settings = Settings(home=tmp_path, train_uri="t.parquet", valid_uri="v.parquet")

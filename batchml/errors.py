@@ -55,6 +55,18 @@ class ModelNotFound(BatchMLError, LookupError):
     transient = True  # a later training run may tag one; files wait instead of failing
 
 
+class RunCannotScore(BatchMLError, LookupError):
+    """A run named by id cannot score: it does not exist, failed, is still running or has no
+    model. Terminal: waiting cannot fix it (unlike :class:`ModelNotFound` for a tag).
+    ``run_id`` and ``status`` (``missing`` when there is no such run) say which and why."""
+
+    def __init__(self, message: str, *, hint: str | None = None, run_id: str | None = None,
+                 status: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.run_id = run_id
+        self.status = status
+
+
 class InvalidRunState(BatchMLError, ValueError):
     """The run is not in a state that allows this operation."""
 

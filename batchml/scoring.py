@@ -26,16 +26,16 @@ from .budget import ReadPlan, plan_read
 from .errors import (
     BatchMLError,
     DataError,
-    ModelNotFound,
     SchemaMismatch,
     StorageUnavailable,
     UnreadableFile,
 )
 from .footer import check_footer
 from .limits import Limits, decode_error, limit_text_columns
+from .resolve import ModelRef, ModelResolver
 
 if TYPE_CHECKING:
-    from .catalog import Catalog
+    from .catalog import Catalog, Run
     from .estimators import Estimator
     from .ledger import FileRecord
     from .signature import Signature
@@ -71,28 +71,37 @@ class ModelCache:
         """Binary decision threshold overriding each model's (BATCHML_DECISION_THRESHOLD)."""
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
+        self.resolver = ModelResolver(catalog, flow=flow)
 
-    def resolve(self, *, run_id: str | None = None, tag: str | None = None) -> LoadedModel:
-        """The model of ``run_id``, or of the latest successful run carrying ``tag``.
+    def resolve(self, ref: ModelRef | None = None, *, run_id: str | None = None,
+                tag: str | None = None) -> LoadedModel:
+        """The model ``ref`` names (or ``run_id``, else the latest successful run carrying
+        ``tag``), loaded once and kept.
 
-        Raises :class:`ModelNotFound` (transient) when no run qualifies.
+        Raises :class:`ModelNotFound` (transient) when no run carries the tag yet and
+        :class:`RunCannotScore` (terminal) when a named run does not exist, failed, is still
+        running or has no model (see :class:`batchml.resolve.ModelResolver`).
         """
-        if run_id is None:
-            if tag is None:
-                raise ModelNotFound("Give a run id or a tag to choose the model.")
-            run_id = self.catalog.latest_run(self.flow, tag=tag).id
+        if ref is None:
+            ref = ModelRef.from_options(run_id, tag)
+        if ref.run_id is not None:
+            with self._lock:  # checked when it was loaded, and a run ends only once
+                cached = self._models.get(ref.run_id)
+            if cached is not None:
+                return cached
+        return self.load(self.resolver.run(ref), ref)
+
+    def load(self, run: Run | str, ref: ModelRef) -> LoadedModel:
+        """The primary model of ``run`` (found through ``ref``, which decides the error when it
+        cannot score; see :meth:`ModelResolver.check`), loaded once and kept."""
+        run_id = run if isinstance(run, str) else run.id
         with self._lock:
             cached = self._models.get(run_id)
             if cached is not None:
                 return cached
-        run = self.catalog.run(run_id)
-        if not run.successful:
-            raise ModelNotFound(f"Run {run_id} is {run.status}; only completed runs score.",
-                                hint="Pick a completed run (batchml runs).")
-        primary = next((n for n, m in run.models.items() if m["is_primary"]), None)
-        if primary is None:
-            raise ModelNotFound(f"Run {run_id} has no primary model.",
-                                hint="Choose a training run whose gate picked a winner.")
+        if isinstance(run, str):
+            run = self.resolver.run(ModelRef.for_run(run))
+        primary = self.resolver.check(run, ref)
         estimator = run.load_model(primary)
         if self.threshold is not None and len(estimator.classes_) == 2:
             estimator.set_threshold(self.threshold)

@@ -140,8 +140,7 @@ class Service:
 
     async def run(self, api_url: str | None = None) -> None:
         """Run until :meth:`request_stop` (or SIGINT/SIGTERM)."""
-        from flows.predict import make_batch_flow
-
+        from .flows.predict import make_batch_flow
         from .worker import Worker
 
         self.stop_event = asyncio.Event()
@@ -192,8 +191,7 @@ class Service:
                 if new or await asyncio.to_thread(worker.has_pending):
                     if worker.model is None:
                         # resolve first: no flow run while there is no model to score with
-                        await asyncio.to_thread(worker.cache.resolve, run_id=worker.run_id,
-                                                tag=worker.tag)
+                        await asyncio.to_thread(worker.cache.resolve, worker.ref)
                     result = await batch_flow(limit=self.batch_limit)
             except BatchMLError as exc:
                 if not exc.transient:
@@ -238,7 +236,7 @@ class Service:
             return None
         from prefect.runner import Runner
 
-        from flows.train import train_flow
+        from .flows.train import train_flow
 
         deployment = await train_flow.ato_deployment(
             name="nightly", cron=s.train_cron, parameters={

@@ -7,6 +7,7 @@ from typing import Any
 from .catalog import Catalog
 from .errors import BatchMLError
 from .ledger import Ledger
+from .resolve import ModelRef, ModelResolver
 from .settings import Settings
 from .store import s3_health_summary
 
@@ -20,7 +21,8 @@ def collect_status(catalog: Catalog, settings: Settings,
     if runs:
         last = f"{runs[0].id} ({runs[0].status})"
     try:
-        current = catalog.latest_run(settings.train_flow, tag=settings.model_tag).id
+        current = ModelResolver(catalog, flow=settings.train_flow).run(
+            ModelRef.for_tag(settings.model_tag)).id
     except BatchMLError:
         current = None
     errors = catalog.sql(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import BatchMLError, ModelNotFound, is_transient
 from .ledger import ClaimedBatch, FileRecord, FileRef, Ledger, worker_id
 from .limits import Limits
+from .resolve import ModelRef, nothing_tagged
 from .scorer import CommitRefused, ModelSpec, Scorer, ScorerConfig, ScorerDied
 from .scoring import FileOutcome, LoadedModel, ModelCache, Outbox, score_file
 
@@ -53,6 +54,10 @@ class BatchReport:
                 for o in self.outcomes]
 
 
+#: Scores one claimed file: ``(path, record, model, outbox, batch_id) -> FileOutcome``.
+ScoreFile = Callable[[Path, FileRecord, LoadedModel, Outbox, str], FileOutcome]
+
+
 class Worker:
     """Scores files from one source into one outbox."""
 
@@ -72,8 +77,10 @@ class Worker:
                 s3 = s3_client(settings.s3_endpoint_url, settings.s3_region)
             outbox = Outbox(str(settings.outbox), s3=s3)
         self.outbox = outbox
-        self.run_id = run_id
-        self.tag = tag if tag is not None or run_id is not None else settings.model_tag
+        self.ref = ModelRef.from_options(run_id, tag, default_tag=settings.model_tag)
+        """The model this worker scores with (a run id wins over a tag)."""
+        self.run_id = self.ref.run_id
+        self.tag = self.ref.tag
         self.cache = cache or ModelCache(catalog, flow=settings.train_flow,
                                          threshold=settings.decision_threshold)
         self.name = name or worker_id()
@@ -152,8 +159,14 @@ class Worker:
 
     def run_batch(self, *, limit: int = 50, file_ids: list[str] | None = None,
                   prefect_flow_run_id: str | None = None,
-                  on_claimed: Callable[[list[FileRecord]], None] | None = None) -> BatchReport:
+                  on_claimed: Callable[[list[FileRecord]], None] | None = None,
+                  score: ScoreFile | None = None) -> BatchReport:
         """Claim up to ``limit`` pending files and score them with one model.
+
+        ``score`` replaces how one claimed file is scored (default: whole, in the scorer
+        process or here); it is called as ``score(path, record, model, outbox, batch_id)`` and
+        its failures are handled like any file's: transient ones give the rest of the batch
+        back, anything else quarantines the file (see :class:`batchml.pieces.PieceScorer`).
 
         The model is chosen, the files claimed and the batch opened in one catalog
         transaction. While the batch runs a thread renews the leases of its files, and an
@@ -183,7 +196,7 @@ class Worker:
                     if not leases.held(record.file_id):
                         continue  # taken over by another worker: it is scored there
                     try:
-                        outcome = self._score_one(record, model, batch_id, leases)
+                        outcome = self._score_one(record, model, batch_id, leases, score)
                     except _ClaimLost:
                         continue
                     except _Retried:
@@ -240,7 +253,7 @@ class Worker:
         it) and the claim asked again. Raises :class:`ModelNotFound` when no run qualifies."""
         model = self._model
         if model is None or (self.run_id is not None and model.run_id != self.run_id):
-            model = self.cache.resolve(run_id=self.run_id, tag=self.tag)
+            model = self.cache.resolve(self.ref)
         for _ in range(5):
             claim = self.ledger.claim_batch(
                 self.name, limit=limit, lease_s=self.settings.lease_s, run_id=self.run_id,
@@ -248,14 +261,11 @@ class Worker:
                 file_ids=file_ids, prefix=self._claim_prefix(),
                 prefect_flow_run_id=prefect_flow_run_id)
             if claim.model_run_id is None:
-                raise ModelNotFound(
-                    f"No successful run of flow {self.settings.train_flow!r} tagged "
-                    f"{self.tag!r}.",
-                    hint="Train one with `batchml train`, or tag a run with `batchml tag add`.")
+                raise nothing_tagged(self.settings.train_flow, str(self.tag))
             if claim.model_run_id == model.run_id:
                 self._model = model
                 return claim, model
-            model = self.cache.resolve(run_id=claim.model_run_id)  # the tag moved: load
+            model = self.cache.load(claim.model_run_id, self.ref)  # the tag moved: load
         raise ModelNotFound("The tagged model kept changing while a batch was being claimed.",
                             hint="Retrying shortly.")
 
@@ -295,13 +305,15 @@ class Worker:
         return None
 
     def _score_one(self, record: FileRecord, model: Any, batch_id: str,
-                   leases: _Leases | None = None) -> FileOutcome:
+                   leases: _Leases | None = None, score: ScoreFile | None = None) -> FileOutcome:
         reprocess = (record.error or "") == "reprocess requested"
         outbox = self.outbox if leases is None else _GuardedOutbox(
             self.outbox, lambda: leases.check(record.file_id))
         try:
             with self.source.fetch(record) as path:
-                if self.scorer is not None:
+                if score is not None:
+                    outcome = score(path, record, model, outbox, batch_id)
+                elif self.scorer is not None:
                     outcome = self.scorer.score(
                         path, record, model, batch_id, reprocess=reprocess,
                         still_held=None if leases is None else

@@ -11,20 +11,19 @@ the pipeline's ``predict_proba`` without importing scikit-learn, scipy or pandas
 as one Arrow IPC file (data only: reading it never runs code) inside the model artifact, next
 to the skops payload, so loading a model for scoring skips skops altogether.
 
-Tokenising follows the vectorizer's defaults (lowercase, ``(?u)\\b\\w\\w+\\b``, 1-2 grams):
-ASCII rows are tokenised on their bytes with numpy lookup tables, the other rows with Python's
-``str.lower`` and ``re`` (exactly scikit-learn's tokens). Word pairs are looked up as integer keys
-(``first_word_id * n_words + second_word_id``) in a sorted key array instead of as strings.
+Tokenising follows the vectorizer's defaults (lowercase, ``(?u)\\b\\w\\w+\\b``, 1-2 grams;
+:mod:`.tokenizer`): ASCII rows are tokenised on their bytes with numpy lookup tables, the other
+rows with Python's ``str.lower`` and ``re`` (exactly scikit-learn's tokens). Word pairs are
+looked up as integer keys (``first_word_id * n_words + second_word_id``) in a sorted key array
+instead of as strings.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -32,18 +31,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ModelError
-from ._arrays import from_numpy, strings, to_numpy
+from ._arrays import to_numpy
+from .tokenizer import ascii_tokens, supported, unicode_tokens
 
 FORMAT = "batchml-linear-text"
 VERSION = 1
 MEMBER = "batchml_linear_text.arrow"
 """Name of the export inside the model artifact (a skops zip)."""
-
-_TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token_pattern
-
-_ASCII_WORD = np.zeros(256, dtype=np.bool_)
-for _c in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_":
-    _ASCII_WORD[_c] = True
 
 VERIFY_TEXTS = ("Café crème, naïve ÉTÉ test__x 12 a b", "", "x", "ÄÖÜ straße Straße STRASSE",
                 "tabs\tand\nnewlines  double  space", "emoji 😀 word_with_underscore",
@@ -296,8 +290,6 @@ def _floats(column: pa.ChunkedArray) -> np.ndarray:
 def from_pipeline(pipeline: Any) -> LinearTextModel | None:
     """The pipeline as a :class:`LinearTextModel`, or None when it is not one this module
     reproduces exactly (other tokenising settings, other classifiers ...)."""
-    from .text_features import supported
-
     try:
         steps = list(pipeline.steps)
     except AttributeError:
@@ -410,12 +402,12 @@ def _tokenize(arr: pa.Array, words: pa.Array) -> _Tokens:
     mask = to_numpy(ascii_mask)
     n_ascii = int(mask.sum())
     if n_ascii == n:
-        return _lookup(*_ascii_tokens(arr), words)
+        return _lookup(*ascii_tokens(arr), words)
     if n_ascii == 0:
-        return _lookup(*_unicode_tokens(arr), words)
+        return _lookup(*unicode_tokens(arr), words)
     index = np.arange(n, dtype=np.int64)
-    r1, t1 = _ascii_tokens(arr.filter(ascii_mask))
-    r2, t2 = _unicode_tokens(arr.filter(pc.invert(ascii_mask)))
+    r1, t1 = ascii_tokens(arr.filter(ascii_mask))
+    r2, t2 = unicode_tokens(arr.filter(pc.invert(ascii_mask)))
     a = _lookup(index[mask][r1], t1, words)
     b = _lookup(index[~mask][r2], t2, words)
     # rows must stay grouped (pairs are formed between neighbouring tokens of one row):
@@ -425,77 +417,9 @@ def _tokenize(arr: pa.Array, words: pa.Array) -> _Tokens:
     return _Tokens(rows[order], np.concatenate([a.words, b.words])[order])
 
 
-def tokens(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
-    """Every token of ``arr`` (a string array without nulls) as scikit-learn's default
-    analyzer finds them (lowercased, ``(?u)\\b\\w\\w+\\b``): their rows (nondecreasing)
-    and the tokens, in order."""
-    mask = to_numpy(pc.string_is_ascii(arr))
-    if mask.all():
-        return _ascii_tokens(arr)
-    if not mask.any():
-        return _unicode_tokens(arr)
-    index = np.arange(len(arr), dtype=np.int64)
-    r1, t1 = _ascii_tokens(arr.filter(from_numpy(mask)))
-    r2, t2 = _unicode_tokens(arr.filter(from_numpy(~mask)))
-    rows = np.concatenate([index[mask][r1], index[~mask][r2]])
-    order = np.argsort(rows, kind="stable")
-    return rows[order], pa.concat_arrays([t1, t2]).take(from_numpy(order))
-
-
 def _lookup(rows: np.ndarray, tokens: pa.Array, words: pa.Array) -> _Tokens:
     wid = to_numpy(pc.index_in(tokens, value_set=words), null=-1).astype(np.int64)
     return _Tokens(rows, wid)
-
-
-def _ascii_tokens(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
-    """Maximal runs of [A-Za-z0-9_] of length >= 2, lowercased, found on the bytes."""
-    n = len(arr)
-    arr = pc.ascii_lower(arr)  # exact for ASCII text: the same as str.lower()
-    _, offsets_buf, data_buf = arr.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[arr.offset:arr.offset + n + 1]
-    lo, hi = int(offsets[0]), int(offsets[-1])
-    if hi == lo or data_buf is None:
-        return np.empty(0, np.int64), pa.nulls(0, pa.string())
-    raw = np.frombuffer(data_buf, dtype=np.uint8)[lo:hi]
-    starts = (offsets[:-1] - lo).astype(np.int64)
-    starts = starts[starts < len(raw)]
-    word = np.take(_ASCII_WORD, raw)
-    before = np.empty_like(word)  # a word byte continues from the previous byte
-    before[0] = False
-    before[1:] = word[:-1]
-    before[starts] = False
-    after = np.empty_like(word)  # a word byte is followed by another of the same string
-    after[-1] = False
-    after[:-1] = word[1:]
-    ends = starts[1:] - 1
-    after[ends[ends >= 0]] = False
-    first = np.flatnonzero(word & ~before)
-    length = np.flatnonzero(word & ~after) - first + 1
-    short = length < 2
-    if short.any():
-        word[first[short]] = False  # one-character tokens: dropped
-        keep = ~short
-        first, length = first[keep], length[keep]
-    data = raw[word]
-    tok_offsets = np.empty(len(first) + 1, dtype=np.int32)
-    tok_offsets[0] = 0
-    np.cumsum(length, out=tok_offsets[1:])
-    tokens = pa.StringArray.from_buffers(len(first), pa.py_buffer(tok_offsets),
-                                         pa.py_buffer(data))
-    # tokens per row: where each row's first byte falls among the token starts
-    per_row = np.diff(np.searchsorted(first, offsets - lo))
-    rows = np.repeat(np.arange(n, dtype=np.int64), per_row)
-    return rows, tokens
-
-
-def _unicode_tokens(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
-    """The same tokens for any text, with Python's own ``str.lower`` and ``re``: exactly
-    scikit-learn's (Arrow's lowercasing differs on a few letters, e.g. ``İ`` and final
-    sigma). Only rows with non-ASCII characters come here."""
-    per_row = [_TOKEN.findall(text.lower()) for text in arr.to_pylist()]
-    lengths = np.fromiter(map(len, per_row), dtype=np.int64, count=len(per_row))
-    rows = np.repeat(np.arange(len(arr), dtype=np.int64), lengths)
-    return rows, strings(list(chain.from_iterable(per_row)))
 
 
 def _count(rows: np.ndarray, features: np.ndarray, n_rows: int,

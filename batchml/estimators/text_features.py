@@ -4,9 +4,10 @@
 rows/s with bigrams on these machines, the whole cost of scoring). For the settings batchml's
 text candidates use (lowercase, the default word pattern, 1-2 grams, no stop words or accent
 stripping) :func:`transform` builds the same sparse matrix with the tokenizer of
-:mod:`.linear_text`, Arrow compute kernels and one sparse COO->CSR pass. (Scoring normally
-uses :mod:`.linear_text` itself; this serves pipelines without a linear export.) Anything else falls back to scikit-learn. Fidelity against scikit-learn
-is tested on real reviews.
+:mod:`.tokenizer` (shared with :mod:`.linear_text`), Arrow compute kernels and one sparse
+COO->CSR pass. (Scoring normally uses :mod:`.linear_text` itself; this serves pipelines without
+a linear export.) Anything else falls back to scikit-learn. Fidelity against scikit-learn is
+tested on real reviews.
 """
 
 from __future__ import annotations
@@ -18,18 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-_DEFAULT_PATTERN = r"(?u)\b\w\w+\b"
-
-
-def supported(vectorizer: Any) -> bool:
-    """True when :func:`transform` reproduces ``vectorizer.transform`` exactly."""
-    return (getattr(vectorizer, "analyzer", None) == "word"
-            and vectorizer.token_pattern == _DEFAULT_PATTERN
-            and vectorizer.tokenizer is None and vectorizer.preprocessor is None
-            and vectorizer.lowercase and vectorizer.strip_accents is None
-            and vectorizer.stop_words is None and not vectorizer.binary
-            and tuple(vectorizer.ngram_range) in ((1, 1), (1, 2))
-            and hasattr(vectorizer, "vocabulary_"))
+from .tokenizer import supported, tokens
 
 
 class _Vocabulary:
@@ -55,8 +45,6 @@ def _vocab(vectorizer: Any) -> _Vocabulary:
 def counts(vectorizer: Any, texts: pa.Array | list[str]) -> Any:
     """The term-count matrix ``CountVectorizer.transform`` would return (CSR, int64)."""
     from scipy import sparse
-
-    from .linear_text import tokens
 
     arr = pa.array(texts, pa.string()) if not isinstance(texts, pa.Array) else texts
     n = len(arr)

@@ -3,7 +3,6 @@ Dask cluster in production). Thin wiring over :mod:`batchml.pieces`."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +12,10 @@ from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
 from batchml import Catalog, Settings
-from batchml.errors import DataError
 from batchml.ledger import FileRecord
 from batchml.limits import Limits
-from batchml.pieces import Piece, plan_pieces, precheck, score_piece, write_manifest
-from batchml.scoring import FileOutcome, ModelCache, Outbox
+from batchml.pieces import Piece, score_in_pieces, score_piece
+from batchml.scoring import LoadedModel, ModelCache, Outbox
 from batchml.sources import ListSource
 from batchml.store import s3_client
 from batchml.worker import Worker
@@ -48,43 +46,28 @@ def score_piece_task(path: str, record: FileRecord, run_id: str, batch_id: str, 
 
 @flow(name="score-large-file",
       task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1,
-                                                 "processes": True}))
+                                                 "processes": True}))  # type: ignore[arg-type]
 def score_large_file_flow(file: str, rows_per_piece: int = 1_000_000, run_id: str | None = None,
                           tag: str | None = None,
                           settings: Settings | None = None) -> dict[str, Any]:
-    """Claim one file, score its row-group pieces in parallel, write the manifest, record it."""
+    """Claim one file, score its row-group pieces in parallel, write the manifest, record it
+    (through the worker's batch path: a failed piece fails the file like any other)."""
     settings = settings or Settings()
     catalog = Catalog.from_settings(settings)
     source = ListSource([file], client=s3_client(settings.s3_endpoint_url, settings.s3_region))
     worker = Worker(catalog, source, settings, run_id=run_id, tag=tag)
-    worker.discover()
-    ids = [r.file_id for r in source.poll()]
-    # model chosen, file claimed and batch opened in one transaction (no model-switch race)
-    claim, model = worker.claim_batch(1, ids, str(flow_run.id) if flow_run.id else None)
-    if not claim.records or claim.batch_id is None:
-        return {"status": "nothing to do", "file": file}
-    record, batch_id = claim.records[0], claim.batch_id
-    start = time.perf_counter()
-    outcome = FileOutcome(record.file_id, record.source_uri, "scored", model.run_id)
-    with worker.leases(claim), source.fetch(record) as path:
-        try:
-            precheck(path, record, model, settings.memory_budget_mb * 2**20,
-                     limits=Limits.from_settings(settings))
-        except DataError as exc:
-            outcome.status, outcome.error = "quarantined", str(exc)
-        else:
-            pieces = plan_pieces(path, rows_per_piece=rows_per_piece)
-            futures = [score_piece_task.submit(str(path), record, model.run_id, batch_id, p,
-                                               settings) for p in pieces]
-            parts = [f.result() for f in futures]
-            outcome.output_uri = write_manifest(worker.outbox, record, model, batch_id, pieces,
-                                                parts)
-            outcome.rows = sum(p["rows"] for p in parts)
-            outcome.positives = sum(p["positives"] or 0 for p in parts)
-            outcome.truncated = sum(p.get("truncated", 0) for p in parts)
-    outcome.duration_ms = (time.perf_counter() - start) * 1000
-    worker.ledger.record_file(batch_id, outcome, worker.name)
-    worker.ledger.end_batch(batch_id, files=1, rows=outcome.rows or 0,
-                            duration_ms=outcome.duration_ms)
-    return {"status": outcome.status, "output": outcome.output_uri, "rows": outcome.rows,
-            "error": outcome.error}
+
+    def on_dask(pieces: list[Piece], path: Path, record: FileRecord, model: LoadedModel,
+                batch_id: str) -> list[dict[str, Any] | BaseException]:
+        futures = [score_piece_task.submit(str(path), record, model.run_id, batch_id, p,
+                                           settings) for p in pieces]
+        results: list[dict[str, Any] | BaseException] = []
+        for future in futures:  # wait for every piece, so none writes after a cleanup
+            try:
+                results.append(future.result())
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    return score_in_pieces(worker, rows_per_piece=rows_per_piece, map_pieces=on_dask,
+                           prefect_flow_run_id=str(flow_run.id) if flow_run.id else None)

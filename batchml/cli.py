@@ -244,7 +244,7 @@ def sql(query: Annotated[str | None, typer.Argument(help="SQL to run against the
     if duckdb_init:
         if query is not None:
             raise ValueError("Give either a query or --duckdb-init, not both.")
-        from .duckdb_init import duckdb_init_sql
+        from .catalog.duckdb_init import duckdb_init_sql
 
         sys.stdout.write(duckdb_init_sql(settings))  # plain text: no rich markup or wrapping
         return
@@ -532,7 +532,7 @@ def files(
     home: HomeOpt = None, catalog: CatalogOpt = None,
 ) -> None:
     """List input files from the ledger with their state, rows, output and error."""
-    from .ledger import Ledger
+    from .catalog import Ledger
 
     frame = Ledger(open_catalog(home, catalog)).files(state)
     print_frame(frame[["source_uri", "state", "attempts", "rows", "model_run_id", "output_uri",
@@ -548,7 +548,7 @@ def reprocess(
     home: HomeOpt = None, catalog: CatalogOpt = None,
 ) -> None:
     """Send files back to pending on purpose; the next watch/predict scores them again."""
-    from .ledger import Ledger
+    from .catalog import Ledger
 
     if uri and "://" not in uri:
         uri = str(Path(uri).expanduser().resolve())

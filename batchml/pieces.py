@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 
 from .budget import plan_read
+from .catalog import FileRecord
 from .errors import BatchMLError
-from .ledger import FileRecord
 from .limits import Limits
 from .scoring import (
     FileOutcome,

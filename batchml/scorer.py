@@ -44,7 +44,7 @@ from .errors import BatchMLError, StorageUnavailable, is_transient
 from .limits import Limits
 
 if TYPE_CHECKING:
-    from .ledger import FileRecord
+    from .catalog import FileRecord
     from .scoring import FileOutcome, LoadedModel
     from .settings import Settings
 

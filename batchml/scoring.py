@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._db import utcnow
 from .budget import ReadPlan, plan_read
+from .catalog import utcnow
 from .errors import (
     BatchMLError,
     DataError,
@@ -35,9 +35,8 @@ from .limits import Limits, decode_error, limit_text_columns
 from .resolve import ModelRef, ModelResolver
 
 if TYPE_CHECKING:
-    from .catalog import Catalog, Run
+    from .catalog import Catalog, FileRecord, Run
     from .estimators import Estimator
-    from .ledger import FileRecord
     from .signature import Signature
 
 log = logging.getLogger("batchml.scoring")

@@ -168,7 +168,7 @@ class Settings(BaseSettings):
         if self.catalog_path is None:
             self.catalog_path = self.home / "catalog.duckdb"
         if self.published_catalog_path is None:
-            from .publication import published_path
+            from .catalog.publication import published_path
 
             self.published_catalog_path = published_path(self.catalog_path)
         for name, sub in [

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
+from .catalog import FileRecord, FileRef
 from .errors import ConfigError, FileTooLarge
-from .ledger import FileRecord, FileRef
 
 log = logging.getLogger("batchml.sources")
 

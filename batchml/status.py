@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .catalog import Catalog
+from .catalog import Catalog, Ledger
 from .errors import BatchMLError
-from .ledger import Ledger
 from .resolve import ModelRef, ModelResolver
 from .settings import Settings
 from .store import s3_health_summary

@@ -18,8 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .catalog import ClaimedBatch, FileRecord, FileRef, Ledger, worker_id
 from .errors import BatchMLError, ModelNotFound, is_transient
-from .ledger import ClaimedBatch, FileRecord, FileRef, Ledger, worker_id
 from .limits import Limits
 from .resolve import ModelRef, nothing_tagged
 from .scorer import CommitRefused, ModelSpec, Scorer, ScorerConfig, ScorerDied

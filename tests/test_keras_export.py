@@ -369,7 +369,7 @@ def test_catalog_made_before_the_export_still_scores(count_model: KerasTextEstim
     """A run logged with an artifact lacking the export: `batchml predict` scores it (through
     TensorFlow) to the same probabilities."""
     from batchml import Catalog, Settings
-    from batchml._db import utcnow
+    from batchml.catalog import utcnow
 
     home = tmp_path / "home"
     catalog = Catalog.from_settings(Settings(home=home))

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from batchml import Catalog
-from batchml.ledger import FileRef, Ledger
+from batchml.catalog import FileRef, Ledger
 
 
 def refs(n: int, prefix: str = "/in/f") -> list[FileRef]:
@@ -77,7 +77,7 @@ def test_requeue_for_reprocessing(catalog: Catalog) -> None:
 CLAIMER = textwrap.dedent("""
     import sys, time
     from batchml import Catalog
-    from batchml.ledger import Ledger
+    from batchml.catalog import Ledger
     ledger = Ledger(Catalog(sys.argv[1], lock_timeout_s=120))
     got = []
     while True:

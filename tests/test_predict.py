@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchml import Catalog, Settings
-from batchml.ledger import Ledger
+from batchml.catalog import Ledger
 from batchml.scoring import LINEAGE
 from batchml.sources import DirectorySource, S3PrefixSource
 from batchml.synthetic import synthetic_reviews

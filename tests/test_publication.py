@@ -247,7 +247,7 @@ def test_serve_scores_every_file_while_a_session_holds_the_copy(tagged_home: Set
 def test_a_stuck_batchml_process_is_named_by_the_lock_timeout(tmp_path: Path) -> None:
     cat = Catalog(tmp_path / "catalog.duckdb", lock_timeout_s=0.3)
     cat.db.close()
-    code = ("import sys\nfrom pathlib import Path\nfrom batchml._locking import FileLock\n"
+    code = ("import sys\nfrom pathlib import Path\nfrom batchml.catalog._locking import FileLock\n"
             f"FileLock(Path({str(cat.path)!r} + '.lock')).acquire(exclusive=True, "
             "timeout_s=5)\nprint('open', flush=True)\nsys.stdin.readline()\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,

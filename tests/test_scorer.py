@@ -157,7 +157,7 @@ def test_scorer_process_writes_what_in_process_scoring_writes(trained: Settings,
 
 
 def test_poison_after_a_worker_died_holding_the_file(trained: Settings, tmp_path: Path) -> None:
-    from batchml.ledger import Ledger
+    from batchml.catalog import Ledger
 
     worker = _worker(trained, tmp_path, ["x-POISON.parquet"], fault_kill_marker="POISON")
     try:

@@ -12,7 +12,7 @@ import boto3
 import pandas as pd
 import pytest
 
-from batchml.ledger import FileRecord
+from batchml.catalog import FileRecord
 from batchml.sources import DirectorySource, S3PrefixSource, SQSSource, is_candidate_name
 from batchml.store import s3_client
 

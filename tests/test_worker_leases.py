@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from batchml import Catalog, Settings
-from batchml.ledger import Ledger
+from batchml.catalog import Ledger
 from batchml.sources import DirectorySource
 from batchml.synthetic import synthetic_reviews
 from batchml.worker import Worker

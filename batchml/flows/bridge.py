@@ -12,7 +12,7 @@ from prefect import flow
 from prefect.events import emit_event
 
 from batchml import Settings
-from batchml.ledger import FileRef
+from batchml.catalog import FileRef
 from batchml.worker import Worker
 
 LANDED = "batchml.file.landed"

@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
 from batchml import Catalog, Settings
-from batchml.ledger import FileRecord
+from batchml.catalog import FileRecord
 from batchml.limits import Limits
 from batchml.pieces import Piece, score_in_pieces, score_piece
 from batchml.scoring import LoadedModel, ModelCache, Outbox

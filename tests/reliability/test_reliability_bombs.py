@@ -31,7 +31,7 @@ import pytest
 import relhelp
 
 from batchml import Catalog, Settings
-from batchml.ledger import FileRecord
+from batchml.catalog import FileRecord
 from batchml.limits import Limits
 from batchml.scoring import ModelCache, Outbox, score_file
 

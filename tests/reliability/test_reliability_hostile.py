@@ -20,7 +20,7 @@ import pytest
 import relhelp
 
 from batchml import Catalog, Settings
-from batchml.ledger import Ledger
+from batchml.catalog import Ledger
 from batchml.scoring import ModelCache
 from batchml.sources import DirectorySource
 from batchml.synthetic import synthetic_reviews

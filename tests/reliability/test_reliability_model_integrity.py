@@ -18,8 +18,8 @@ import pytest
 import relhelp
 
 from batchml import Catalog, ChecksumMismatch, Settings
+from batchml.catalog import Ledger
 from batchml.errors import ModelError
-from batchml.ledger import Ledger
 from batchml.sources import DirectorySource
 from batchml.synthetic import synthetic_reviews
 from batchml.worker import Worker

@@ -22,7 +22,7 @@ import pytest
 import relhelp
 
 from batchml import Catalog
-from batchml.ledger import Ledger
+from batchml.catalog import Ledger
 from batchml.sources import DirectorySource
 from batchml.synthetic import synthetic_reviews
 from batchml.worker import Worker

@@ -17,7 +17,7 @@ import pytest
 import relhelp
 
 from batchml import Catalog
-from batchml.ledger import FileRef, Ledger
+from batchml.catalog import FileRef, Ledger
 from batchml.sources import DirectorySource, S3PrefixSource
 from batchml.synthetic import synthetic_reviews
 from batchml.worker import Worker

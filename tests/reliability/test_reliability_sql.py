@@ -14,8 +14,8 @@ import relhelp
 from typer.testing import CliRunner
 
 from batchml import Catalog, ModelNotFound
+from batchml.catalog import Ledger
 from batchml.cli import app
-from batchml.ledger import Ledger
 from batchml.sources import DirectorySource
 from batchml.synthetic import synthetic_reviews
 from batchml.worker import Worker

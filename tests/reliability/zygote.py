@@ -21,9 +21,9 @@ import pyarrow.parquet  # noqa: F401
 import skops.io  # noqa: F401
 import watchdog.observers  # noqa: F401
 
+import batchml.catalog.ledger  # noqa: F401
 import batchml.cli  # noqa: F401
 import batchml.estimators.sklearn_models  # noqa: F401
-import batchml.ledger  # noqa: F401
 import batchml.scoring  # noqa: F401
 import batchml.sources  # noqa: F401
 import batchml.store  # noqa: F401

@@ -19,8 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._db import Database, utcnow
-from .errors import (
+from ..errors import (
     ArtifactNotFound,
     CatalogError,
     InvalidRunState,
@@ -28,12 +27,13 @@ from .errors import (
     QueryRefused,
     RunNotFound,
 )
+from ._db import Database, utcnow
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .estimators import Estimator
-    from .store import ArtifactStore
+    from ..estimators import Estimator
+    from ..store import ArtifactStore
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 _ORDER = re.compile(r"^\s*(?:(metrics|params)\.)?([A-Za-z0-9_.]+)\s*(ASC|DESC)?\s*$", re.I)
@@ -78,7 +78,7 @@ class Catalog:
     @classmethod
     def from_settings(cls, settings: Any) -> Catalog:
         """The catalog and artifact store named by a :class:`~batchml.Settings`."""
-        from .store import open_store
+        from ..store import open_store
 
         store = open_store(settings.artifact_root, endpoint_url=settings.s3_endpoint_url,
                            region=settings.s3_region)
@@ -535,7 +535,7 @@ class Run:
             raise ArtifactNotFound(f"Run {self.id} has no artifact {name!r}.",
                                    hint=f"It has: {', '.join(sorted(self.artifacts)) or 'none'}.")
         if self.catalog._store is None:
-            from .store import store_for_uri
+            from ..store import store_for_uri
 
             return store_for_uri(info["uri"]).get(info["uri"], sha256=info["sha256"])
         return self.catalog.store.get(info["uri"], sha256=info["sha256"])
@@ -554,7 +554,7 @@ class Run:
 
     def load_model(self, name: str | None = None) -> Estimator:
         """Load the run's primary model (or ``name``), refusing bytes whose sha256 differs."""
-        from .estimators import load_estimator
+        from ..estimators import load_estimator
 
         models = self.models
         if name is None:

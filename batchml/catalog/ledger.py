@@ -23,7 +23,7 @@ from ._db import utcnow
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .catalog import Catalog
+    from .model import Catalog
 
 STATES = ("discovered", "claimed", "scored", "quarantined", "failed")
 

@@ -14,7 +14,7 @@ import random
 import time
 from pathlib import Path
 
-from .errors import CatalogBusy
+from ..errors import CatalogBusy
 
 
 def holders_of(fd: int) -> list[str]:

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import ConfigError
-from .settings import Settings
+from ..errors import ConfigError
+from ..settings import Settings
 
 HTTPFS_PACKAGE = "duckdb-extension-httpfs"
 """The PyPI package that ships DuckDB's httpfs extension as a file (no download at run time)."""
@@ -134,7 +134,7 @@ def outbox_has_outputs(settings: Settings) -> bool:
     a view over a glob that matches no file). Lists with batchml's own S3 client."""
     from fnmatch import fnmatchcase
 
-    from .store import s3_client, split_s3_uri, translate_s3_error
+    from ..store import s3_client, split_s3_uri, translate_s3_error
 
     outbox = str(settings.outbox).rstrip("/")
     bucket, prefix = split_s3_uri(outbox)
@@ -170,8 +170,8 @@ def duckdb_init_sql(settings: Settings) -> str:
             f"--   duckdb -readonly {catalog}",
             "",
         ])
+    from ..store import split_s3_uri
     from .ledger import _glob_escape  # the local view's escaping: `out[1]` -> `out[[]1[]]`
-    from .store import split_s3_uri
 
     bucket, prefix = split_s3_uri(outbox)
     credentials, chain_region = resolve_credentials()

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import duckdb
 
+from ..errors import CatalogBusy, CatalogError
 from ._locking import FileLock
-from .errors import CatalogBusy, CatalogError
 from .publication import Publication, published_path
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -41,7 +41,7 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 def migrations() -> list[tuple[int, str, str]]:
     """All shipped migrations as (version, name, sql), in version order."""
     found = []
-    for entry in resources.files("batchml.migrations").iterdir():
+    for entry in resources.files("batchml.catalog.migrations").iterdir():
         match = _MIGRATION_NAME.match(entry.name)
         if match:
             found.append((int(match.group(1)), match.group(2), entry.read_text()))

@@ -148,19 +148,7 @@ def runs(
 ) -> None:
     """List runs, newest first, with key metrics and current tags."""
     cat = open_catalog(home, catalog)
-    where, args = [], []
-    if flow:
-        where.append("flow = ?")
-        args.append(flow)
-    if tag:
-        where.append("list_contains(string_split(tags, ', '), ?)")
-        args.append(tag)
-    sql = "SELECT run_id, status, started_at, seconds, model, accuracy, roc_auc, f1, tags" \
-          " FROM runs_overview"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY started_at DESC LIMIT {int(limit)}"
-    print_frame(cat.sql(sql, args), fmt, title="runs")
+    print_frame(cat.runs_overview(flow, tag=tag, limit=limit), fmt, title="runs")
 
 
 @run_app.command("show")

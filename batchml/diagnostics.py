@@ -38,15 +38,13 @@ def run_checks(settings: Settings) -> list[Check]:
 
     def catalog() -> str:
         cat = open_catalog()
-        return f"{cat.path} (schema v{cat.db.schema_version()})"
+        return f"{cat.path} (schema v{cat.schema_version()})"
 
     def published() -> str:
-        import duckdb
-
-        path = open_catalog().publish()
-        with duckdb.connect(str(path), read_only=True) as con:  # what a person opens
-            row = con.execute("SELECT published_at FROM catalog_info").fetchone()
-        return f"{path} (published {row[0] if row else '?'}, opens read-only)"
+        cat = open_catalog()
+        path = cat.publish()
+        at = cat.published_at()  # read from the copy, opened read-only as a person would
+        return f"{path} (published {at if at is not None else '?'}, opens read-only)"
 
     def store() -> str:
         st = open_store(str(settings.artifact_root), endpoint_url=settings.s3_endpoint_url,

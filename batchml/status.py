@@ -24,11 +24,8 @@ def collect_status(catalog: Catalog, settings: Settings,
             ModelRef.for_tag(settings.model_tag)).id
     except BatchMLError:
         current = None
-    errors = catalog.sql(
-        "SELECT count(*) FILTER (status = 'failed') AS failed,"
-        " count(*) FILTER (status = 'quarantined') AS quarantined FROM batch_files"
-        " WHERE finished_at > now() - INTERVAL 1 HOUR").iloc[0].to_dict()
-    recent: dict[str, Any] = {str(k): int(v) for k, v in errors.items() if v}
+    errors = catalog.recent_file_errors(window_s=3600)
+    recent: dict[str, Any] = {k: v for k, v in errors.items() if v}
     # S3 calls of every batchml process of this home (serve, watch workers), last 15 minutes
     s3 = s3_health_summary(settings.home / "s3-health")
     if s3 and (s3["failed_attempts"] or s3["failed_calls"]):

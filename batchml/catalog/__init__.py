@@ -9,8 +9,9 @@ session on an S3 outbox.
 """
 
 from ._db import utcnow
-from .ledger import STATES, ClaimedBatch, FileRecord, FileRef, Ledger, worker_id
+from .ledger import Ledger
 from .model import Catalog, Run
+from .records import STATES, ClaimedBatch, FileRecord, FileRef, worker_id
 
 __all__ = [
     "STATES",

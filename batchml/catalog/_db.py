@@ -53,38 +53,71 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-_registry: dict[Path, Database] = {}
-_registry_lock = threading.Lock()
-_live: weakref.WeakSet[Database] = weakref.WeakSet()
+class Databases:
+    """The open catalog files of a process: one :class:`Database` per file.
 
-
-class Database:
-    """Connections to one catalog file, serialised across processes by a lock file.
-
-    Use :meth:`open` to get the process-wide instance for a path.
+    This is process-wide on purpose (:data:`PROCESS_DATABASES`, made once below), not state
+    of one :class:`~batchml.catalog.Catalog`: two ``Catalog`` objects on one file in one
+    process must share a single connection and lock holder. DuckDB refuses a second connection
+    to a file that one of the process already has open with another configuration (read-only
+    next to writable), and two holders of the lock file in one process would wait on each
+    other (a nested write would deadlock until its timeout). Interpreter exit (publish what is
+    pending, close) and ``fork`` (the child forgets the parent's connections and locks) act on
+    it through :meth:`close_all` and :meth:`after_fork_in_child`.
     """
 
-    idle_s = 0.05
-    max_hold_s = 0.5
-    hold_max_s = 1.0
+    def __init__(self) -> None:
+        self._by_path: dict[Path, Database] = {}
+        self._lock = threading.Lock()
+        self._live: weakref.WeakSet[Database] = weakref.WeakSet()
 
-    @classmethod
-    def open(cls, path: Path, *, lock_timeout_s: float = 60.0, publish_to: Path | None = None,
+    def open(self, path: Path, *, lock_timeout_s: float = 60.0, publish_to: Path | None = None,
              publish_interval_s: float = 1.0) -> Database:
-        """The shared instance for ``path`` in this process (one lock holder per file).
+        """The shared instance for ``path`` (one lock holder per file).
 
         Changes are published to ``publish_to`` (default: ``x.readonly.duckdb`` beside
         ``x.duckdb``) at most once per ``publish_interval_s``."""
         key = Path(path).expanduser().absolute()
-        with _registry_lock:
-            db = _registry.get(key)
+        with self._lock:
+            db = self._by_path.get(key)
             if db is None or db._pid != os.getpid():
-                db = _registry[key] = cls(key, lock_timeout_s=lock_timeout_s)
+                db = self._by_path[key] = Database(key, lock_timeout_s=lock_timeout_s)
+                self._live.add(db)
             db.lock_timeout_s = max(db.lock_timeout_s, lock_timeout_s)
             if publish_to is not None:
                 db.publication.target = Path(publish_to).expanduser().absolute()
             db.publication.interval_s = publish_interval_s
             return db
+
+    def close_all(self) -> None:
+        """At interpreter exit: publish pending changes and close every connection."""
+        for db in list(self._live):
+            if db._pid == os.getpid():
+                with contextlib.suppress(Exception):  # best effort at interpreter exit
+                    if db.publication.pending:
+                        with db._mutex, db._use(writable=True) as con:
+                            db._publish(con)
+                    db.close()
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: drop the inherited connections and lock descriptors without
+        unlocking or closing what the parent still uses."""
+        for db in list(self._live):
+            db._forget_after_fork()
+        self._by_path.clear()
+        self._lock = threading.Lock()
+
+
+class Database:
+    """Connections to one catalog file, serialised across processes by a lock file.
+
+    Use :meth:`Databases.open` (``PROCESS_DATABASES.open(path)``) to get the process-wide
+    instance for a path.
+    """
+
+    idle_s = 0.05
+    max_hold_s = 0.5
+    hold_max_s = 1.0
 
     def __init__(self, path: Path, *, lock_timeout_s: float = 60.0) -> None:
         self.path = Path(path)
@@ -109,7 +142,6 @@ class Database:
         # run ids seen completed on the open connection (runs are facts once ended); cleared
         # whenever a connection opens, so a replaced file never answers from it
         self.completed_runs: set[str] = set()
-        _live.add(self)
 
     # --- holding and releasing -----------------------------------------------------------
 
@@ -311,6 +343,21 @@ class Database:
                 self._holds -= 1
                 self._last_used = time.monotonic()
 
+    def _forget_after_fork(self) -> None:
+        # The child inherits the parent's lock descriptors and connection object: drop both
+        # without unlocking or closing what the parent still uses.
+        self._flock.forget()
+        self._intent.forget()
+        self._waiting.forget()
+        self._con = None
+        self._depth = 0
+        self._holds = 0
+        self._holds_lock = threading.Lock()
+        self._reaper = None
+        self._publisher = None
+        self.publication.pending = False  # the parent publishes its own changes
+        self._mutex = threading.RLock()
+
     def close(self) -> None:
         """Close the connection and release the lock now."""
         with self._mutex:
@@ -421,33 +468,8 @@ def _version() -> str:
         return "unknown"
 
 
-def _close_all() -> None:
-    for db in list(_live):
-        if db._pid == os.getpid():
-            with contextlib.suppress(Exception):  # best effort at interpreter exit
-                if db.publication.pending:
-                    with db._mutex, db._use(writable=True) as con:
-                        db._publish(con)
-                db.close()
+PROCESS_DATABASES = Databases()
+"""This process's open catalog files (see :class:`Databases` for why it is process-wide)."""
 
-
-def _after_fork_in_child() -> None:
-    # The child inherits the parent's lock descriptor and connection object: drop both
-    # without unlocking or closing what the parent still uses.
-    for db in list(_live):
-        db._flock.forget()
-        db._intent.forget()
-        db._waiting.forget()
-        db._con = None
-        db._depth = 0
-        db._holds = 0
-        db._holds_lock = threading.Lock()
-        db._reaper = None
-        db._publisher = None
-        db.publication.pending = False  # the parent publishes its own changes
-        db._mutex = threading.RLock()
-    _registry.clear()
-
-
-atexit.register(_close_all)
-os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(PROCESS_DATABASES.close_all)
+os.register_at_fork(after_in_child=PROCESS_DATABASES.after_fork_in_child)

@@ -1,0 +1,312 @@
+"""The catalog backend interface, and the registry of backends by URL scheme.
+
+:class:`~batchml.catalog.Catalog`, :class:`~batchml.catalog.Run` and
+:class:`~batchml.catalog.Ledger` talk to a :class:`CatalogBackend`, never to SQL text. The
+DuckDB backend (``duckdb``, :mod:`.duckdb_backend`) is the one shipped; a PostgreSQL backend
+implements the same methods and registers itself with :func:`register_backend`.
+
+A catalog is named by a path (a DuckDB file) or a URL whose scheme picks the backend
+(``duckdb:///srv/catalog.duckdb``; ``postgresql://...`` once that backend exists).
+
+What every backend guarantees:
+
+- runs are numbered per flow without gaps or races, and are facts once ended;
+- a claim is a lease, taken in one transaction with the model choice and the batch it opens,
+  so two workers never hold the same file at once;
+- a batch's outcomes are recorded only for the files whose claim the worker still holds.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .records import ClaimedBatch, FileRecord, FileRef
+
+
+class CatalogBackend(ABC):
+    """Where a catalog's runs, tags, models, file ledger and batches are stored."""
+
+    path: Path
+    """Where the catalog lives (a DuckDB file), for messages and ``batchml status``."""
+
+    # --- schema, connections, publication ----------------------------------------------------
+
+    @abstractmethod
+    def ensure_schema(self) -> list[str]:
+        """Create or upgrade the schema when it is behind; return the migrations applied."""
+
+    @abstractmethod
+    def migrate(self) -> list[str]:
+        """Apply every migration the catalog lacks, in one transaction; return their names."""
+
+    @abstractmethod
+    def schema_version(self) -> int:
+        """The highest migration applied (0 for an empty catalog)."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Any]:
+        """Every catalog write inside the block commits once, when it ends, or not at all."""
+
+    @abstractmethod
+    def hold(self) -> AbstractContextManager[None]:
+        """Keep the connection across the statements of this block (a worker's batch)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Let the connection (and any lock) go now."""
+
+    @property
+    @abstractmethod
+    def published_path(self) -> Path:
+        """The read-only copy people open."""
+
+    @abstractmethod
+    def publish(self) -> Path:
+        """Publish the read-only copy now; return its path."""
+
+    @abstractmethod
+    def published_at(self) -> datetime | None:
+        """When the read-only copy was published, read from the copy itself (None: not yet)."""
+
+    @abstractmethod
+    def sql(self, query: str, params: Iterable[Any] | None = None, *, write: bool = False,
+            views: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        """The ``batchml sql`` passthrough: a user's query, read-only unless ``write``."""
+
+    # --- runs --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def create_run(self, flow: str, *, params: Mapping[str, Any],
+                   prefect_flow_run_id: str | None, code_fingerprint: str | None,
+                   data_fingerprint: str | None, metrics: Mapping[str, float],
+                   tags: Sequence[str]) -> str:
+        """Start run ``flow/<next number>`` (``running``) with its step-0 metrics and tags, in
+        one transaction; return its id."""
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run's row (run_id, flow, number, status, started_at, ended_at, error, params,
+        prefect_flow_run_id, code_fingerprint, data_fingerprint), or None."""
+
+    @abstractmethod
+    def run_ids(self, flow: str | None = None, *, tag: str | None = None,
+                successful: bool | None = None, limit: int | None = None) -> list[str]:
+        """Run ids newest first, optionally of one flow, carrying ``tag`` now, by outcome."""
+
+    @abstractmethod
+    def latest_run_id(self, flow: str, *, tag: str | None = None,
+                      successful: bool = True) -> str | None:
+        """The newest run of ``flow`` (carrying ``tag`` now; completed if ``successful``)."""
+
+    @abstractmethod
+    def search_runs(self, flow: str | None = None, *, where: str | None = None,
+                    order_by: str | None = None, tag: str | None = None) -> pd.DataFrame:
+        """Runs as a frame with ``metrics.*`` and ``params.*`` columns (see
+        :meth:`Catalog.search_runs`)."""
+
+    @abstractmethod
+    def runs_overview(self, flow: str | None = None, *, tag: str | None = None,
+                      limit: int = 50) -> pd.DataFrame:
+        """What ``batchml runs`` lists: newest first, with key metrics and current tags."""
+
+    @abstractmethod
+    def set_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Replace the run's parameters."""
+
+    @abstractmethod
+    def set_data_fingerprint(self, run_id: str, value: str) -> None:
+        """Record the hash of the run's input data."""
+
+    @abstractmethod
+    def end_run(self, run_id: str, status: str, error: str | None) -> bool:
+        """End a running run as ``completed`` or ``failed``; False if it was not running."""
+
+    # --- metrics, tags, artifacts, models ----------------------------------------------------
+
+    @abstractmethod
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        """Record metric values, replacing the same key and step."""
+
+    @abstractmethod
+    def metrics(self, run_id: str) -> dict[str, float]:
+        """The latest value (highest step) of each metric."""
+
+    @abstractmethod
+    def tags(self, run_id: str) -> set[str]:
+        """The tags the run carries now."""
+
+    @abstractmethod
+    def tag_history(self, run_id: str) -> pd.DataFrame:
+        """Every time a tag was added to or removed from the run (tag, added_at, removed_at,
+        note)."""
+
+    @abstractmethod
+    def add_tag(self, run_id: str, tag: str, note: str | None) -> bool:
+        """Put ``tag`` on the run; False if it carries it already. Raises
+        :class:`~batchml.errors.RunNotFound`."""
+
+    @abstractmethod
+    def remove_tag(self, run_id: str, tag: str) -> bool:
+        """Take ``tag`` off the run, keeping its history; False if it was not there."""
+
+    @abstractmethod
+    def artifacts(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Artifacts by name: uri, sha256, bytes, kind."""
+
+    @abstractmethod
+    def record_artifact(self, run_id: str, name: str, *, uri: str, sha256: str, size: int,
+                        kind: str) -> None:
+        """Record (or replace) an artifact stored for the run."""
+
+    @abstractmethod
+    def models(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Models by name: flavor, signature (a dict), artifact, is_primary."""
+
+    @abstractmethod
+    def record_model(self, run_id: str, name: str, *, flavor: str,
+                     signature: Mapping[str, Any], artifact: str, primary: bool) -> None:
+        """Record (or replace) a model of the run; a primary one takes over from the last."""
+
+    # --- the file ledger ---------------------------------------------------------------------
+
+    @abstractmethod
+    def discover(self, refs: Sequence[FileRef]) -> list[str]:
+        """Record files not seen before; return the ids that are new."""
+
+    @abstractmethod
+    def claim(self, worker: str, *, limit: int, lease_s: float,
+              file_ids: Sequence[str] | None = None,
+              prefix: str | None = None) -> list[FileRecord]:
+        """Claim up to ``limit`` pending files (new, or their lease expired)."""
+
+    @abstractmethod
+    def claim_batch(self, worker: str, *, limit: int, lease_s: float, run_id: str | None,
+                    tag: str | None, flow: str, expect_run_id: str | None,
+                    file_ids: Sequence[str] | None, prefix: str | None,
+                    prefect_flow_run_id: str | None) -> ClaimedBatch:
+        """Choose the model, claim files and open their batch in one transaction (see
+        :meth:`Ledger.claim_batch`)."""
+
+    @abstractmethod
+    def renew(self, file_ids: Sequence[str], worker: str, *,
+              lease_s: float) -> tuple[set[str], datetime]:
+        """Extend the leases this worker still holds; return those ids and the new expiry."""
+
+    @abstractmethod
+    def release(self, file_ids: Sequence[str], worker: str, *, reason: str | None,
+                count_attempt: bool, max_attempts: int) -> int:
+        """Give claimed files back as pending (or failed once out of attempts)."""
+
+    @abstractmethod
+    def finish_file(self, file_id: str, worker: str, *, state: str, error: str | None,
+                    model_run_id: str | None, batch_id: str | None, output_uri: str | None,
+                    rows: int | None) -> bool:
+        """Move a claimed file to ``state``; False if the claim was lost."""
+
+    @abstractmethod
+    def requeue(self, *, uri: str | None, model_run_id: str | None) -> list[str]:
+        """Send scored, quarantined or failed files back to pending (``batchml reprocess``)."""
+
+    @abstractmethod
+    def has_pending(self, prefix: str | None = None) -> bool:
+        """Does some file (under ``prefix``) wait to be claimed?"""
+
+    @abstractmethod
+    def get_file(self, file_id: str) -> FileRecord | None:
+        """One ledger row."""
+
+    @abstractmethod
+    def files(self, state: str | None = None) -> pd.DataFrame:
+        """The ``file_status`` view, optionally one state."""
+
+    @abstractmethod
+    def file_counts(self) -> dict[str, int]:
+        """Files per state (states with none left out)."""
+
+    @abstractmethod
+    def record_rejected_event(self, ref: FileRef, payload: str) -> None:
+        """Keep an unparseable source event as a quarantined ledger row."""
+
+    @abstractmethod
+    def has_predictions_view(self, pattern: str) -> bool:
+        """Does the ``predictions`` view read the parquet glob ``pattern`` already?"""
+
+    @abstractmethod
+    def create_predictions_view(self, pattern: str) -> None:
+        """(Re)create the ``predictions`` view over the parquet glob ``pattern``."""
+
+    # --- batches -----------------------------------------------------------------------------
+
+    @abstractmethod
+    def start_batch(self, model_run_id: str | None, *,
+                    prefect_flow_run_id: str | None = None) -> str:
+        """Open a prediction batch; return its id."""
+
+    @abstractmethod
+    def record_files(self, batch_id: str, outcomes: Sequence[Any], worker: str, *,
+                     end: Mapping[str, Any] | None = None) -> set[str]:
+        """Record file outcomes of a batch (and close it with ``end``) in one transaction."""
+
+    @abstractmethod
+    def end_batch(self, batch_id: str, *, files: int, rows: int, duration_ms: float,
+                  error: str | None = None) -> None:
+        """Close a batch with its totals (``failed`` when ``error``)."""
+
+    @abstractmethod
+    def recent_file_errors(self, window_s: float = 3600) -> dict[str, int]:
+        """Files of batches that ended ``failed`` / ``quarantined`` in the last ``window_s``."""
+
+
+# --- the registry ---------------------------------------------------------------------------
+
+BackendFactory = Callable[..., CatalogBackend]
+
+# scheme -> factory, or "module:attribute" imported on first use (the DuckDB backend is not
+# imported until a catalog opens). Backends register at import time, as classes do, so this
+# holds no state of a running catalog.
+_BACKENDS: dict[str, BackendFactory | str] = {
+    "duckdb": "batchml.catalog.duckdb_backend:DuckDBBackend",
+}
+
+
+def register_backend(scheme: str, factory: BackendFactory | str) -> None:
+    """Open catalog URLs ``<scheme>://...`` with ``factory(location, **options)`` (a callable,
+    or ``"module:attribute"`` imported on first use)."""
+    _BACKENDS[scheme.lower()] = factory
+
+
+def split_location(target: str | Path) -> tuple[str, str]:
+    """``(scheme, location)`` of a catalog path or URL; a plain path is a DuckDB file."""
+    text = str(target)
+    scheme, sep, rest = text.partition("://")
+    if not sep or not scheme.isidentifier():
+        return "duckdb", text
+    return scheme.lower(), rest if scheme.lower() == "duckdb" else text
+
+
+def open_backend(target: str | Path, **options: Any) -> CatalogBackend:
+    """The backend for a catalog path or URL, opened with ``options`` (``lock_timeout_s``,
+    ``published_path``, ``publish_interval_s`` for DuckDB)."""
+    scheme, location = split_location(target)
+    factory = _BACKENDS.get(scheme)
+    if factory is None:
+        raise ConfigError(f"No catalog backend for {scheme}:// URLs.",
+                          hint=f"Known: {', '.join(sorted(_BACKENDS))}; a plain path is a "
+                               "DuckDB file.")
+    if isinstance(factory, str):
+        module, _, attribute = factory.partition(":")
+        factory = getattr(importlib.import_module(module), attribute)
+        _BACKENDS[scheme] = factory
+    return factory(location, **options)
+

@@ -1,0 +1,297 @@
+"""The DuckDB SQL of the file ledger and its batches (part of :class:`.DuckDBBackend`).
+
+Claims are taken inside one exclusive catalog transaction (the write lock of :mod:`._db`), so
+two workers never hold the same file at once; a worker's outcomes are recorded only for the
+files whose claim it still holds.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ._db import utcnow
+from .records import ClaimedBatch, FileRecord
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ._db import Database
+    from .records import FileRef
+
+_COLUMNS = "file_id, source_uri, etag, size, mtime, state, attempts, error, claimed_by"
+
+
+def _batch_id(now: datetime) -> str:
+    return f"batch-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+class DuckDBLedger:
+    """The ledger and batch methods of :class:`~batchml.catalog.backend.CatalogBackend` over
+    DuckDB; :class:`.DuckDBBackend` mixes them in."""
+
+    db: Database
+
+    def _latest_tagged(self, con: Any, flow: str, tag: str, successful: bool) -> Any:
+        raise NotImplementedError  # the runs half of the backend provides it
+
+    def discover(self, refs: Sequence[FileRef]) -> list[str]:
+        """Reads first: a poll that finds only known files costs one shared read, no write."""
+        rows = {r.file_id: r for r in refs}
+        if not rows:
+            return []
+        with self.db.read() as con:
+            known = {r[0] for r in con.execute(
+                "SELECT file_id FROM files WHERE file_id IN (SELECT unnest(?))",
+                [list(rows)]).fetchall()}
+        new = [r for fid, r in rows.items() if fid not in known]
+        if not new:
+            return []
+        now = utcnow()
+        with self.db.write(single=True) as con:
+            # another process may have recorded some in between: those are not new
+            added = {r[0] for r in con.execute(
+                "INSERT OR IGNORE INTO files (file_id, source_uri, etag, size, mtime, state,"
+                " discovered_at, updated_at) SELECT unnest(?), unnest(?), unnest(?),"
+                " unnest(?), unnest(?::TIMESTAMPTZ[]), 'discovered', ?, ? RETURNING file_id",
+                [[r.file_id for r in new], [r.uri for r in new], [r.etag for r in new],
+                 [r.size for r in new], [r.mtime for r in new], now, now]).fetchall()}
+        return [r.file_id for r in new if r.file_id in added]
+
+    def claim(self, worker: str, *, limit: int, lease_s: float,
+              file_ids: Sequence[str] | None = None,
+              prefix: str | None = None) -> list[FileRecord]:
+        with self.db.write(single=True) as con:
+            return self._claim(con, worker, utcnow(), limit=limit, lease_s=lease_s,
+                               file_ids=file_ids, prefix=prefix)
+
+    @staticmethod
+    def _claim(con: Any, worker: str, now: datetime, *, limit: int, lease_s: float,
+               file_ids: Sequence[str] | None, prefix: str | None) -> list[FileRecord]:
+        where = ("(state = 'discovered' OR (state = 'claimed' AND lease_expires_at < ?))")
+        args: list[Any] = [now]
+        if file_ids is not None:
+            where += " AND file_id IN (SELECT unnest(?))"
+            args.append(list(file_ids))
+        if prefix is not None:
+            where += " AND starts_with(source_uri, ?)"
+            args.append(prefix)
+        rows = con.execute(
+            f"UPDATE files SET state = 'claimed', claimed_by = ?, claimed_at = ?,"
+            f" lease_expires_at = ?, attempts = attempts + 1, updated_at = ?"
+            f" WHERE file_id IN (SELECT file_id FROM files WHERE {where}"
+            f" ORDER BY discovered_at, source_uri LIMIT {int(limit)})"
+            f" RETURNING {_COLUMNS}",
+            [worker, now, now + timedelta(seconds=lease_s), now, *args]).fetchall()
+        return [FileRecord(*r) for r in sorted(rows, key=lambda r: r[1])]
+
+    def claim_batch(self, worker: str, *, limit: int, lease_s: float, run_id: str | None,
+                    tag: str | None, flow: str, expect_run_id: str | None,
+                    file_ids: Sequence[str] | None, prefix: str | None,
+                    prefect_flow_run_id: str | None) -> ClaimedBatch:
+        with self.db.write() as con:
+            now = utcnow()
+            if run_id is None:
+                if tag is None:
+                    raise ValueError("Give a run id or a tag to choose the model.")
+                row = self._latest_tagged(con, flow, tag, True)
+                if row is None:
+                    return ClaimedBatch(None, None, [], None)
+                run_id = str(row[0])
+            if expect_run_id is not None and run_id != expect_run_id:
+                return ClaimedBatch(None, run_id, [], None)
+            records = self._claim(con, worker, now, limit=limit, lease_s=lease_s,
+                                  file_ids=file_ids, prefix=prefix)
+            if not records:
+                return ClaimedBatch(None, run_id, [], None)
+            batch_id = _batch_id(now)
+            con.execute("INSERT INTO prediction_batches (batch_id, model_run_id, status,"
+                        " started_at, prefect_flow_run_id) VALUES (?, ?, 'running', ?, ?)",
+                        [batch_id, run_id, now, prefect_flow_run_id])
+        return ClaimedBatch(batch_id, run_id, records, now + timedelta(seconds=lease_s))
+
+    def renew(self, file_ids: Sequence[str], worker: str, *,
+              lease_s: float) -> tuple[set[str], datetime]:
+        expires = utcnow() + timedelta(seconds=lease_s)
+        if not file_ids:
+            return set(), expires
+        with self.db.write(single=True) as con:
+            rows = con.execute(
+                "UPDATE files SET lease_expires_at = ? WHERE file_id IN (SELECT unnest(?))"
+                " AND state = 'claimed' AND claimed_by = ? RETURNING file_id",
+                [expires, list(file_ids), worker]).fetchall()
+        return {r[0] for r in rows}, expires
+
+    def release(self, file_ids: Sequence[str], worker: str, *, reason: str | None,
+                count_attempt: bool, max_attempts: int) -> int:
+        if not file_ids:
+            return 0
+        with self.db.write() as con:
+            done = con.execute(
+                "UPDATE files SET state = CASE WHEN ? AND attempts >= ? THEN 'failed'"
+                " ELSE 'discovered' END,"
+                " attempts = CASE WHEN ? THEN attempts ELSE greatest(attempts - 1, 0) END,"
+                " error = coalesce(?, error), claimed_by = NULL, lease_expires_at = NULL,"
+                " updated_at = ? WHERE file_id IN (SELECT unnest(?)) AND state = 'claimed'"
+                " AND claimed_by = ? RETURNING file_id",
+                [count_attempt, max_attempts, count_attempt, reason, utcnow(),
+                 list(file_ids), worker]).fetchall()
+        return len(done)
+
+    def finish_file(self, file_id: str, worker: str, *, state: str, error: str | None,
+                    model_run_id: str | None, batch_id: str | None, output_uri: str | None,
+                    rows: int | None) -> bool:
+        with self.db.write() as con:
+            done = con.execute(
+                "UPDATE files SET state = ?, error = ?, model_run_id = ?, batch_id = ?,"
+                " output_uri = ?, rows = ?, claimed_by = NULL, lease_expires_at = NULL,"
+                " updated_at = ? WHERE file_id = ? AND state = 'claimed' AND claimed_by = ?"
+                " RETURNING file_id",
+                [state, error, model_run_id, batch_id, output_uri, rows, utcnow(), file_id,
+                 worker]).fetchall()
+        return bool(done)
+
+    def requeue(self, *, uri: str | None, model_run_id: str | None) -> list[str]:
+        where, args = [], []
+        if uri is not None:
+            where.append("source_uri = ?")
+            args.append(uri)
+        if model_run_id is not None:
+            where.append("model_run_id = ?")
+            args.append(model_run_id)
+        if not where:
+            raise ValueError("Say which files to reprocess: a URI or a model run.")
+        with self.db.write() as con:
+            rows = con.execute(
+                "UPDATE files SET state = 'discovered', attempts = 0, claimed_by = NULL,"
+                " lease_expires_at = NULL, error = 'reprocess requested', updated_at = ?"
+                f" WHERE {' AND '.join(where)} AND state IN ('scored', 'quarantined', 'failed')"
+                " RETURNING file_id", [utcnow(), *args]).fetchall()
+        return [r[0] for r in rows]
+
+    def has_pending(self, prefix: str | None = None) -> bool:
+        with self.db.read() as con:
+            row = con.execute("SELECT EXISTS (SELECT 1 FROM files WHERE (state = 'discovered' OR"
+                              " (state = 'claimed' AND lease_expires_at < ?))"
+                              " AND starts_with(source_uri, ?))",
+                              [utcnow(), prefix or ""]).fetchone()
+        return bool(row and row[0])
+
+    def get_file(self, file_id: str) -> FileRecord | None:
+        with self.db.read() as con:
+            row = con.execute(f"SELECT {_COLUMNS} FROM files WHERE file_id = ?",
+                              [file_id]).fetchone()
+        return FileRecord(*row) if row else None
+
+    def files(self, state: str | None = None) -> pd.DataFrame:
+        sql = "SELECT * FROM file_status" + (" WHERE state = ?" if state else "")
+        with self.db.read(read_only=True) as con:
+            return con.execute(sql, [state] if state else None).df()
+
+    def file_counts(self) -> dict[str, int]:
+        with self.db.read() as con:
+            rows = con.execute("SELECT state, count(*) FROM files GROUP BY state").fetchall()
+        return {s: int(n) for s, n in rows}
+
+    def record_rejected_event(self, ref: FileRef, payload: str) -> None:
+        now = utcnow()
+        with self.db.write() as con:
+            con.execute(
+                "INSERT OR IGNORE INTO files (file_id, source_uri, etag, state, attempts, error,"
+                " discovered_at, updated_at) VALUES (?, ?, ?, 'quarantined', 0, ?, ?, ?)",
+                [ref.file_id, ref.uri, ref.etag, payload, now, now])
+
+    def has_predictions_view(self, pattern: str) -> bool:
+        with self.db.read() as con:
+            row = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'predictions'"
+                              ).fetchone()
+        return bool(row and pattern.replace("'", "''") in row[0])
+
+    def create_predictions_view(self, pattern: str) -> None:
+        quoted = pattern.replace("'", "''")
+        with self.db.write() as con:
+            con.execute(f"CREATE OR REPLACE VIEW predictions AS SELECT * FROM"
+                        f" read_parquet('{quoted}', union_by_name = true)")
+
+    # --- batches -----------------------------------------------------------------------------
+
+    def start_batch(self, model_run_id: str | None, *,
+                    prefect_flow_run_id: str | None = None) -> str:
+        batch_id = _batch_id(utcnow())
+        with self.db.write() as con:
+            con.execute("INSERT INTO prediction_batches (batch_id, model_run_id, status,"
+                        " started_at, prefect_flow_run_id) VALUES (?, ?, 'running', ?, ?)",
+                        [batch_id, model_run_id, utcnow(), prefect_flow_run_id])
+        return batch_id
+
+    def record_files(self, batch_id: str, outcomes: Sequence[Any], worker: str, *,
+                     end: Mapping[str, Any] | None = None) -> set[str]:
+        done: set[str] = set()
+        if not outcomes and end is None:
+            return done
+        now = utcnow()
+        with self.db.write() as con:
+            if outcomes:
+                o = outcomes
+                done = {r[0] for r in con.execute(
+                    # numbered: DuckDB 1.5 binds the FROM subquery's parameters first
+                    "UPDATE files SET state = v.state, error = v.error,"
+                    " model_run_id = v.model_run_id, batch_id = $1, output_uri = v.output_uri,"
+                    " rows = v.rows, claimed_by = NULL, lease_expires_at = NULL,"
+                    " updated_at = $2 FROM (SELECT unnest($3::VARCHAR[]) AS file_id,"
+                    " unnest($4::VARCHAR[]) AS state, unnest($5::VARCHAR[]) AS error,"
+                    " unnest($6::VARCHAR[]) AS model_run_id, unnest($7::VARCHAR[]) AS output_uri,"
+                    " unnest($8::BIGINT[]) AS rows) v WHERE files.file_id = v.file_id"
+                    " AND files.state = 'claimed' AND files.claimed_by = $9"
+                    " RETURNING files.file_id",
+                    [batch_id, now, [x.file_id for x in o], [x.status for x in o],
+                     [x.error for x in o], [x.model_run_id for x in o],
+                     [x.output_uri for x in o], [x.rows for x in o], worker]).fetchall()}
+                kept = [x for x in o if x.file_id in done]
+                if kept:
+                    con.execute(
+                        "INSERT OR REPLACE INTO batch_files (batch_id, file_id, source_uri,"
+                        " model_run_id, status, output_uri, rows, positives, duration_ms, error,"
+                        " reprocess, finished_at, truncated_values)"
+                        " SELECT ?, unnest(?::VARCHAR[]),"
+                        " unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]),"
+                        " unnest(?::VARCHAR[]), unnest(?::BIGINT[]), unnest(?::BIGINT[]),"
+                        " unnest(?::DOUBLE[]), unnest(?::VARCHAR[]), unnest(?::BOOLEAN[]), ?,"
+                        " unnest(?::BIGINT[])",
+                        [batch_id, [x.file_id for x in kept], [x.source_uri for x in kept],
+                         [x.model_run_id for x in kept], [x.status for x in kept],
+                         [x.output_uri for x in kept], [x.rows for x in kept],
+                         [x.positives for x in kept], [x.duration_ms for x in kept],
+                         [x.error for x in kept], [bool(x.reprocess) for x in kept], now,
+                         [int(getattr(x, "truncated", 0) or 0) for x in kept]])
+            if end is not None:
+                kept = [x for x in outcomes if x.file_id in done]
+                self._end_batch(con, batch_id, now, **{
+                    **end, "files": end["files"] + len(kept),
+                    "rows": end["rows"] + sum(x.rows or 0 for x in kept)})
+        return done
+
+    def end_batch(self, batch_id: str, *, files: int, rows: int, duration_ms: float,
+                  error: str | None = None) -> None:
+        with self.db.write() as con:
+            self._end_batch(con, batch_id, utcnow(), files=files, rows=rows,
+                            duration_ms=duration_ms, error=error)
+
+    @staticmethod
+    def _end_batch(con: Any, batch_id: str, now: datetime, *, files: int, rows: int,
+                   duration_ms: float, error: str | None = None) -> None:
+        con.execute("UPDATE prediction_batches SET status = ?, ended_at = ?, files = ?,"
+                    " rows = ?, duration_ms = ?, error = ? WHERE batch_id = ?",
+                    ["failed" if error else "completed", now, files, rows, duration_ms,
+                     error, batch_id])
+
+    def recent_file_errors(self, window_s: float = 3600) -> dict[str, int]:
+        with self.db.read() as con:
+            row = con.execute(
+                "SELECT count(*) FILTER (status = 'failed') AS failed,"
+                " count(*) FILTER (status = 'quarantined') AS quarantined FROM batch_files"
+                " WHERE finished_at > now() - to_seconds(?)", [float(window_s)]).fetchone()
+        failed, quarantined = row if row else (0, 0)
+        return {"failed": int(failed), "quarantined": int(quarantined)}

@@ -22,6 +22,7 @@ from .scorer import CommitRefused, ModelSpec, ScorerConfig, _pack
 
 if TYPE_CHECKING:
     from .scoring import LoadedModel
+    from .store import S3Health
 
 
 
@@ -44,7 +45,8 @@ class _AskingOutbox:
         return str(self._outbox.commit(tmp, key))
 
 
-def _load_model(spec: ModelSpec, config: ScorerConfig) -> LoadedModel:
+def _load_model(spec: ModelSpec, config: ScorerConfig,
+                health: S3Health | None = None) -> LoadedModel:
     from .estimators import load_estimator
     from .scoring import LoadedModel
     from .store import S3Store, split_s3_uri, store_for_uri
@@ -52,7 +54,7 @@ def _load_model(spec: ModelSpec, config: ScorerConfig) -> LoadedModel:
     if spec.artifact_uri.startswith("s3://"):
         bucket, _ = split_s3_uri(spec.artifact_uri)
         store: Any = S3Store(f"s3://{bucket}", endpoint_url=config.s3_endpoint_url,
-                             region=config.s3_region)
+                             region=config.s3_region, health=health)
     else:
         store = store_for_uri(spec.artifact_uri)
     estimator = load_estimator(spec.flavor, store.get(spec.artifact_uri, sha256=spec.sha256))
@@ -83,16 +85,15 @@ def child_main(fd: int) -> None:
     kind, config = conn.recv()
     assert kind == "init"
     from .scoring import Outbox, score_file
+    from .store import S3Health
 
     s3 = None
-    if config.s3_health_dir:  # S3 calls made here count in `batchml status` too
-        from .store import S3_HEALTH
-
-        S3_HEALTH.persist_to(config.s3_health_dir)
+    # this process's S3 calls (outbox, model artifacts) count in `batchml status` too
+    health = S3Health(config.s3_health_dir)
     if config.outbox.startswith("s3://"):
         from .store import s3_client
 
-        s3 = s3_client(config.s3_endpoint_url, config.s3_region)
+        s3 = s3_client(config.s3_endpoint_url, config.s3_region, health=health)
     outbox = _AskingOutbox(Outbox(config.outbox, s3=s3), conn)
     models: dict[str, LoadedModel] = {}
     try:
@@ -113,7 +114,7 @@ def child_main(fd: int) -> None:
             if model is None:
                 if len(models) >= 4:
                     models.pop(next(iter(models)))
-                model = models[spec.run_id] = _load_model(spec, config)
+                model = models[spec.run_id] = _load_model(spec, config, health)
             _fault_hooks(job["record"].source_uri, config)
             outcome = score_file(Path(job["path"]), job["record"], model, outbox,  # type: ignore[arg-type]
                                  job["batch_id"], batch_rows=config.batch_rows,

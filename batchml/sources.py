@@ -25,11 +25,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from .catalog import FileRecord, FileRef
 from .errors import ConfigError, FileTooLarge
+
+if TYPE_CHECKING:
+    from .store import S3Health
 
 log = logging.getLogger("batchml.sources")
 
@@ -202,13 +205,14 @@ class _RemoteFiles:
     objects stay where they are (the ledger says why they were not scored)."""
 
     client: Any
+    health: S3Health | None = None  # counts downloads that broke off (the client's tracker)
     max_file_bytes: int | None = None  # larger objects are refused before download
 
     @contextmanager
     def fetch(self, record: FileRecord) -> Iterator[Path]:
         """Download the exact version (If-Match on the ETag) to a temp file; an object over
         ``max_file_bytes`` raises :class:`~batchml.errors.FileTooLarge` first."""
-        yield from _download(self.client, record, self.max_file_bytes)
+        yield from _download(self.client, record, self.max_file_bytes, self.health)
 
     def quarantine(self, record: FileRecord, reason: str) -> str | None:
         return None
@@ -221,9 +225,10 @@ class S3PrefixSource(_RemoteFiles):
     """An ``s3://bucket/prefix`` polled with ``list_objects_v2`` (all pages, every poll)."""
 
     def __init__(self, uri: str, *, client: Any, poll_s: float = 2.0,
-                 page_size: int = 1000) -> None:
+                 page_size: int = 1000, health: S3Health | None = None) -> None:
         from .store import split_s3_uri
 
+        self.health = health
         self.page_size = page_size
         self.uri = uri.rstrip("/")
         self.bucket, self.prefix = split_s3_uri(self.uri + "/")
@@ -287,9 +292,10 @@ def sweep_stale_downloads(directory: str | None = None) -> int:
     return removed
 
 
-def _download(client: Any, record: FileRecord, max_bytes: int | None = None) -> Iterator[Path]:
+def _download(client: Any, record: FileRecord, max_bytes: int | None = None,
+              health: S3Health | None = None) -> Iterator[Path]:
     from .limits import Limits, check_object_size
-    from .store import S3_HEALTH, split_s3_uri, translate_s3_error
+    from .store import S3Health, split_s3_uri, translate_s3_error
 
     limits = Limits(max_file_bytes=max_bytes)
     check_object_size(record.source_uri, record.size, limits)  # the size the listing gave
@@ -316,7 +322,7 @@ def _download(client: Any, record: FileRecord, max_bytes: int | None = None) -> 
             except FileTooLarge:
                 raise
             except Exception as exc:  # the body broke off: botocore does not retry that
-                S3_HEALTH.note_stream_error(exc, record.source_uri)
+                (health or S3Health()).note_stream_error(exc, record.source_uri)
                 raise
         except FileTooLarge:
             raise
@@ -341,7 +347,8 @@ class SQSSource(_RemoteFiles):
     """
 
     def __init__(self, queue_url: str, *, sqs: Any, s3: Any, wait_s: int = 1,
-                 on_rejected: Any = None) -> None:
+                 on_rejected: Any = None, health: S3Health | None = None) -> None:
+        self.health = health
         self.queue_url = queue_url
         self.uri = f"sqs://{queue_url}"
         self.sqs = sqs
@@ -387,15 +394,21 @@ class SQSSource(_RemoteFiles):
         pass  # receive_message already long-polls
 
 
-def open_source(uri: str, *, settings: Any, on_rejected: Any = None) -> Any:
-    """The source for ``uri``: a directory, ``s3://bucket/prefix`` or ``sqs://queue-url``."""
-    from .store import S3_HEALTH, s3_client
+def open_source(uri: str, *, settings: Any, on_rejected: Any = None,
+                health: S3Health | None = None) -> Any:
+    """The source for ``uri``: a directory, ``s3://bucket/prefix`` or ``sqs://queue-url``.
 
-    # every S3 call of this process is counted into HOME/s3-health for `batchml status`
-    S3_HEALTH.persist_to(Path(settings.home) / "s3-health")
+    ``health`` counts the source's S3 calls; by default a new tracker whose counts
+    ``batchml status`` shows (``HOME/s3-health``). Pass the caller's to count the source's
+    calls with the caller's other S3 calls."""
+    from .store import S3Health, s3_client
+
+    if health is None:
+        health = S3Health.for_home(settings.home)
     if uri.startswith("s3://"):
         prefix = S3PrefixSource(uri, client=s3_client(settings.s3_endpoint_url,
-                                                      settings.s3_region))
+                                                      settings.s3_region, health=health),
+                                health=health)
         prefix.max_file_bytes = settings.max_file_bytes
         return prefix
     if uri.startswith("sqs://"):
@@ -407,8 +420,9 @@ def open_source(uri: str, *, settings: Any, on_rejected: Any = None) -> Any:
         sqs = boto3.client("sqs", endpoint_url=settings.s3_endpoint_url,
                            region_name=settings.s3_region)
         queue = SQSSource(queue_url, sqs=sqs,
-                          s3=s3_client(settings.s3_endpoint_url, settings.s3_region),
-                          on_rejected=on_rejected)
+                          s3=s3_client(settings.s3_endpoint_url, settings.s3_region,
+                                       health=health),
+                          on_rejected=on_rejected, health=health)
         queue.max_file_bytes = settings.max_file_bytes
         return queue
     if "://" in uri:
@@ -421,10 +435,11 @@ class ListSource:
     """An explicit list of files (local paths or ``s3://`` URIs), for one-off scoring."""
 
     def __init__(self, uris: list[str], *, client: Any = None,
-                 max_file_bytes: int | None = None) -> None:
+                 max_file_bytes: int | None = None, health: S3Health | None = None) -> None:
         self.uris = uris
         self.uri = "list"
         self.client = client
+        self.health = health  # the tracker ``client`` was made with (broken-off downloads)
         self.max_file_bytes = max_file_bytes  # s3:// objects larger are never downloaded
 
     def poll(self) -> list[FileRef]:
@@ -453,7 +468,7 @@ class ListSource:
     @contextmanager
     def fetch(self, record: FileRecord) -> Iterator[Path]:
         if record.source_uri.startswith("s3://"):
-            yield from _download(self.client, record, self.max_file_bytes)
+            yield from _download(self.client, record, self.max_file_bytes, self.health)
         else:
             yield Path(record.source_uri)
 

@@ -8,7 +8,7 @@ from .catalog import Catalog, Ledger
 from .errors import BatchMLError
 from .resolve import ModelRef, ModelResolver
 from .settings import Settings
-from .store import s3_health_summary
+from .store import HEALTH_DIR, s3_health_summary
 
 
 def collect_status(catalog: Catalog, settings: Settings,
@@ -27,7 +27,7 @@ def collect_status(catalog: Catalog, settings: Settings,
     errors = catalog.recent_file_errors(window_s=3600)
     recent: dict[str, Any] = {k: v for k, v in errors.items() if v}
     # S3 calls of every batchml process of this home (serve, watch workers), last 15 minutes
-    s3 = s3_health_summary(settings.home / "s3-health")
+    s3 = s3_health_summary(settings.home / HEALTH_DIR)
     if s3 and (s3["failed_attempts"] or s3["failed_calls"]):
         recent[f"s3 (last {s3['window_minutes']:g} min)"] = (
             f"{s3['failed_attempts']} of {s3['attempts']} requests failed "

@@ -171,16 +171,19 @@ _TRANSIENT_CODES = frozenset({
 _TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
-def s3_client(endpoint_url: str | None = None, region: str | None = None) -> Any:
+def s3_client(endpoint_url: str | None = None, region: str | None = None, *,
+              health: S3Health | None = None) -> Any:
     """A boto3 S3 client with standard retries (backoff on throttling, 5xx and connection
-    errors) whose every call is counted and logged by :data:`S3_HEALTH`."""
+    errors) whose every call is counted and logged by ``health``: the tracker the entry point
+    made (:meth:`S3Health.for_home`, counted in ``batchml status``), or by default a private
+    one that only logs retried and failed calls."""
     import boto3
     from botocore.config import Config
 
     config = Config(retries={"total_max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
                     connect_timeout=5, read_timeout=60)
     client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
-    S3_HEALTH.watch(client)
+    (health if health is not None else S3Health()).watch(client)
     return client
 
 
@@ -246,6 +249,8 @@ def translate_s3_error(exc: Exception, uri: str) -> ArtifactError:
 
 # --- S3 call health: counted per process, logged, summed by `batchml status` -----------------
 
+HEALTH_DIR = "s3-health"
+"""Where, under the batchml home, every tracker of :meth:`S3Health.for_home` writes."""
 HEALTH_WINDOW_S = 15 * 60
 """`batchml status` sums S3 attempts, retries and failures over this many seconds."""
 _BUCKET_S = 60
@@ -253,18 +258,21 @@ _KEEP_BUCKETS = 60  # one hour of per-minute buckets in each process's file
 
 
 class S3Health:
-    """Counts every S3 HTTP attempt and call of this process through botocore's event hooks
-    (``needs-retry`` sees each attempt, ``after-call`` / ``after-call-error`` each call with
-    its ``RetryAttempts``), logs each call that needed a retry or failed (logger
+    """Counts every S3 HTTP attempt and call of the clients it watches through botocore's
+    event hooks (``needs-retry`` sees each attempt, ``after-call`` / ``after-call-error`` each
+    call with its ``RetryAttempts``), logs each call that needed a retry or failed (logger
     ``batchml.store``, WARNING / ERROR), and keeps per-minute counts.
 
-    With :meth:`persist_to` set (``sources.open_source`` sets ``HOME/s3-health``) the counts are
-    written to ``<dir>/<pid>.json`` at most once a second and at exit, so ``batchml status``
+    Made by an entry point and passed down (``s3_client(..., health=)``, the sources, the
+    worker, the scorer process): there is no process-wide tracker. Made with a directory
+    (:meth:`for_home`: ``HOME/s3-health``) it writes its counts to
+    ``<dir>/<pid>-<tracker>.json`` at most once a second and at exit, so ``batchml status``
     shows the S3 error rate of every worker and of ``batchml serve``
     (:func:`s3_health_summary`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, persist_dir: str | Path | None = None) -> None:
         import threading
+        import uuid
 
         self._lock = threading.Lock()
         self.totals: dict[str, int] = {}
@@ -273,6 +281,16 @@ class S3Health:
         self._dir: Path | None = None
         self._written = 0.0
         self._started = 0.0
+        # several trackers of one process may share a directory: one file each
+        self._name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+        if persist_dir is not None:
+            self.persist_to(persist_dir)
+
+    @classmethod
+    def for_home(cls, home: str | Path) -> S3Health:
+        """A tracker whose counts ``batchml status`` shows (written under
+        ``HOME/`` :data:`HEALTH_DIR`)."""
+        return cls(Path(home) / HEALTH_DIR)
 
     # the hooks -----------------------------------------------------------------------------
 
@@ -384,13 +402,10 @@ class S3Health:
             self._written = time.time()
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self._dir / f"{os.getpid()}.json",
+            atomic_write_bytes(self._dir / self._name,
                                json.dumps(data).encode())
         except OSError as exc:  # counting must never break a call
             log.debug("could not write S3 health to %s: %s", self._dir, exc)
-
-
-S3_HEALTH = S3Health()
 
 
 def s3_health_summary(directory: str | Path, *, window_s: float = HEALTH_WINDOW_S,
@@ -404,7 +419,7 @@ def s3_health_summary(directory: str | Path, *, window_s: float = HEALTH_WINDOW_
     since = now - window_s
     sums: dict[str, int] = {}
     codes: dict[str, int] = {}
-    processes = 0
+    processes: set[str] = set()  # a process may have written several trackers' files
     root = Path(directory)
     if not root.is_dir():
         return None
@@ -428,12 +443,13 @@ def s3_health_summary(directory: str | Path, *, window_s: float = HEALTH_WINDOW_
                         codes[c] = codes.get(c, 0) + int(n)
                 else:
                     sums[key] = sums.get(key, 0) + int(value)
-        processes += counted
+        if counted:
+            processes.add(str(data.get("pid", path.stem.split("-")[0])))
     if not sums:
         return None
     attempts = sums.get("attempts", 0)
     failed = sums.get("failed_attempts", 0)
-    return {"window_minutes": round(window_s / 60, 1), "processes": processes,
+    return {"window_minutes": round(window_s / 60, 1), "processes": len(processes),
             "calls": sums.get("calls", 0), "attempts": attempts, "failed_attempts": failed,
             "retries": sums.get("retries", 0), "retried_calls": sums.get("retried_calls", 0),
             "failed_calls": sums.get("failed_calls", 0),
@@ -445,10 +461,10 @@ class S3Store:
     """Artifacts under an ``s3://bucket/prefix``."""
 
     def __init__(self, root: str, *, client: Any = None, endpoint_url: str | None = None,
-                 region: str | None = None) -> None:
+                 region: str | None = None, health: S3Health | None = None) -> None:
         self.root = root.rstrip("/")
         self.bucket, self.prefix = split_s3_uri(self.root)
-        self.client = client or s3_client(endpoint_url, region)
+        self.client = client or s3_client(endpoint_url, region, health=health)
 
     def uri(self, key: str) -> str:
         return f"{self.root}/{_check_key(key)}"

@@ -28,6 +28,7 @@ from .scoring import FileOutcome, LoadedModel, ModelCache, Outbox, score_file
 if TYPE_CHECKING:
     from .catalog import Catalog
     from .settings import Settings
+    from .store import S3Health
 
 log = logging.getLogger("batchml.worker")
 
@@ -64,17 +65,21 @@ class Worker:
     def __init__(self, catalog: Catalog, source: Any, settings: Settings, *,
                  outbox: Outbox | None = None, run_id: str | None = None,
                  tag: str | None = None, cache: ModelCache | None = None,
-                 name: str | None = None, isolate: bool = False) -> None:
+                 name: str | None = None, isolate: bool = False,
+                 health: S3Health | None = None) -> None:
         self.catalog = catalog
         self.source = source
         self.settings = settings
+        self.health = health
+        """Counts the S3 calls of the outbox client this worker makes (the entry point's
+        tracker, see :meth:`for_source`; ``None``: a private one that only logs)."""
         self.ledger = Ledger(catalog)
         s3 = getattr(source, "client", None)
         if outbox is None:
             if str(settings.outbox).startswith("s3://") and s3 is None:
                 from .store import s3_client
 
-                s3 = s3_client(settings.s3_endpoint_url, settings.s3_region)
+                s3 = s3_client(settings.s3_endpoint_url, settings.s3_region, health=health)
             outbox = Outbox(str(settings.outbox), s3=s3)
         self.outbox = outbox
         self.ref = ModelRef.from_options(run_id, tag, default_tag=settings.model_tag)
@@ -99,15 +104,18 @@ class Worker:
                    run_id: str | None = None, tag: str | None = None) -> Worker:
         """A worker on the source at ``uri`` (default: the inbox), with rejected queue
         messages kept in the ledger, scoring in a scorer process unless
-        ``BATCHML_ISOLATE_SCORING`` is off."""
+        ``BATCHML_ISOLATE_SCORING`` is off. Its S3 calls (source and outbox) are counted by
+        one tracker whose counts ``batchml status`` shows."""
         from .catalog import Catalog
         from .sources import open_source
+        from .store import S3Health
 
         catalog = Catalog.from_settings(settings)
+        health = S3Health.for_home(settings.home)
         source = open_source(uri or str(settings.inbox), settings=settings,
-                             on_rejected=Ledger(catalog).record_rejected_event)
+                             on_rejected=Ledger(catalog).record_rejected_event, health=health)
         return cls(catalog, source, settings, run_id=run_id, tag=tag,
-                   isolate=settings.isolate_scoring)
+                   isolate=settings.isolate_scoring, health=health)
 
     def model_spec(self, model: LoadedModel) -> ModelSpec:
         """Where the scorer process finds ``model``'s bytes (read from the catalog here, so

@@ -109,3 +109,67 @@ def test_catalog_on_s3_artifacts(tmp_path: Path, s3_bucket: str, aws_env: str) -
     info = run.log_artifact("report.md", b"# hi")
     assert info["uri"] == f"s3://{s3_bucket}/art/runs/train/1/report.md"
     assert run.fetch_artifact("report.md") == b"# hi"
+
+
+# --- S3 call health: a tracker made by the entry point and passed down (no module state) ---
+
+
+def test_s3_health_counts_only_the_clients_it_was_given(tmp_path: Path, s3_bucket: str,
+                                                        aws_env: str) -> None:
+    """Each client counts into the tracker it was made with; one made without counts into
+    no shared place, so nothing is written for `batchml status`."""
+    from batchml.store import S3Health, s3_client, s3_health_summary
+
+    health = S3Health(tmp_path / "s3-health")
+    counted = s3_client(aws_env, "us-east-1", health=health)
+    private = s3_client(aws_env, "us-east-1")
+    counted.list_objects_v2(Bucket=s3_bucket)
+    private.list_objects_v2(Bucket=s3_bucket)
+    private.list_objects_v2(Bucket=s3_bucket)
+    assert health.totals["calls"] == 1 and health.totals["attempts"] == 1
+    health.flush()
+    summary = s3_health_summary(tmp_path / "s3-health")
+    assert summary is not None and summary["calls"] == 1 and summary["processes"] == 1
+    other = S3Health()  # no directory: counts, never writes
+    s3_client(aws_env, "us-east-1", health=other).list_objects_v2(Bucket=s3_bucket)
+    other.flush()
+    assert other.totals["calls"] == 1 and len(list((tmp_path / "s3-health").iterdir())) == 1
+
+
+def test_two_trackers_of_one_process_share_a_directory(tmp_path: Path) -> None:
+    """Trackers write one file each: neither overwrites the other's counts, and the summary
+    still counts one process."""
+    from batchml.store import S3Health, s3_health_summary
+
+    a, b = S3Health(tmp_path), S3Health(tmp_path)
+    a._count(calls=2, attempts=3, failed_attempts=1, retries=1, code="503")
+    b._count(calls=1, attempts=1)
+    a.flush()
+    b.flush()
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    summary = s3_health_summary(tmp_path)
+    assert summary is not None
+    assert (summary["calls"], summary["attempts"], summary["failed_attempts"]) == (3, 4, 1)
+    assert summary["processes"] == 1 and summary["faults"] == {"503": 1}
+
+
+def test_the_worker_of_an_entry_point_counts_into_batchml_status(
+        tmp_path: Path, s3_bucket: str, aws_env: str) -> None:
+    """`Worker.for_source` (watch, serve, bridge) makes one tracker for the source and the
+    outbox client; its counts are what `batchml status` shows (HOME/s3-health)."""
+    from batchml import Settings
+    from batchml.status import collect_status
+    from batchml.store import HEALTH_DIR
+    from batchml.worker import Worker
+
+    settings = Settings(home=tmp_path / "home", s3_endpoint_url=aws_env, s3_region="us-east-1",
+                        isolate_scoring=False)
+    worker = Worker.for_source(settings, f"s3://{s3_bucket}/in/")
+    assert worker.health is not None and worker.source.health is worker.health
+    worker.discover()
+    worker.discover()
+    assert worker.health.totals["calls"] == 2
+    worker.health.flush()
+    assert [p.parent.name for p in (settings.home / HEALTH_DIR).glob("*.json")] == [HEALTH_DIR]
+    info = collect_status(worker.catalog, settings, {"up": False})
+    assert info["s3"]["calls"] == 2 and info["s3"]["error_rate"] == 0.0

@@ -19,15 +19,17 @@ from batchml.worker import Worker
 
 def _worker(settings: Settings, source: str | None, files: list[str] | None,
             run_id: str | None, tag: str | None) -> Worker:
-    catalog = Catalog.from_settings(settings)
-    if files:
-        from batchml.store import s3_client
+    from batchml.store import S3Health, s3_client
 
+    catalog = Catalog.from_settings(settings)
+    health = S3Health.for_home(settings.home)  # this flow run's S3 calls, in `batchml status`
+    if files:
         src: Any = ListSource(files, client=s3_client(settings.s3_endpoint_url,
-                                                      settings.s3_region))
+                                                      settings.s3_region, health=health),
+                              health=health)
     else:
-        src = open_source(source or str(settings.inbox), settings=settings)
-    return Worker(catalog, src, settings, run_id=run_id, tag=tag)
+        src = open_source(source or str(settings.inbox), settings=settings, health=health)
+    return Worker(catalog, src, settings, run_id=run_id, tag=tag, health=health)
 
 
 @flow(name="predict", log_prints=True)

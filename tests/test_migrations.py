@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 
 from batchml import Catalog
-from batchml.catalog._db import migrations
+from batchml.catalog.migrations import migrations
 
 
 def test_migrations_are_named_and_versioned() -> None:

@@ -26,26 +26,15 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 
 import duckdb
 
 from ..errors import CatalogBusy, CatalogError
 from ._locking import FileLock
+from .migrations import apply as apply_migrations
+from .migrations import current_version
 from .publication import Publication, published_path
-
-_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
-
-def migrations() -> list[tuple[int, str, str]]:
-    """All shipped migrations as (version, name, sql), in version order."""
-    found = []
-    for entry in resources.files("batchml.catalog.migrations").iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), match.group(2), entry.read_text()))
-    return sorted(found)
 
 
 def utcnow() -> datetime:
@@ -416,34 +405,13 @@ class Database:
 
     def migrate(self) -> list[str]:
         """Apply every migration the file lacks, all in one transaction; return their names."""
-        applied: list[str] = []
         with self.write() as con:
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
-                " applied_at TIMESTAMPTZ NOT NULL)"
-            )
-            done = {v for (v,) in con.execute("SELECT version FROM schema_migrations").fetchall()}
-            for version, name, sql in migrations():
-                if version in done:
-                    continue
-                con.execute(sql)
-                con.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, utcnow()]
-                )
-                applied.append(f"{version:04d}_{name}")
-        return applied
+            return apply_migrations(con)
 
     def schema_version(self) -> int:
         """The highest migration version recorded in the file (0 for an empty file)."""
         with self.read() as con:
-            exists = con.execute(
-                "SELECT count(*) FROM information_schema.tables"
-                " WHERE table_name = 'schema_migrations'").fetchone()
-            if not exists or not exists[0]:
-                return 0
-            row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
-        return int(row[0] or 0) if row else 0
+            return current_version(con)
 
 
 def _holder(message: str) -> str:

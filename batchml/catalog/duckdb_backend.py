@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from ..errors import QueryRefused, RunNotFound
-from ._db import PROCESS_DATABASES, Database, Databases, migrations, utcnow
+from ._db import PROCESS_DATABASES, Database, Databases, utcnow
 from .backend import CatalogBackend
 from .duckdb_ledger import DuckDBLedger
+from .migrations import migrations
 
 if TYPE_CHECKING:
     import pandas as pd

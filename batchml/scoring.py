@@ -26,6 +26,7 @@ from .catalog import utcnow
 from .errors import (
     BatchMLError,
     DataError,
+    ModelError,
     SchemaMismatch,
     StorageUnavailable,
     UnreadableFile,
@@ -387,6 +388,22 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
     return outcome
 
 
+def _model_columns(model: LoadedModel, batch: pa.RecordBatch, proba: np.ndarray,
+                   index: np.ndarray) -> dict[str, pa.Array]:
+    """The columns the model's flavor adds (:meth:`Estimator.output_columns`), checked: a
+    wrong one is the model's fault (ModelError), not the input file's (no quarantine)."""
+    cols = model.estimator.output_columns(batch, proba, index)
+    for name, values in cols.items():
+        if not isinstance(values, pa.Array | pa.ChunkedArray) or len(values) != batch.num_rows:
+            got = f"{len(values)} values" if isinstance(values, pa.Array | pa.ChunkedArray) \
+                else type(values).__name__
+            raise ModelError(f"Model {model.name!r} of run {model.run_id} (flavor "
+                             f"{model.flavor!r}) gave output column {name!r} as {got}, expected "
+                             f"an Arrow array of {batch.num_rows} values.",
+                             hint="Fix the flavor's output_columns() and score the file again.")
+    return cols
+
+
 def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id: str,
             tmp: Path, batch_rows: int, row_groups: list[int] | None = None, *,
             plan: ReadPlan | None = None, limits: Limits | None = None
@@ -395,11 +412,10 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
     ``plan`` batches are sized by bytes (:mod:`batchml.limits`); text inputs are held to
     ``limits`` (default: the documented limits)."""
     # Arrays are built from their buffers: pa.array()/to_numpy() import pandas (~0.5 s cold)
-    from .estimators._arrays import class_values, constant, from_numpy
+    from .estimators._arrays import constant, from_numpy
 
     sig = model.signature
     classes = list(model.estimator.classes_)
-    class_array = class_values(classes)
     inputs = set(sig.input_names)
     texts = [s.name for s in sig.inputs if s.type == "string"]
     limits = limits or Limits()
@@ -440,12 +456,8 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
             for name in batch.schema.names:
                 if name not in inputs and name not in cols:
                     cols[name] = batch.column(name)
-            cols["label"] = class_array.take(from_numpy(index.astype(np.int64)))
-            by_class = np.ascontiguousarray(proba.T, dtype=np.float64)
-            if len(classes) == 2:
-                cols["proba"] = from_numpy(by_class[1])
-            for i, c in enumerate(classes):
-                cols[f"proba_{c}"] = from_numpy(by_class[i])
+            # the model's own columns (label, proba, proba_<class> unless its flavor says)
+            cols.update(_model_columns(model, batch, proba, index))
             for key, value in lineage.items():
                 cols[key] = constant(value, n)
             table = pa.table(cols)

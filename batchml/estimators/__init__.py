@@ -14,10 +14,12 @@ candidate           flavor     model
 ==================  =========  ==============================================================
 
 ``make_estimator(name, ...)`` builds a candidate, ``est.to_bytes()`` saves it, and
-``load_estimator(est.flavor, data)`` loads it again. TensorFlow and scikit-learn are imported
-only when a model of theirs is built or loaded (a text model's linear export needs neither),
-and the keras flavor's module only when it is first used (``FLAVORS``, ``CANDIDATES``,
-``KerasTextEstimator``, a keras model).
+``load_estimator(est.flavor, data)`` loads it again. Which class serves a flavor or a candidate
+is the :class:`~batchml.estimators.registry.FlavorRegistry`'s business: the built-in flavors
+above, and third-party flavors declared in the entry point group ``batchml.flavors``
+(``docs/flavors.md``). TensorFlow and scikit-learn are imported only when a model of theirs is
+built or loaded (a text model's linear export needs neither), the keras flavor's module only
+when it is first used, and a third-party flavor's module only when its flavor is asked for.
 """
 
 from __future__ import annotations
@@ -25,47 +27,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError
 from .base import Estimator
 from .baseline import BaselineEstimator
+from .registry import ENTRY_POINT_GROUP, FlavorRegistry, builtin_registry, default_registry
 from .sklearn_models import ALLOWED_TYPES, SklearnEstimator
 
 if TYPE_CHECKING:
     from .keras_text import KerasTextEstimator
 
 __all__ = [
-    "ALLOWED_TYPES", "CANDIDATES", "FLAVORS", "BaselineEstimator", "Estimator",
-    "KerasTextEstimator", "SklearnEstimator", "candidate_names", "load_estimator",
-    "make_estimator",
+    "ALLOWED_TYPES", "CANDIDATES", "ENTRY_POINT_GROUP", "FLAVORS", "BaselineEstimator",
+    "Estimator", "FlavorRegistry", "KerasTextEstimator", "SklearnEstimator", "builtin_registry",
+    "candidate_names", "default_registry", "load_estimator", "make_estimator",
 ]
-
-_EAGER: dict[str, type[Estimator]] = {
-    cls.flavor: cls for cls in (BaselineEstimator, SklearnEstimator)}
-
-
-def _flavors() -> dict[str, type[Estimator]]:
-    from .keras_text import KerasTextEstimator
-
-    return {cls.flavor: cls for cls in (BaselineEstimator, KerasTextEstimator, SklearnEstimator)}
 
 
 def __getattr__(name: str) -> Any:
-    # FLAVORS: flavor name -> estimator class that loads it; CANDIDATES: candidate name ->
-    # estimator class that builds it. Built on first use: they import the keras flavor.
+    # Read-only views kept for older callers, computed on each access (nothing is cached in
+    # the module): FLAVORS (flavor -> class) and CANDIDATES (candidate -> class) of a fresh
+    # default registry, which imports the keras flavor's module; KerasTextEstimator likewise.
     if name == "FLAVORS":
-        value: Any = _flavors()
-    elif name == "CANDIDATES":
-        value = {n: cls for cls in _flavors().values() for n in cls.candidates}
-    elif name == "KerasTextEstimator":
-        value = _flavors()["keras"]
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
+        return default_registry().flavors()
+    if name == "CANDIDATES":
+        return default_registry().candidates()
+    if name == "KerasTextEstimator":
+        return builtin_registry().get("keras")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-def _registry(name: str) -> Any:
-    return globals()[name] if name in globals() else __getattr__(name)
 
 _TEXT_CANDIDATES = ["baseline", "keras_nbow", "sklearn_text", "sklearn_text_nb"]
 _TABULAR_CANDIDATES = ["baseline", "tabular_logreg", "tabular_rf", "tabular_gb"]
@@ -84,19 +73,16 @@ def candidate_names(text: bool, *, n_classes: int | None = None) -> list[str]:
 
 def make_estimator(name: str, *, text_column: str | None = None,
                    feature_columns: Sequence[str] | None = None, seed: int = 0,
-                   **params: Any) -> Estimator:
+                   registry: FlavorRegistry | None = None, **params: Any) -> Estimator:
     """A new, unfitted estimator for candidate ``name``.
 
     Text candidates need ``text_column``; tabular ones read ``feature_columns`` (all columns
     of the training frame if None); ``baseline`` takes either. ``params`` override the
     candidate's defaults (``threshold`` for binary models, ``epochs`` for keras ...); an
-    unknown name or parameter raises :class:`~batchml.errors.ConfigError`.
+    unknown name or parameter raises :class:`~batchml.errors.ConfigError`. ``registry``
+    defaults to a new :func:`default_registry` (built-ins, then the installed entry points).
     """
-    candidates: dict[str, type[Estimator]] = _registry("CANDIDATES")
-    cls = candidates.get(name)
-    if cls is None:
-        raise ConfigError(f"Unknown candidate {name!r}.",
-                          hint=f"Use one of {', '.join(candidates)}.")
+    cls = (registry or default_registry()).candidate(name)
     if text_column is not None and name.startswith("tabular_"):
         raise ConfigError(f"Candidate {name!r} reads feature columns, not a text column.",
                           hint="Pass feature_columns=[...], or use a text candidate "
@@ -105,17 +91,17 @@ def make_estimator(name: str, *, text_column: str | None = None,
                params=params)
 
 
-def load_estimator(flavor: str, data: bytes) -> Estimator:
+def load_estimator(flavor: str, data: bytes, *,
+                   registry: FlavorRegistry | None = None) -> Estimator:
     """The estimator of ``flavor`` saved as ``data`` by :meth:`Estimator.to_bytes`.
 
-    Raises :class:`~batchml.errors.ModelError` for an unknown flavor, bytes that are not a
-    model of that flavor, or a model holding types outside the flavor's allowlist.
+    Raises :class:`~batchml.errors.ModelError` for an unknown flavor (or one whose package
+    could not be loaded: the error names its entry point), bytes that are not a model of that
+    flavor, or a model holding types outside the flavor's allowlist.
+
+    ``registry`` defaults to a new :func:`default_registry`: a few dicts for a built-in flavor
+    (the installed packages' entry points are read only for a name that is not built in), so
+    there is no process-wide registry to keep in step; callers that load models in a loop
+    may pass one.
     """
-    cls = _EAGER.get(flavor)
-    if cls is None:
-        flavors: dict[str, type[Estimator]] = _registry("FLAVORS")
-        cls = flavors.get(flavor)
-        if cls is None:
-            raise ModelError(f"Unknown model flavor {flavor!r}.",
-                             hint=f"This batchml loads: {', '.join(flavors)}.")
-    return cls.from_bytes(data)
+    return (registry or default_registry()).load(flavor, data)

@@ -256,6 +256,32 @@ class Estimator(ABC):
             return (proba[:, 1] >= threshold).astype(np.intp)
         return k - 1 - np.argmax(proba[:, ::-1], axis=1)
 
+    # --- prediction outputs ------------------------------------------------------------------
+
+    def output_columns(self, batch: pa.RecordBatch | pa.Table, proba: np.ndarray,
+                       index: np.ndarray) -> dict[str, pa.Array]:
+        """The columns this model adds to a prediction output for one ``batch`` of input, in
+        order: by default ``label`` (the class at ``index``), for a binary model ``proba``
+        (the positive class's probability), then ``proba_<class>`` per class.
+
+        ``proba`` comes from :meth:`predict_proba` and ``index`` from :meth:`label_index`
+        (which also counts the positives); ``batch`` is the raw input (text values already
+        held to the limits), for a flavor that derives a column from it. Scoring puts these
+        after ``row_index`` and the carried-through columns and before the lineage columns; a
+        flavor may override this to add or replace columns (one value per row each). Build
+        arrays with :mod:`batchml.estimators._arrays` to keep pandas out of the scoring path.
+        """
+        from ._arrays import class_values, from_numpy
+
+        cols: dict[str, pa.Array] = {
+            "label": class_values(self.classes_).take(from_numpy(index.astype(np.int64)))}
+        by_class = np.ascontiguousarray(proba.T, dtype=np.float64)
+        if len(self.classes_) == 2:
+            cols["proba"] = from_numpy(by_class[1])
+        for i, c in enumerate(self.classes_):
+            cols[f"proba_{c}"] = from_numpy(by_class[i])
+        return cols
+
     # --- saving ------------------------------------------------------------------------------
 
     @abstractmethod

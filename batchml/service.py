@@ -46,6 +46,39 @@ def prefect_env(settings: Settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def prefect_settings(settings: Settings, *, api_url: str | None = None) -> Iterator[None]:
+    """Prefect's settings for batchml's own use of Prefect, in this context only: its state
+    under the batchml home (:func:`prefect_env`, each unless the environment already sets it)
+    and ``api_url`` as the API.
+
+    ``os.environ`` is never written: Prefect reads these from its settings context, and passes
+    its current settings on to the processes it starts (the temporary server, flow runs of a
+    runner), so they see them too."""
+    import prefect.settings as ps  # imports Prefect, which sets up its logging
+
+    wanted = {k: v for k, v in prefect_env(settings).items() if k not in os.environ}
+    if api_url is not None:
+        wanted["PREFECT_API_URL"] = api_url
+    # Prefect set its loggers' levels at import, from the environment: the level chosen
+    # here goes on them directly (its handlers stay as they are) and comes off at the end
+    level = wanted.get("PREFECT_LOGGING_LEVEL")
+    loggers = [logging.getLogger(n) for n in _PREFECT_LOGGERS] if level else []
+    before = [lg.level for lg in loggers]
+    try:
+        with ps.temporary_settings(updates={getattr(ps, k): v for k, v in wanted.items()}):
+            for lg in loggers:
+                lg.setLevel(str(level))
+            yield
+    finally:
+        for lg, was in zip(loggers, before, strict=True):
+            lg.setLevel(was)
+
+
+_PREFECT_LOGGERS = ("prefect", "prefect.extra", "prefect.client", "prefect.infrastructure")
+"""The loggers whose level Prefect's logging config sets from ``PREFECT_LOGGING_LEVEL``."""
+
+
+@contextlib.contextmanager
 def local_prefect_server(settings: Settings, *, timeout_s: float = 120) -> Iterator[str]:
     """Start ``prefect server start`` on a free loopback port; yield its API URL; stop it."""
     import httpx
@@ -239,38 +272,31 @@ class Service:
         from .flows.train import train_flow
 
         deployment = await train_flow.ato_deployment(
-            name="nightly", cron=s.train_cron, parameters={
-                "train_uri": s.train_uri, "valid_uri": s.valid_uri,
-                "text_column": s.text_column,
-                "feature_columns": s.feature_columns or None, "label": s.label_column,
-                "smoke_uri": s.smoke_path})
+            name="nightly", cron=s.train_cron, parameters=trainer_parameters(s))
         runner = Runner(name="batchml-trainer", limit=1)
         await runner.aadd_deployment(deployment)
         return asyncio.create_task(runner.start())
 
 
-def export_settings(settings: Settings) -> None:
-    """Put resolved settings into the environment so flow runs in child processes see them."""
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        os.environ[f"BATCHML_{name.upper()}"] = (json.dumps(value) if isinstance(value, list)
-                                                 else str(value))
+def trainer_parameters(settings: Settings) -> dict[str, Any]:
+    """The nightly training deployment's parameters. They carry the resolved ``settings``:
+    the flow run, in a process of Prefect's runner, gets them as its ``settings`` parameter
+    (no ``BATCHML_*`` environment is needed there)."""
+    s = settings
+    return {"train_uri": s.train_uri, "valid_uri": s.valid_uri, "text_column": s.text_column,
+            "feature_columns": s.feature_columns or None, "label": s.label_column,
+            "smoke_uri": s.smoke_path, "settings": s}
 
 
 def serve(settings: Settings) -> None:
-    """Run the embedded service in the foreground until Ctrl-C or SIGTERM."""
-    export_settings(settings)
+    """Run the embedded service in the foreground until Ctrl-C or SIGTERM.
+
+    The settings go down explicitly (the service, its worker, the trainer's parameters);
+    Prefect's through :func:`prefect_settings`; ``os.environ`` is left as it was."""
     service = Service(settings)
-    if os.environ.get("PREFECT_API_URL"):
-        asyncio.run(service.run(os.environ["PREFECT_API_URL"]))
+    api_url = os.environ.get("PREFECT_API_URL")
+    if api_url:
+        asyncio.run(service.run(api_url))
         return
-    for key, value in prefect_env(settings).items():
-        os.environ.setdefault(key, value)
-    with local_prefect_server(settings) as url:
-        os.environ["PREFECT_API_URL"] = url
-        try:
-            asyncio.run(service.run(url))
-        finally:
-            os.environ.pop("PREFECT_API_URL", None)
+    with local_prefect_server(settings) as url, prefect_settings(settings, api_url=url):
+        asyncio.run(service.run(url))

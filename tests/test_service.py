@@ -4,6 +4,7 @@ clean stop on SIGTERM."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -71,3 +72,119 @@ def test_serve_scores_landed_files_and_stops_cleanly(tagged_home: Settings,
     assert not list(Path(settings.outbox).rglob(".tmp-*"))
     assert len(list(Path(settings.outbox).rglob("*.parquet"))) == 3
     assert list(Path(settings.quarantine).glob("*bad.parquet.error.json"))
+
+
+# --- settings go down explicitly: `batchml serve` and `batchml train` leave os.environ alone ---
+
+
+def test_serve_passes_settings_down_and_leaves_os_environ_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve` (its own Prefect server) writes nothing into os.environ, not even while it
+    runs; the service sees the Prefect API and the Prefect home through Prefect's settings
+    context, which Prefect passes to the processes it starts (trainer flow runs)."""
+    import contextlib
+
+    from prefect.settings import get_current_settings
+
+    from batchml import service as svc
+
+    for name in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_LOGGING_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(home=tmp_path / "home", train_uri=str(tmp_path / "t.parquet"),
+                        valid_uri=str(tmp_path / "v.parquet"), feature_columns=["a", "b"],
+                        lease_s=7)
+    url = "http://127.0.0.1:9/api"
+    seen: dict[str, object] = {}
+
+    @contextlib.contextmanager
+    def fake_server(s: Settings):  # type: ignore[no-untyped-def]
+        seen["server_settings"] = s
+        yield url
+
+    async def fake_run(self: svc.Service, api_url: str | None = None) -> None:
+        prefect = get_current_settings()
+        seen.update(run_settings=self.settings, api_url=api_url, environ=dict(os.environ),
+                    log_level=logging.getLogger("prefect").level,
+                    prefect_api=prefect.api.url, prefect_home=str(prefect.home),
+                    child_env=prefect.to_environment_variables(exclude_unset=True),
+                    trainer=svc.trainer_parameters(self.settings))
+
+    monkeypatch.setattr(svc, "local_prefect_server", fake_server)
+    monkeypatch.setattr(svc.Service, "run", fake_run)
+    before = dict(os.environ)
+    level_before = logging.getLogger("prefect").level
+    svc.serve(settings)
+    assert dict(os.environ) == before  # after ...
+    assert seen["environ"] == before  # ... and while the service ran
+    assert seen["server_settings"] is settings and seen["run_settings"] is settings
+    assert seen["api_url"] == seen["prefect_api"] == url
+    assert seen["prefect_home"] == str(settings.home / "prefect")
+    child_env = seen["child_env"]
+    assert isinstance(child_env, dict)  # what Prefect's runner adds to a flow run's process
+    assert child_env["PREFECT_API_URL"] == url
+    assert child_env["PREFECT_HOME"] == str(settings.home / "prefect")
+    assert not any(k.startswith("BATCHML_") for k in child_env)
+    assert get_current_settings().api.url != url  # the settings ended with serve
+    assert seen["log_level"] == logging.WARNING  # Prefect's loggers quiet while serving
+    assert logging.getLogger("prefect").level == level_before
+
+    # the nightly trainer's flow run gets the settings as its parameter, as Prefect stores
+    # and validates it (JSON in the server, a Settings again in the flow run's process)
+    from batchml.flows.train import train_flow
+
+    params = seen["trainer"]
+    assert isinstance(params, dict) and params["settings"] is settings
+    stored = json.loads(json.dumps(train_flow.serialize_parameters(params)))
+    received = train_flow.validate_parameters(stored)["settings"]
+    assert isinstance(received, Settings) and received == settings
+    assert (received.lease_s, received.feature_columns) == (7, ["a", "b"])
+
+
+def test_serve_on_a_given_prefect_server_leaves_os_environ_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With PREFECT_API_URL set, `serve` uses it and still writes no BATCHML_* variable."""
+    from batchml import service as svc
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    seen: dict[str, object] = {}
+
+    async def fake_run(self: svc.Service, api_url: str | None = None) -> None:
+        seen.update(api_url=api_url, environ=dict(os.environ))
+
+    monkeypatch.setattr(svc.Service, "run", fake_run)
+    before = dict(os.environ)
+    svc.serve(Settings(home=tmp_path / "home"))
+    assert dict(os.environ) == before and seen["environ"] == before
+    assert seen["api_url"] == "http://127.0.0.1:9/api"
+
+
+@pytest.mark.slow
+def test_train_with_prefect_keeps_prefect_under_the_home_without_os_environ(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`batchml train` (a Prefect flow on Prefect's temporary server) in this process: the
+    server's state lands under HOME/prefect (the setting reached the server's process) and
+    os.environ is the same after."""
+    from typer.testing import CliRunner
+
+    from batchml.cli import app
+
+    for name in ("PREFECT_API_URL", "PREFECT_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    data = tmp_path / "data"
+    data.mkdir()
+    synthetic_reviews(400, seed=1).to_parquet(data / "train.parquet")
+    synthetic_reviews(200, seed=2).to_parquet(data / "valid.parquet")
+    home = tmp_path / "home"
+    before = dict(os.environ)
+    try:
+        result = CliRunner().invoke(app, [
+            "train", "--train", str(data / "train.parquet"), "--valid",
+            str(data / "valid.parquet"), "--candidates", "sklearn_text", "--home", str(home)])
+    finally:  # stop Prefect's temporary server now, not at exit (after pytest's capture)
+        from prefect.server.api.server import SubprocessASGIServer
+
+        SubprocessASGIServer().stop()
+    assert result.exit_code == 0, result.output
+    assert dict(os.environ) == before
+    assert (home / "prefect" / "prefect.db").exists()
+    assert Catalog.from_settings(Settings(home=home)).runs("train")[0].status == "completed"

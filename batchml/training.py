@@ -51,10 +51,11 @@ if TYPE_CHECKING:
     from .catalog import Catalog, Run
     from .estimators import Estimator
     from .limits import Limits
+    from .settings import Settings
 
 __all__ = ["BASELINE", "CandidateResult", "CheckResult", "GateDecision", "SmokeResult",
            "TrainingConfig", "TrainingData", "TrainingOutcome", "choose_winner", "decide",
-           "decision_markdown", "train"]
+           "decision_markdown", "recorded_candidates", "train", "train_from_settings"]
 
 
 @dataclass
@@ -351,6 +352,38 @@ def train(catalog: Catalog, config: TrainingConfig, *, flow: str = "train",
     except BaseException as exc:
         run.finish("failed", error=_detail(exc))
         raise
+
+
+def train_from_settings(settings: Settings, config: TrainingConfig, *, flow: str = "train",
+                        prefect_flow_run_id: str | None = None,
+                        map_candidates: Callable[..., list[CandidateResult]] | None = None,
+                        ) -> TrainingOutcome:
+    """:func:`train` against what ``settings`` name: their catalog, their limits, and an S3
+    client when the training, validation or smoke file is on S3."""
+    from .catalog import Catalog
+    from .limits import Limits
+
+    s3 = None
+    if any((u or "").startswith("s3://")
+           for u in (config.train_uri, config.valid_uri, config.smoke_uri)):
+        from .store import s3_client
+
+        s3 = s3_client(settings.s3_endpoint_url, settings.s3_region)
+    return train(Catalog.from_settings(settings), config, flow=flow,
+                 prefect_flow_run_id=prefect_flow_run_id, s3=s3, map_candidates=map_candidates,
+                 limits=Limits.from_settings(settings))
+
+
+CANDIDATE_METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "f1", "threshold", "log_loss",
+                     "seconds")
+
+
+def recorded_candidates(run: Run) -> list[dict[str, Any]]:
+    """The candidates of a recorded training run, one row each with its metrics (as
+    :func:`record_training` wrote them: ``<candidate>.<metric>``), in training order."""
+    metrics = run.metrics
+    return [{"candidate": name, **{k: metrics.get(f"{name}.{k}") for k in CANDIDATE_METRICS}}
+            for name in run.params.get("candidates", [])]
 
 
 def _detail(exc: BaseException) -> str:

@@ -61,29 +61,16 @@ def train(
             result = train_flow(**kwargs, settings=settings)
         run_id, tagged, reasons = result["run_id"], result["tagged"], result["reasons"]
     else:
-        from .. import training as tr
-        from ..catalog import Catalog
+        from ..training import TrainingConfig, train_from_settings
 
-        s3 = None
-        if any((u or "").startswith("s3://") for u in (train_uri, valid_uri,
-                                                       kwargs["smoke_uri"])):
-            from ..store import s3_client
-
-            s3 = s3_client(settings.s3_endpoint_url, settings.s3_region)
-        from ..limits import Limits
-
-        outcome = tr.train(Catalog.from_settings(settings), tr.TrainingConfig(**kwargs), s3=s3,
-                           limits=Limits.from_settings(settings))
+        outcome = train_from_settings(settings, TrainingConfig(**kwargs))
         run_id, tagged = outcome.run.id, outcome.decision.tagged
         reasons = outcome.decision.reasons
-    cat = open_catalog(home, catalog)
-    metrics = cat.run(run_id).metrics
     import pandas as pd
 
-    rows = [{"candidate": name, **{k: metrics.get(f"{name}.{k}") for k in
-                                   ("roc_auc", "accuracy", "balanced_accuracy", "f1",
-                                    "threshold", "log_loss", "seconds")}}
-            for name in cat.run(run_id).params.get("candidates", [])]
+    from ..training import recorded_candidates
+
+    rows = recorded_candidates(open_catalog(home, catalog).run(run_id))
     print_frame(pd.DataFrame(rows), title=f"{run_id} candidates")
     out.print(f"[bold]{run_id}[/]: {'[green]tagged ' + settings.model_tag + '[/]' if tagged else '[yellow]not tagged[/]'}"
               f" - {'; '.join(reasons)}")

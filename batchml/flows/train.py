@@ -13,9 +13,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from batchml import Catalog, Settings
+from batchml import Settings
 from batchml import training as tr
-from batchml.limits import Limits
 
 
 @task(name="fit-candidate", cache_policy=NO_CACHE)
@@ -54,21 +53,15 @@ def train_flow(
     empty: only the checks derived from the data run).
     """
     settings = settings or Settings()
-    catalog = Catalog.from_settings(settings)
     config = tr.TrainingConfig(
         train_uri=train_uri, valid_uri=valid_uri, label=label, text_column=text_column,
         feature_columns=feature_columns, candidates=candidates, smoke_examples=smoke_examples,
         smoke_uri=smoke_uri or None, primary_metric=primary_metric,
         baseline_margin=baseline_margin, seed=seed, tag=settings.model_tag)
-    s3 = None
-    if any((u or "").startswith("s3://") for u in (train_uri, valid_uri, smoke_uri)):
-        from batchml.store import s3_client
-
-        s3 = s3_client(settings.s3_endpoint_url, settings.s3_region)
-    outcome = tr.train(catalog, config, flow=settings.train_flow,
-                       prefect_flow_run_id=str(flow_run.id) if flow_run.id else None,
-                       s3=s3, map_candidates=_submit_all,
-                       limits=Limits.from_settings(settings))
+    outcome = tr.train_from_settings(
+        settings, config, flow=settings.train_flow,
+        prefect_flow_run_id=str(flow_run.id) if flow_run.id else None,
+        map_candidates=_submit_all)
     run = outcome.run
     create_table_artifact(tr.summary_table(outcome.results, config.primary_metric),
                           key="candidates", description=f"Candidates of {run.id}")

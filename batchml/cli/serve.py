@@ -49,31 +49,23 @@ def bridge(
     """Server mode: emit a batchml.file.landed Prefect event for each new file (needs
     PREFECT_API_URL); a deployment trigger scores each one."""
     import os
-    import time
 
     if not os.environ.get("PREFECT_API_URL"):
         from ..errors import ConfigError
 
         raise ConfigError("bridge needs a Prefect server: set PREFECT_API_URL.",
                           hint="Or use `batchml serve`, which scores without events.")
-    from ..flows.bridge import bridge_once
+    from ..flows.bridge import LANDED, bridge_for
     from ..worker import Worker
 
     worker = Worker.for_source(settings_from(home, catalog), source)
-    src = worker.source
     try:
-        while True:
-            n = bridge_once(worker)
-            if n:
-                out.print(f"emitted {n} batchml.file.landed event(s)")
-            if once:
-                break
-            src.wait(1.0)
-            time.sleep(0)
+        bridge_for(worker, 0 if once else None, poll_s=1.0,
+                   on_emit=lambda n: out.print(f"emitted {n} {LANDED} event(s)"))
     except KeyboardInterrupt:
         pass
     finally:
-        src.close()
+        worker.source.close()
 
 
 @clean_errors

@@ -6,6 +6,7 @@ Prefect event per new file. A deployment trigger turns each event into a predict
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow
@@ -32,22 +33,37 @@ def bridge_once(worker: Worker) -> int:
     return emit_landed(worker.discover())
 
 
+def bridge_for(worker: Worker, seconds: float | None, poll_s: float = 1.0,
+               on_emit: Callable[[int], None] | None = None) -> int:
+    """Discover and emit, round after round, for ``seconds`` (0: one round; None: until
+    interrupted), waiting for the source up to ``poll_s`` between rounds; ``on_emit(n)`` after
+    each round that emitted. Returns how many events were emitted."""
+    src = worker.source
+    emitted = 0
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while True:
+        n = bridge_once(worker)
+        emitted += n
+        if n and on_emit is not None:
+            on_emit(n)
+        if deadline is None:
+            src.wait(poll_s)
+        elif time.monotonic() >= deadline:
+            break
+        else:
+            src.wait(min(poll_s, max(deadline - time.monotonic(), 0)))
+    return emitted
+
+
 @flow(name="bridge", log_prints=True)
 def bridge_flow(source: str | None = None, seconds: float = 55.0, poll_s: float = 1.0,
                 settings: Settings | None = None) -> dict[str, Any]:
     """Watch ``source`` for ``seconds`` (a scheduled deployment reruns it) and emit events."""
     settings = settings or Settings()
     worker = Worker.for_source(settings, source)
-    src = worker.source
-    emitted = 0
-    deadline = time.monotonic() + seconds
     try:
-        while True:
-            emitted += bridge_once(worker)
-            if time.monotonic() >= deadline:
-                break
-            src.wait(min(poll_s, max(deadline - time.monotonic(), 0)))
+        emitted = bridge_for(worker, seconds, poll_s)
     finally:
-        src.close()
+        worker.source.close()
     print(f"emitted {emitted} {LANDED} event(s)")
     return {"emitted": emitted}

@@ -24,10 +24,13 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import import_module
-from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, ModelError
 from .base import Estimator
+
+if TYPE_CHECKING:  # importlib.metadata costs ~25 ms to import: only when entry points are read
+    from importlib.metadata import EntryPoint
 
 log = logging.getLogger("batchml.estimators")
 
@@ -274,6 +277,8 @@ def _ep_source(ep: EntryPoint) -> str:
 
 def flavor_entry_points() -> list[EntryPoint]:
     """The entry points of group ``batchml.flavors`` of the installed packages."""
+    from importlib.metadata import entry_points
+
     return list(entry_points(group=ENTRY_POINT_GROUP))
 
 

@@ -21,28 +21,22 @@ from typing import TYPE_CHECKING, Any
 from .scorer import CommitRefused, ModelSpec, ScorerConfig, _pack
 
 if TYPE_CHECKING:
-    from .scoring import LoadedModel
+    from .scoring import CommitGuard, LoadedModel
     from .store import S3Health
 
 
 
-class _AskingOutbox:
-    """The child's outbox: commits an output only after the parent says the claim is held."""
+def _ask_parent(conn: Connection) -> CommitGuard:
+    """The child outbox's commit guard: an output is committed only after the parent says
+    the file's claim is held; otherwise :class:`CommitRefused`."""
 
-    def __init__(self, outbox: Any, conn: Connection) -> None:
-        self._outbox = outbox
-        self._conn = conn
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._outbox, name)
-
-    def commit(self, tmp: Path, key: str) -> str:
-        self._conn.send(("commit?", key))
-        kind, ok = self._conn.recv()
+    def guard(key: str) -> None:
+        conn.send(("commit?", key))
+        _, ok = conn.recv()
         if not ok:
-            tmp.unlink(missing_ok=True)
             raise CommitRefused(key)
-        return str(self._outbox.commit(tmp, key))
+
+    return guard
 
 
 def _load_model(spec: ModelSpec, config: ScorerConfig,
@@ -94,7 +88,7 @@ def child_main(fd: int) -> None:
         from .store import s3_client
 
         s3 = s3_client(config.s3_endpoint_url, config.s3_region, health=health)
-    outbox = _AskingOutbox(Outbox(config.outbox, s3=s3), conn)
+    outbox = Outbox(config.outbox, s3=s3, commit_guard=_ask_parent(conn))
     models: dict[str, LoadedModel] = {}
     try:
         conn.send(("ready", os.getpid()))
@@ -116,7 +110,7 @@ def child_main(fd: int) -> None:
                     models.pop(next(iter(models)))
                 model = models[spec.run_id] = _load_model(spec, config, health)
             _fault_hooks(job["record"].source_uri, config)
-            outcome = score_file(Path(job["path"]), job["record"], model, outbox,  # type: ignore[arg-type]
+            outcome = score_file(Path(job["path"]), job["record"], model, outbox,
                                  job["batch_id"], batch_rows=config.batch_rows,
                                  budget_bytes=config.budget_bytes, reprocess=job["reprocess"],
                                  limits=config.limits)

@@ -3,6 +3,7 @@ model in record batches (flat memory), and write one prediction parquet atomical
 
 from __future__ import annotations
 
+import copy
 import errno
 import fcntl
 import json
@@ -12,6 +13,7 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,17 +145,41 @@ def output_key(record: FileRecord, model_run_id: str) -> str:
     return f"{model_run_id.replace('/', '-')}/{base}-{record.file_id[:16]}.parquet"
 
 
-class Outbox:
-    """Where prediction parquet goes: a local directory or ``s3://bucket/prefix``."""
+CommitGuard = Callable[[str], None]
+"""Called with an output's key right before :meth:`Outbox.commit` puts it in place; it raises
+to refuse (the worker: the file's claim was lost; the scorer process: the worker said no)."""
 
-    def __init__(self, root: str, *, s3: Any = None) -> None:
+
+class Outbox:
+    """Where prediction parquet goes: a local directory or ``s3://bucket/prefix``.
+
+    ``commit_guard`` (see :data:`CommitGuard`) may refuse a commit; :meth:`guarded` gives a
+    view of a long-lived outbox with a guard of its own (one file's claim)."""
+
+    def __init__(self, root: str, *, s3: Any = None,
+                 commit_guard: CommitGuard | None = None) -> None:
         self.root = root.rstrip("/")
         self.s3 = s3
         self.is_s3 = root.startswith("s3://")
+        self.commit_guard = commit_guard
         self._locks: dict[str, int] = {}
         if not self.is_s3:
             Path(self.root).mkdir(parents=True, exist_ok=True)
         self.sweep()
+
+    def guarded(self, commit_guard: CommitGuard) -> Outbox:
+        """This outbox (same root, client and temp files; no new sweep), committing only
+        what ``commit_guard`` lets through, after this outbox's own guard if it has one."""
+        outer = self.commit_guard
+
+        def both(key: str) -> None:
+            if outer is not None:
+                outer(key)
+            commit_guard(key)
+
+        view = copy.copy(self)  # shares self._locks: temp files stay locked until committed
+        view.commit_guard = commit_guard if outer is None else both
+        return view
 
     def sweep(self) -> list[Path]:
         """Delete temp files left by writers that died (a killed worker); return them.
@@ -249,7 +275,14 @@ class Outbox:
         """Move a finished temp file into place as one complete object; return its URI.
 
         Any failure here is the outbox's, never the input's: it raises
-        :class:`StorageUnavailable` so the file stays pending."""
+        :class:`StorageUnavailable` so the file stays pending. A refusal of the commit guard
+        removes the temp file and propagates."""
+        if self.commit_guard is not None:
+            try:
+                self.commit_guard(key)
+            except BaseException:
+                self.discard(tmp)
+                raise
         if self.is_s3:
             from .store import split_s3_uri, translate_s3_error
 

@@ -21,10 +21,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BatchMLError, ConfigError
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .sources import Source
+    from .worker import Worker
 
 log = logging.getLogger("batchml.service")
 
@@ -210,7 +214,7 @@ class Service:
                     await runner_task
             self.heartbeat.write(state="stopped", batches=self.batches, files=self.files)
 
-    async def _loop(self, worker: Any, batch_flow: Any, source: Any,
+    async def _loop(self, worker: Worker, batch_flow: Any, source: Source,
                     api_url: str | None) -> None:
         """Discover, score a micro-batch (one flow run; up to ``batch_limit`` files, so a
         burst is a handful of flow runs), report, and idle when there is nothing to do."""
@@ -221,7 +225,7 @@ class Service:
             worker.hold_catalog()
             try:
                 new = await asyncio.to_thread(worker.discover)
-                if new or await asyncio.to_thread(worker.has_pending):
+                if len(new) > 0 or await asyncio.to_thread(worker.has_pending):
                     if worker.model is None:
                         # resolve first: no flow run while there is no model to score with
                         await asyncio.to_thread(worker.cache.resolve, worker.ref)
@@ -255,7 +259,7 @@ class Service:
             if not scored:
                 await self._idle(source)
 
-    async def _idle(self, source: Any) -> None:
+    async def _idle(self, source: Source) -> None:
         assert self.stop_event is not None
         waiter = asyncio.ensure_future(asyncio.to_thread(source.wait, self.idle_s))
         stopper = asyncio.ensure_future(self.stop_event.wait())

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,19 +48,43 @@ def is_candidate_name(name: str) -> bool:
 
 
 class Source(Protocol):
-    """What every source offers."""
+    """What every source offers (the worker talks to sources through this only). A new kind
+    of source implements it; :func:`open_source` maps a URI to one."""
 
     uri: str
+    client: Any
+    """The S3 client the source reads with (``None`` off S3); an S3 outbox reuses it."""
 
-    def poll(self) -> list[FileRef]: ...
-    def fetch(self, record: FileRecord) -> Any: ...  # a context manager yielding a local Path
-    def quarantine(self, record: FileRecord, reason: str) -> str | None: ...
-    def wait(self, timeout: float) -> None: ...
-    def close(self) -> None: ...
+    def poll(self) -> list[FileRef]:
+        """The files there now (seen before or not; the ledger keeps each version once)."""
+        ...
+
+    def ack(self) -> None:
+        """Called once the files of the last polls are recorded in the ledger (a queue
+        deletes their messages now); a no-op for sources without acknowledgement."""
+        ...
+
+    def fetch(self, record: FileRecord) -> AbstractContextManager[Path]:
+        """A local path to the claimed version of ``record``, for as long as the context."""
+        ...
+
+    def quarantine(self, record: FileRecord, reason: str) -> str | None:
+        """Put a bad file away; where it went, or ``None`` when it stays put."""
+        ...
+
+    def wait(self, timeout: float) -> None:
+        """Block until something may have landed, or ``timeout`` seconds."""
+        ...
+
+    def close(self) -> None:
+        """Stop watching; release what the source holds."""
+        ...
 
 
 class DirectorySource:
     """A local inbox directory, woken by filesystem events with polling as the fallback."""
+
+    client: Any = None  # not on S3
 
     def __init__(self, path: str | Path, *, quarantine_dir: str | Path | None = None,
                  settle_s: float = 1.0, use_events: bool = True) -> None:
@@ -102,6 +126,9 @@ class DirectorySource:
         """Sleep until a filesystem event or ``timeout`` seconds."""
         self._wake.wait(timeout)
         self._wake.clear()
+
+    def ack(self) -> None:
+        pass  # nothing to acknowledge: the files stay until scored
 
     def close(self) -> None:
         if self._observer is not None:
@@ -216,6 +243,9 @@ class _RemoteFiles:
 
     def quarantine(self, record: FileRecord, reason: str) -> str | None:
         return None
+
+    def ack(self) -> None:
+        pass  # a queue (SQSSource) deletes its messages here
 
     def close(self) -> None:
         pass
@@ -395,7 +425,7 @@ class SQSSource(_RemoteFiles):
 
 
 def open_source(uri: str, *, settings: Any, on_rejected: Any = None,
-                health: S3Health | None = None) -> Any:
+                health: S3Health | None = None) -> Source:
     """The source for ``uri``: a directory, ``s3://bucket/prefix`` or ``sqs://queue-url``.
 
     ``health`` counts the source's S3 calls; by default a new tracker whose counts
@@ -474,6 +504,9 @@ class ListSource:
 
     def quarantine(self, record: FileRecord, reason: str) -> str | None:
         return None  # files named explicitly stay where the user put them
+
+    def ack(self) -> None:
+        pass
 
     def wait(self, timeout: float) -> None:
         time.sleep(timeout)

@@ -23,11 +23,12 @@ from .errors import BatchMLError, ModelNotFound, is_transient
 from .limits import Limits
 from .resolve import ModelRef, nothing_tagged
 from .scorer import CommitRefused, ModelSpec, Scorer, ScorerConfig, ScorerDied
-from .scoring import FileOutcome, LoadedModel, ModelCache, Outbox, score_file
+from .scoring import CommitGuard, FileOutcome, LoadedModel, ModelCache, Outbox, score_file
 
 if TYPE_CHECKING:
     from .catalog import Catalog
     from .settings import Settings
+    from .sources import Source
     from .store import S3Health
 
 log = logging.getLogger("batchml.worker")
@@ -62,7 +63,7 @@ ScoreFile = Callable[[Path, FileRecord, LoadedModel, Outbox, str], FileOutcome]
 class Worker:
     """Scores files from one source into one outbox."""
 
-    def __init__(self, catalog: Catalog, source: Any, settings: Settings, *,
+    def __init__(self, catalog: Catalog, source: Source, settings: Settings, *,
                  outbox: Outbox | None = None, run_id: str | None = None,
                  tag: str | None = None, cache: ModelCache | None = None,
                  name: str | None = None, isolate: bool = False,
@@ -74,7 +75,7 @@ class Worker:
         """Counts the S3 calls of the outbox client this worker makes (the entry point's
         tracker, see :meth:`for_source`; ``None``: a private one that only logs)."""
         self.ledger = Ledger(catalog)
-        s3 = getattr(source, "client", None)
+        s3 = source.client
         if outbox is None:
             if str(settings.outbox).startswith("s3://") and s3 is None:
                 from .store import s3_client
@@ -160,9 +161,7 @@ class Worker:
         Returns the files seen for the first time."""
         refs = self.source.poll()
         new = set(self.ledger.discover(refs))
-        ack = getattr(self.source, "ack", None)
-        if ack is not None:
-            ack()  # only now are the files safely in the ledger
+        self.source.ack()  # only now are the files safely in the ledger
         return [r for r in refs if r.file_id in new]
 
     def run_batch(self, *, limit: int = 50, file_ids: list[str] | None = None,
@@ -312,11 +311,11 @@ class Worker:
             return self.source.uri.rstrip("/") + "/"
         return None
 
-    def _score_one(self, record: FileRecord, model: Any, batch_id: str,
+    def _score_one(self, record: FileRecord, model: LoadedModel, batch_id: str,
                    leases: _Leases | None = None, score: ScoreFile | None = None) -> FileOutcome:
         reprocess = (record.error or "") == "reprocess requested"
-        outbox = self.outbox if leases is None else _GuardedOutbox(
-            self.outbox, lambda: leases.check(record.file_id))
+        outbox = self.outbox if leases is None else self.outbox.guarded(
+            leases.commit_guard(record.file_id))
         try:
             with self.source.fetch(record) as path:
                 if score is not None:
@@ -426,23 +425,6 @@ class _Retried(Exception):
     """The scorer process died on the file; it was given back for another attempt."""
 
 
-class _GuardedOutbox(Outbox):
-    """The worker's outbox, committing an output only while the file's claim is held."""
-
-    def __init__(self, outbox: Outbox, still_held: Callable[[], bool]) -> None:  # noqa: D107
-        self._outbox = outbox
-        self._still_held = still_held
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._outbox, name)
-
-    def commit(self, tmp: Path, key: str) -> str:
-        if not self._still_held():
-            tmp.unlink(missing_ok=True)
-            raise _ClaimLost(key)
-        return self._outbox.commit(tmp, key)
-
-
 class _Leases:
     """The claims of a running batch: renewed every ``lease_s / 3`` by a thread, and checked
     before each output is committed."""
@@ -477,6 +459,14 @@ class _Leases:
         """Stop renewing these (recorded or released)."""
         with self.lock:
             self.ids.difference_update(file_ids)
+
+    def commit_guard(self, file_id: str) -> CommitGuard:
+        """The outbox's commit guard for ``file_id``: an output is committed only while the
+        file's claim is held (:meth:`check`), else :class:`_ClaimLost`."""
+        def guard(key: str) -> None:
+            if not self.check(file_id):
+                raise _ClaimLost(key)
+        return guard
 
     def check(self, file_id: str) -> bool:
         """Is the claim on ``file_id`` still ours, for long enough to commit its output?

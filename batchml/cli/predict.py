@@ -4,7 +4,7 @@ ledger."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -23,16 +23,20 @@ from ._common import (
     settings_from,
 )
 
+if TYPE_CHECKING:
+    from ..sources import Source
+    from ..worker import Worker
 
-def _worker(settings: Settings, source: Any, run_id: str | None, tag: str | None,
-            output: Path | None = None) -> Any:
+
+def _worker(settings: Settings, source: Source, run_id: str | None, tag: str | None,
+            output: Path | None = None) -> Worker:
     from ..catalog import Catalog
     from ..scoring import Outbox
     from ..worker import Worker
 
     outbox = None
     if output is not None:
-        outbox = Outbox(str(output), s3=getattr(source, "client", None))
+        outbox = Outbox(str(output), s3=source.client)
     return Worker(Catalog.from_settings(settings), source, settings, run_id=run_id, tag=tag,
                   outbox=outbox)
 

@@ -354,12 +354,13 @@ def train(catalog: Catalog, config: TrainingConfig, *, flow: str = "train",
         raise
 
 
-def train_from_settings(settings: Settings, config: TrainingConfig, *, flow: str = "train",
+def train_from_settings(settings: Settings, config: TrainingConfig, *, flow: str | None = None,
                         prefect_flow_run_id: str | None = None,
                         map_candidates: Callable[..., list[CandidateResult]] | None = None,
                         ) -> TrainingOutcome:
     """:func:`train` against what ``settings`` name: their catalog, their limits, and an S3
-    client when the training, validation or smoke file is on S3."""
+    client when the training, validation or smoke file is on S3. The run is recorded under
+    ``flow`` (default: ``BATCHML_TRAIN_FLOW``)."""
     from .catalog import Catalog
     from .limits import Limits
 
@@ -369,7 +370,7 @@ def train_from_settings(settings: Settings, config: TrainingConfig, *, flow: str
         from .store import s3_client
 
         s3 = s3_client(settings.s3_endpoint_url, settings.s3_region)
-    return train(Catalog.from_settings(settings), config, flow=flow,
+    return train(Catalog.from_settings(settings), config, flow=flow or settings.train_flow,
                  prefect_flow_run_id=prefect_flow_run_id, s3=s3, map_candidates=map_candidates,
                  limits=Limits.from_settings(settings))
 

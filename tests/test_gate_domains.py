@@ -316,6 +316,28 @@ def test_smoke_file_through_the_cli(tmp_path: Path, logs: Path) -> None:
     assert "holdout_agreement" in shown.output
 
 
+def test_cli_training_without_prefect_honours_tag_and_flow_settings(
+        tmp_path: Path, logs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`batchml train --no-prefect` records the run under BATCHML_TRAIN_FLOW and tags it
+    BATCHML_MODEL_TAG, as the flow does (it used to record 'train' / 'deployment_candidate'
+    while printing the setting's tag)."""
+    from batchml.cli import app
+
+    monkeypatch.setenv("BATCHML_MODEL_TAG", "champion")
+    monkeypatch.setenv("BATCHML_TRAIN_FLOW", "nightly-logs")
+    home = tmp_path / "home"
+    result = CliRunner().invoke(app, [
+        "train", "--no-prefect", "--train", str(logs / "train.parquet"),
+        "--valid", str(logs / "valid.parquet"), "--text-column", "message",
+        "--label", "incident", "--candidates", "sklearn_text", "--home", str(home)])
+    assert result.exit_code == 0, result.output
+    assert "tagged champion" in result.output
+    catalog = Catalog(home / "catalog.duckdb")
+    run = catalog.latest_run("nightly-logs", tag="champion")
+    assert run.id.startswith("nightly-logs/") and "champion" in run.tags
+    assert "deployment_candidate" not in run.tags
+
+
 def test_failed_smoke_example_is_listed_with_its_score(tmp_path: Path, logs: Path) -> None:
     smoke = write_smoke(tmp_path / "smoke.csv", [*OBVIOUS, ("INFO heartbeat ok synced", 1)])
     outcome = tr.train(home_catalog(tmp_path), logs_config(

@@ -63,7 +63,7 @@ def train(
     else:
         from ..training import TrainingConfig, train_from_settings
 
-        outcome = train_from_settings(settings, TrainingConfig(**kwargs))
+        outcome = train_from_settings(settings, TrainingConfig(**kwargs, tag=settings.model_tag))
         run_id, tagged = outcome.run.id, outcome.decision.tagged
         reasons = outcome.decision.reasons
     import pandas as pd

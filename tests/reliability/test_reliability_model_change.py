@@ -16,6 +16,7 @@ import pytest
 import relhelp
 
 from batchml import Catalog
+from batchml.scoring import Outbox
 from batchml.sources import DirectorySource
 from batchml.synthetic import synthetic_reviews
 from batchml.worker import Worker
@@ -49,26 +50,32 @@ def check_lineage(cat: Catalog, old: str, removed_at: datetime) -> pd.DataFrame:
     return rows
 
 
-def wait_for_long_write(outbox: Path, timeout: float) -> bool:
-    """Wait until an output has been in writing for 0.15 s (the large file, not a small one
-    whose batch may end at any moment)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        temps = set(relhelp.tmp_leftovers(outbox))
-        if temps:
-            time.sleep(0.15)
-            if temps & set(relhelp.tmp_leftovers(outbox)):
-                return True
-        time.sleep(0.002)
-    return False
+SWITCH = 8  # the file whose batch is mid-write when the tag moves
 
 
 def test_tag_moves_while_files_flow(home: Any, rel_base: Any) -> None:
+    """The tag moves while a batch that started with the old model is writing a file.
+
+    Ordered by events, not by a large file outlasting a probe: the worker's outbox has a
+    commit guard (a hook in the scoring path, before an output is put in place) that, for
+    file ``SWITCH``, sets ``writing`` and blocks on ``moved``. The test lands files
+    0..SWITCH, waits for ``writing`` (that batch claimed its model and wrote the output),
+    moves the tag, sets ``moved``, and only then lands the rest: so the batch of file SWITCH
+    used the old model, and every file landed after it was claimed in a batch that started
+    after the tag moved."""
     old, new = rel_base.old_run, rel_base.new_run
     cat = Catalog.from_settings(home)
     inbox, outbox = Path(home.inbox), Path(home.outbox)
     src = DirectorySource(inbox, quarantine_dir=home.quarantine)
-    worker = Worker(cat, src, home)
+    writing, moved = threading.Event(), threading.Event()
+
+    def hold_the_switch_file(key: str) -> None:
+        if f"m-{SWITCH:03d}-" in key:
+            writing.set()
+            assert moved.wait(60), "the tag was never moved"
+
+    worker = Worker(cat, src, home,
+                    outbox=Outbox(str(outbox), commit_guard=hold_the_switch_file))
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -81,17 +88,17 @@ def test_tag_moves_while_files_flow(home: Any, rel_base: Any) -> None:
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
     n = 24
-    # the large file must take well over 0.15 s to write with the fast (linear) scorers
-    frames = [synthetic_reviews(200_000 if i == 8 else 100, seed=i) for i in range(n)]
+    frames = [synthetic_reviews(100, seed=i) for i in range(n)]
     names = []
     for i, frame in enumerate(frames):
         names.append(str(relhelp.land(inbox / f"m-{i:03d}.parquet", frame)))
-        if i == 8:
-            # the large file is being written out by a batch that started with the old model:
-            # move the tag now, mid-batch
-            assert wait_for_long_write(outbox, 60), "the large file was never being written"
+        if i == SWITCH:
+            # file SWITCH is being written out by a batch that started with the old model
+            # (its commit waits for `moved`): move the tag now, mid-batch
+            assert writing.wait(60), "the switch file was never being written"
             cat.run(new).add_tag(relhelp.TAG, note="reliability: new model")
             cat.run(old).remove_tag(relhelp.TAG)
+            moved.set()
         time.sleep(0.05)
     deadline = time.monotonic() + 120
     while len(relhelp.committed_outputs(outbox)) < n and time.monotonic() < deadline:
@@ -105,6 +112,9 @@ def test_tag_moves_while_files_flow(home: Any, rel_base: Any) -> None:
     assert sorted(rows["source_uri"]) == sorted(names)
     used = rows.groupby("batch_model")["source_uri"].count().to_dict()
     assert set(used) == {old, new}, used  # the switch really happened mid-stream
+    model_of = dict(zip(rows["source_uri"], rows["batch_model"], strict=True))
+    assert model_of[names[SWITCH]] == old  # its batch began before the move, ended after it
+    assert {model_of[u] for u in names[SWITCH + 1:]} == {new}
     by_input = relhelp.outputs_by_input(outbox)
     assert all(len(v) == 1 for v in by_input.values()) and len(by_input) == n
     print(f"\n[model-change] files={n} old={old}:{used[old]} new={new}:{used[new]} "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import duckdb
@@ -193,19 +192,77 @@ def test_user_values_are_bound_not_interpolated(catalog: Catalog) -> None:
         catalog.latest_run(evil)
 
 
-def test_latest_run_lookup_is_fast_at_scale(tmp_path: Path) -> None:
-    # Not a timing test: checks the lookup plan uses the tag filter, with 20k runs present.
+def _traced_lookup(cat: Catalog, monkeypatch: pytest.MonkeyPatch,
+                   tag: str) -> tuple[str, list[str]]:
+    """``cat.latest_run("train", tag=tag).id`` and every SQL statement it ran."""
+    import contextlib
+
+    statements: list[str] = []
+    real_read = cat.db.read
+
+    class Tracing:  # records what the lookup executes on its connection
+        def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+            self.con = con
+
+        def execute(self, sql: str, *args: object) -> duckdb.DuckDBPyConnection:
+            statements.append(" ".join(sql.split()))
+            return self.con.execute(sql, *args)
+
+    @contextlib.contextmanager
+    def read(**kwargs: object):  # type: ignore[no-untyped-def]
+        with real_read(**kwargs) as con:  # type: ignore[arg-type]
+            yield Tracing(con)
+
+    with monkeypatch.context() as m:
+        m.setattr(cat.db, "read", read)
+        run_id = cat.latest_run("train", tag=tag).id
+    return run_id, statements
+
+
+def _plan_breaks_promise(statements: list[str]) -> list[str]:
+    """The statements of a tagged lookup that break its plan: it must start from the tags
+    table filtered by the tag, and touch ``runs`` only by primary key (no scan or join over
+    all runs)."""
+    broken = [] if statements and statements[0].startswith("SELECT run_id FROM tags WHERE "
+                                                            "tag = ?") else statements[:1]
+    for sql in statements:
+        if ("JOIN" in sql or " runs" in sql) and not sql.startswith(
+                ("SELECT run_id FROM tags WHERE tag = ?",
+                 "SELECT run_id, status FROM runs WHERE run_id = ?")):
+            broken.append(sql)
+    return broken
+
+
+def test_latest_run_lookup_plan_uses_the_tag_filter_at_scale(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 20,000 runs (206 tagged), the tagged lookup reads the tags table filtered by the tag
+    and then looks runs up by primary key only: its statements are checked, not its speed.
+    The negative case (more than the lookup's window of newer tagged runs all unfinished, the
+    rare fallback that joins runs) shows the check fails when the plan is broken."""
     cat = Catalog(tmp_path / "c.duckdb")
     with cat.db.write() as con:
         con.execute("""INSERT INTO runs (run_id, flow, number, status, started_at)
             SELECT 'train/' || i, 'train', i, 'completed', now() FROM range(1, 20001) t(i)""")
         con.execute("""INSERT INTO tags (run_id, tag, added_at)
             SELECT 'train/' || i, 'deployment_candidate', now() FROM range(1, 20001, 97) t(i)""")
-    assert cat.latest_run("train", tag="deployment_candidate").id == "train/19983"
-    start = time.perf_counter()
-    for _ in range(5):
-        cat.latest_run("train", tag="deployment_candidate")
-    assert time.perf_counter() - start < 5  # sanity bound only; the benchmark measures speed
+    run_id, statements = _traced_lookup(cat, monkeypatch, "deployment_candidate")
+    assert run_id == "train/19983"
+    assert statements[0].startswith("SELECT run_id FROM tags WHERE tag = ?")
+    assert _plan_breaks_promise(statements) == [], statements
+    assert len(statements) <= 2  # the tag's newest ids, then one run by key
+    again = _traced_lookup(cat, monkeypatch, "deployment_candidate")
+    assert again == ("train/19983", statements[:1])  # a completed run is remembered
+
+    # negative: 70 newer tagged runs all unfinished -> the join fallback, which the check flags
+    with cat.db.write() as con:
+        con.execute("""INSERT INTO runs (run_id, flow, number, status, started_at)
+            SELECT 'train/' || i, 'train', i, 'running', now() FROM range(20001, 20071) t(i)""")
+        con.execute("""INSERT INTO tags (run_id, tag, added_at)
+            SELECT 'train/' || i, 'deployment_candidate', now() FROM range(20001, 20071) t(i)""")
+    run_id, statements = _traced_lookup(cat, monkeypatch, "deployment_candidate")
+    assert run_id == "train/19983"
+    broken = _plan_breaks_promise(statements)
+    assert len(broken) == 1 and "JOIN runs" in broken[0], statements
 
 
 def test_latest_tagged_run_behind_many_unfinished_tagged_runs(catalog: Catalog) -> None:

@@ -86,6 +86,8 @@ class ScorerConfig:
     def from_settings(cls, settings: Settings, outbox: str) -> ScorerConfig:
         """The scorer of ``batchml serve`` / ``watch``: limit ``BATCHML_SCORER_MEMORY_MB``,
         by default the memory budget plus :data:`BASELINE_MB` (``0``: no guard)."""
+        from .store import HEALTH_DIR
+
         limit = settings.scorer_memory_mb
         if limit is None:
             limit = settings.memory_budget_mb + BASELINE_MB
@@ -95,7 +97,7 @@ class ScorerConfig:
                    memory_limit_mb=float(limit) or None,
                    fault_kill_marker=settings.fault_kill_marker or None,
                    fault_alloc_marker=settings.fault_alloc_marker or None,
-                   s3_health_dir=str(settings.home / "s3-health"),
+                   s3_health_dir=str(settings.home / HEALTH_DIR),
                    limits=Limits.from_settings(settings))
 
 

@@ -21,11 +21,11 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import unquote, urlparse
 
 from .catalog import FileRecord, FileRef
@@ -54,6 +54,10 @@ class Source(Protocol):
     uri: str
     client: Any
     """The S3 client the source reads with (``None`` off S3); an S3 outbox reuses it."""
+    claim_prefix: str | None
+    """The URI prefix of every file this source lists, so a worker claims only files it can
+    read (another source's pending files are not readable here); ``None`` for sources that
+    name files anywhere (a queue, a list)."""
 
     def poll(self) -> list[FileRef]:
         """The files there now (seen before or not; the ledger keeps each version once)."""
@@ -85,12 +89,14 @@ class DirectorySource:
     """A local inbox directory, woken by filesystem events with polling as the fallback."""
 
     client: Any = None  # not on S3
+    claim_prefix: str | None
 
     def __init__(self, path: str | Path, *, quarantine_dir: str | Path | None = None,
                  settle_s: float = 1.0, use_events: bool = True) -> None:
         self.path = Path(path).expanduser().resolve()
         self.path.mkdir(parents=True, exist_ok=True)
         self.uri = str(self.path)
+        self.claim_prefix = self.uri.rstrip("/") + "/"
         self.quarantine_dir = Path(quarantine_dir).expanduser().resolve() if quarantine_dir \
             else self.path.parent / "quarantine"
         self.settle_s = settle_s
@@ -232,6 +238,7 @@ class _RemoteFiles:
     objects stay where they are (the ledger says why they were not scored)."""
 
     client: Any
+    claim_prefix: str | None = None  # files named anywhere (a prefix source sets its own)
     health: S3Health | None = None  # counts downloads that broke off (the client's tracker)
     max_file_bytes: int | None = None  # larger objects are refused before download
 
@@ -261,6 +268,7 @@ class S3PrefixSource(_RemoteFiles):
         self.health = health
         self.page_size = page_size
         self.uri = uri.rstrip("/")
+        self.claim_prefix = self.uri + "/"
         self.bucket, self.prefix = split_s3_uri(self.uri + "/")
         self.client = client
         self.poll_s = poll_s
@@ -424,41 +432,95 @@ class SQSSource(_RemoteFiles):
         pass  # receive_message already long-polls
 
 
+#: Opens the source at a URI: ``opener(uri, settings=, on_rejected=, health=) -> Source``.
+SourceOpener = Callable[..., Source]
+
+#: Entry point group through which a package adds a source for a URI scheme (the entry point's
+#: name is the scheme; it loads a :data:`SourceOpener`).
+ENTRY_POINT_GROUP = "batchml.sources"
+
+
+def _open_s3(uri: str, *, settings: Any, on_rejected: Any, health: S3Health) -> Source:
+    from .store import s3_client
+
+    prefix = S3PrefixSource(uri, client=s3_client(settings.s3_endpoint_url, settings.s3_region,
+                                                  health=health), health=health)
+    prefix.max_file_bytes = settings.max_file_bytes
+    return prefix
+
+
+def _open_sqs(uri: str, *, settings: Any, on_rejected: Any, health: S3Health) -> Source:
+    import boto3
+
+    from .store import s3_client
+
+    queue_url = unquote(uri[len("sqs://"):])
+    if not urlparse(queue_url).scheme:
+        queue_url = "https://" + queue_url
+    sqs = boto3.client("sqs", endpoint_url=settings.s3_endpoint_url,
+                       region_name=settings.s3_region)
+    queue = SQSSource(queue_url, sqs=sqs,
+                      s3=s3_client(settings.s3_endpoint_url, settings.s3_region, health=health),
+                      on_rejected=on_rejected, health=health)
+    queue.max_file_bytes = settings.max_file_bytes
+    return queue
+
+
+def _open_directory(uri: str, *, settings: Any, on_rejected: Any, health: S3Health) -> Source:
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    return DirectorySource(path, quarantine_dir=settings.quarantine)
+
+
+def _builtin_openers() -> dict[str, SourceOpener]:
+    return {"s3": _open_s3, "sqs": _open_sqs, "file": _open_directory}
+
+
+def source_opener(scheme: str) -> SourceOpener:
+    """The opener for URIs of ``scheme``: a built-in (``file`` for directories, ``s3``,
+    ``sqs``), else the entry point of that name in the group ``batchml.sources``."""
+    builtin = _builtin_openers()
+    if scheme in builtin:
+        return builtin[scheme]
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == scheme]
+    if not found:
+        known = sorted({*builtin, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
+        raise ConfigError(
+            f"Unsupported source scheme {scheme!r}: no built-in source and no entry point "
+            f"{scheme!r} in group {ENTRY_POINT_GROUP!r} (known: {', '.join(known)}).",
+            hint="Use a directory, s3://bucket/prefix or sqs://queue-url, or install the "
+                 "package that provides this source.")
+    ep = found[0]
+    try:
+        opener = ep.load()
+    except Exception as exc:
+        raise ConfigError(
+            f"The source for {scheme!r} could not be loaded: entry point {ep.value!r} in group "
+            f"{ENTRY_POINT_GROUP!r} raised {type(exc).__name__}: {exc}.",
+            hint="Fix or reinstall the package that declares it.") from exc
+    if not callable(opener):
+        raise ConfigError(f"Entry point {ep.value!r} for source {scheme!r} is not callable.",
+                          hint="It must name a function (uri, *, settings, on_rejected, "
+                               "health) -> Source.")
+    return cast(SourceOpener, opener)
+
+
 def open_source(uri: str, *, settings: Any, on_rejected: Any = None,
                 health: S3Health | None = None) -> Source:
-    """The source for ``uri``: a directory, ``s3://bucket/prefix`` or ``sqs://queue-url``.
+    """The source for ``uri``: a directory, ``s3://bucket/prefix``, ``sqs://queue-url``, or a
+    scheme a package registers in the entry point group ``batchml.sources``.
 
     ``health`` counts the source's S3 calls; by default a new tracker whose counts
     ``batchml status`` shows (``HOME/s3-health``). Pass the caller's to count the source's
     calls with the caller's other S3 calls."""
-    from .store import S3Health, s3_client
+    from .store import S3Health
 
     if health is None:
         health = S3Health.for_home(settings.home)
-    if uri.startswith("s3://"):
-        prefix = S3PrefixSource(uri, client=s3_client(settings.s3_endpoint_url,
-                                                      settings.s3_region, health=health),
-                                health=health)
-        prefix.max_file_bytes = settings.max_file_bytes
-        return prefix
-    if uri.startswith("sqs://"):
-        import boto3
-
-        queue_url = unquote(uri[len("sqs://"):])
-        if not urlparse(queue_url).scheme:
-            queue_url = "https://" + queue_url
-        sqs = boto3.client("sqs", endpoint_url=settings.s3_endpoint_url,
-                           region_name=settings.s3_region)
-        queue = SQSSource(queue_url, sqs=sqs,
-                          s3=s3_client(settings.s3_endpoint_url, settings.s3_region,
-                                       health=health),
-                          on_rejected=on_rejected, health=health)
-        queue.max_file_bytes = settings.max_file_bytes
-        return queue
-    if "://" in uri:
-        raise ConfigError(f"Unsupported source {uri!r}.",
-                          hint="Use a directory, s3://bucket/prefix or sqs://queue-url.")
-    return DirectorySource(uri, quarantine_dir=settings.quarantine)
+    scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+    return source_opener(scheme)(uri, settings=settings, on_rejected=on_rejected,
+                                 health=health)
 
 
 class ListSource:
@@ -468,6 +530,7 @@ class ListSource:
                  max_file_bytes: int | None = None, health: S3Health | None = None) -> None:
         self.uris = uris
         self.uri = "list"
+        self.claim_prefix: str | None = None  # the files are named one by one
         self.client = client
         self.health = health  # the tracker ``client`` was made with (broken-off downloads)
         self.max_file_bytes = max_file_bytes  # s3:// objects larger are never downloaded

@@ -141,7 +141,7 @@ class Worker:
         claiming, scoring and recording a file reopens the catalog at most once."""
         if self._outer_hold is None:
             stack = contextlib.ExitStack()
-            stack.enter_context(self.catalog.db.hold())
+            stack.enter_context(self.catalog.hold())
             self._outer_hold = stack
 
     def release_catalog(self) -> None:
@@ -197,7 +197,7 @@ class Worker:
         start = time.perf_counter()
         pending: list[FileOutcome] = []
         first_pending = 0.0
-        with self.catalog.db.hold(), leases:
+        with self.catalog.hold(), leases:
             try:
                 for i, record in enumerate(claimed):
                     if not leases.held(record.file_id):
@@ -303,13 +303,7 @@ class Worker:
     def _claim_prefix(self) -> str | None:
         """Claim only files of this worker's source (another source's files are not
         readable here). Queue and list sources name files anywhere."""
-        from .sources import DirectorySource, S3PrefixSource
-
-        if isinstance(self.source, DirectorySource):
-            return self.source.uri.rstrip("/") + "/"
-        if isinstance(self.source, S3PrefixSource):
-            return self.source.uri.rstrip("/") + "/"
-        return None
+        return self.source.claim_prefix
 
     def _score_one(self, record: FileRecord, model: LoadedModel, batch_id: str,
                    leases: _Leases | None = None, score: ScoreFile | None = None) -> FileOutcome:

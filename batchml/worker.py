@@ -387,6 +387,23 @@ class Worker:
                   "or raise BATCHML_SCORER_MEMORY_MB / BATCHML_MEMORY_BUDGET_MB, then "
                   f"`batchml reprocess {uri}`.")
 
+    def run_once(self, *, limit: int = 50,
+                 on_batch: Callable[[BatchReport], None] | None = None) -> list[BatchReport]:
+        """Discover once, then score batch after batch until nothing is left to claim (a file
+        given back after its scorer process died is tried again at once). A batch that only
+        says why nothing could be scored (no model yet) is reported too, last."""
+        self.discover()
+        reports = []
+        while (report := self.run_batch(limit=limit)).outcomes or report.retried:
+            reports.append(report)
+            if on_batch is not None:
+                on_batch(report)
+        if report.error:
+            reports.append(report)
+            if on_batch is not None:
+                on_batch(report)
+        return reports
+
     def run(self, stop: threading.Event, *, idle_s: float = 1.0, limit: int = 50,
             on_batch: Callable[[BatchReport], None] | None = None) -> None:
         """Discover and score until ``stop`` is set."""

@@ -357,3 +357,36 @@ def test_s3_sqs_notifications_scored_once_across_restart(trained: Settings, tmp_
         if o in second and o.source_uri.endswith("a.parquet"):
             assert set(out["input_etag"]) == {body["ETag"].strip('"')}
     assert drain_queue(worker()) == []  # nothing is scored twice
+
+
+def test_predict_files_library_call(trained: Settings, tmp_path: Path) -> None:
+    """`batchml predict`'s library half: a directory expands to its complete parquet files,
+    each is scored once into the given folder, a second call skips them, progress is told."""
+    from batchml.predict import expand_inputs, predict_files
+
+    settings = fresh(trained, tmp_path)
+    folder = tmp_path / "named"
+    for i, n in enumerate((30, 40, 50)):
+        drop(folder / f"f{i}.parquet", synthetic_reviews(n, seed=i))
+    (folder / "_SUCCESS").write_text("")
+    (folder / ".f9.parquet.tmp").write_bytes(b"half")
+    assert sorted(Path(u).name for u in expand_inputs([str(folder)])) == [
+        "f0.parquet", "f1.parquet", "f2.parquet"]
+    seen: list[tuple[int, int]] = []
+    result = predict_files(settings, [str(folder)], output=tmp_path / "out", batch_files=2,
+                           on_progress=lambda done, total: seen.append((done, total)))
+    assert result.all_scored and result.skipped == []
+    assert sorted(o.rows for r in result.reports for o in r.outcomes) == [30, 40, 50]
+    assert seen == [(2, 3), (3, 3)]
+    assert len(list((tmp_path / "out").rglob("*.parquet"))) == 3
+    again = predict_files(settings, [str(folder)], output=tmp_path / "out")
+    assert again.reports == [] and len(again.skipped) == 3
+
+
+def test_predict_files_without_a_model_raises(tmp_path: Path) -> None:
+    from batchml.errors import ModelNotFound
+    from batchml.predict import predict_files
+
+    path = drop(tmp_path / "a.parquet", synthetic_reviews(5))
+    with pytest.raises(ModelNotFound, match="No successful run of flow 'train' tagged"):
+        predict_files(Settings(home=tmp_path / "home"), [str(path)])

@@ -4,12 +4,11 @@ ledger."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from ..settings import Settings
 from ._common import (
     CatalogOpt,
     HomeOpt,
@@ -22,23 +21,6 @@ from ._common import (
     print_frame,
     settings_from,
 )
-
-if TYPE_CHECKING:
-    from ..sources import Source
-    from ..worker import Worker
-
-
-def _worker(settings: Settings, source: Source, run_id: str | None, tag: str | None,
-            output: Path | None = None) -> Worker:
-    from ..catalog import Catalog
-    from ..scoring import Outbox
-    from ..worker import Worker
-
-    outbox = None
-    if output is not None:
-        outbox = Outbox(str(output), s3=source.client)
-    return Worker(Catalog.from_settings(settings), source, settings, run_id=run_id, tag=tag,
-                  outbox=outbox)
 
 
 def _report(reports: list[Any]) -> None:
@@ -68,43 +50,18 @@ def predict(
     """Score files now (each file version once; `batchml reprocess` to score again)."""
     from rich.progress import Progress
 
-    from ..sources import DirectorySource, ListSource
-    from ..store import s3_client
+    from ..predict import predict_files
 
-    settings = settings_from(home, catalog)
-    uris: list[str] = []
-    for item in inputs:
-        if "://" not in item and Path(item).is_dir():
-            uris += [r.uri for r in DirectorySource(item, use_events=False, settle_s=0).poll()]
-        else:
-            uris.append(item)
-    client = s3_client(settings.s3_endpoint_url, settings.s3_region) \
-        if any(u.startswith("s3://") for u in uris) else None
-    source = ListSource(uris, client=client, max_file_bytes=settings.max_file_bytes)
-    worker = _worker(settings, source, run, tag, output)
-    refs = source.poll()
-    worker.ledger.discover(refs)
-    ids = [r.file_id for r in refs]
-    reports = []
     with Progress(console=err, transient=True) as progress:
-        task = progress.add_task("scoring", total=len(ids))
-        while True:
-            rep = worker.run_batch(limit=10, file_ids=ids)
-            if rep.error and not rep.outcomes:
-                from ..errors import ModelNotFound
-
-                raise ModelNotFound(rep.error)
-            if not rep.outcomes:
-                break
-            reports.append(rep)
-            progress.advance(task, len(rep.outcomes))
-    _report(reports)
-    done = {o.file_id for rep in reports for o in rep.outcomes}
-    skipped = [r.uri for r in refs if r.file_id not in done]
-    if skipped:
-        out.print(f"{len(skipped)} file(s) were already processed; see `batchml files`, or "
-                  "`batchml reprocess URI` to score again.")
-    if any(o.status != "scored" for rep in reports for o in rep.outcomes):
+        task = progress.add_task("scoring", total=None)
+        result = predict_files(
+            settings_from(home, catalog), inputs, run_id=run, tag=tag, output=output,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    _report(result.reports)
+    if result.skipped:
+        out.print(f"{len(result.skipped)} file(s) were already processed; see `batchml files`, "
+                  "or `batchml reprocess URI` to score again.")
+    if not result.all_scored:
         raise typer.Exit(1)
 
 
@@ -142,12 +99,7 @@ def watch(
     out.print(f"watching {src.uri} (Ctrl-C to stop)")
     try:
         if once:
-            worker.discover()
-            # a file given back after killing the scorer process is tried again at once
-            while (rep := worker.run_batch()).outcomes or rep.retried:
-                show(rep)
-            if rep.error:
-                show(rep)
+            worker.run_once(on_batch=show)
         else:
             worker.run(stop, on_batch=show)
     except KeyboardInterrupt:

@@ -292,7 +292,8 @@ def test_duplicate_input_columns_are_a_schema_mismatch(data: st.DataObject,
         sig.coerce(table, arrow=arrow)
 
 
-@SETTINGS
+@settings(SETTINGS, suppress_health_check=[HealthCheck.filter_too_much,
+                                           HealthCheck.too_slow])  # draws filtered by design
 @given(data=st.data())
 def test_integers_beyond_float64_precision_are_refused_by_name(data: st.DataObject) -> None:
     sig = data.draw(signatures())

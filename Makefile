@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=78.1.1'  # venv's 65.5 has CVEs
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+# The tests start their own throwaway PostgreSQL server: without pg_ctl (on PATH or in Debian's
+# /usr/lib/postgresql/*/bin), install Debian's postgresql package (sudo when not root).
+	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { S=$$([ "$$(id -u)" = 0 ] || command -v sudo); $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql || { $$S apt-get update -q && $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }; }
 	@touch $(STAMP)
 
 ## The main job end to end on the embedded default (local directories, local DuckDB file).

@@ -6,8 +6,12 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from pgserver import PostgresServer
 
 # An in-process ephemeral Prefect server (Service.run(None), flows without a server) gets 20 s
 # to start by default; on 2 busy cores it sometimes needs more (seen once in a fresh-clone run).
@@ -106,3 +110,27 @@ def module_tagged_home(tmp_path_factory: pytest.TempPathFactory):  # type: ignor
     """:func:`tagged_home` made once per test module (1,500 / 500 rows)."""
     home = tmp_path_factory.mktemp("home")
     return make_tagged_home(home / "data", home, train_rows=1500, valid_rows=500)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server on a free loopback port (tests/pgserver.py), started once
+    per session; stopped and its directory removed at the end."""
+    from pgserver import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer) -> Iterator[str]:
+    """A fresh database on :func:`pg_server`; yields its URL and drops it (WITH (FORCE)) after
+    the test."""
+    import uuid
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    url = pg_server.create_database(name)
+    try:
+        yield url
+    finally:
+        pg_server.drop_database(name)

@@ -32,9 +32,7 @@ def run_checks(settings: Settings) -> list[Check]:
     from .store import open_store
 
     def open_catalog() -> Catalog:  # no artifact store: its own check below
-        return Catalog(settings.catalog_file, lock_timeout_s=settings.lock_timeout_s,
-                       published_path=settings.published_catalog_path,
-                       publish_interval_s=settings.publish_interval_s)
+        return Catalog.from_settings(settings, with_store=False)
 
     def catalog() -> str:
         cat = open_catalog()

@@ -41,6 +41,13 @@ class CatalogBusy(CatalogError, TimeoutError):
     transient = True
 
 
+class CatalogUnavailable(CatalogError, ConnectionError):
+    """The catalog's server could not be reached or dropped the connection (a restart, a
+    network partition); the statement's transaction was rolled back."""
+
+    transient = True
+
+
 class QueryRefused(CatalogError, PermissionError):
     """A read-only SQL session was given a statement that writes (catalog or files)."""
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     catalog_path: Path | None = Field(
         default=None, description="DuckDB catalog file. Default: HOME/catalog.duckdb."
     )
+    catalog_url: str | None = Field(
+        default=None,
+        description="The catalog as a URL, instead of CATALOG_PATH: postgresql://USER@HOST:PORT/DB "
+        "for a catalog shared by many hosts (docs/scaling.md), or duckdb:///PATH. A password "
+        "in it is moved to CATALOG_PASSWORD at start-up and never stored, logged or sent to "
+        "Prefect.")
+    catalog_password: SecretStr | None = Field(
+        default=None, exclude=True,
+        description="Password for a PostgreSQL catalog (or use PGPASSWORD / ~/.pgpass). Never "
+        "serialised: processes Prefect starts read it from their own environment.")
     artifact_root: str | None = Field(
         default=None,
         description="Where models and plots are stored: a local directory or s3://bucket/prefix. "
@@ -165,6 +175,8 @@ class Settings(BaseSettings):
         self.home = self.home.expanduser().absolute()
         if self.feature_columns or not self.text_column:
             self.text_column = None
+        if self.catalog_url is not None:
+            self._split_catalog_url()
         if self.catalog_path is None:
             self.catalog_path = self.home / "catalog.duckdb"
         if self.published_catalog_path is None:
@@ -181,8 +193,32 @@ class Settings(BaseSettings):
                 setattr(self, name, str(self.home / sub))
         return self
 
+    def _split_catalog_url(self) -> None:
+        from urllib.parse import unquote, urlsplit, urlunsplit
+
+        url = str(self.catalog_url)
+        scheme = url.partition("://")[0].lower()
+        if scheme == "duckdb":
+            self.catalog_path = Path(url.partition("://")[2]).expanduser()
+            self.catalog_url = None
+            return
+        if scheme not in ("postgresql", "postgres"):
+            return  # another registered backend; open_backend says if it is unknown
+        parts = urlsplit(url)
+        if parts.password is not None:
+            if self.catalog_password is None:
+                self.catalog_password = SecretStr(unquote(parts.password))
+            host = parts.netloc.rsplit("@", 1)[1]
+            self.catalog_url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}@{host}"))
+
     @property
     def catalog_file(self) -> Path:
-        """The catalog path, never None after validation."""
+        """The DuckDB catalog path, never None after validation (unused with a URL)."""
         assert self.catalog_path is not None
         return self.catalog_path
+
+    @property
+    def catalog_target(self) -> str | Path:
+        """What :class:`~batchml.catalog.Catalog` opens: the URL when one is set, else the
+        DuckDB file."""
+        return self.catalog_url or self.catalog_file

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog, Ledger
@@ -43,6 +44,8 @@ def published_catalog(catalog: Catalog) -> dict[str, Any]:
     import time
 
     path = catalog.published_path
+    if not isinstance(path, Path):  # a server (PostgreSQL): people read the catalog itself
+        return {"path": str(path), "age_s": 0.0}
     try:
         age: float | None = round(time.time() - path.stat().st_mtime, 3)
     except FileNotFoundError:

@@ -71,8 +71,30 @@ def s3_bucket(aws_env: str) -> Iterator[str]:
     yield name
 
 
+BACKENDS = ["duckdb", "postgresql"]
+"""The catalog backends every catalog, ledger and training-record test runs on."""
+
+
+@pytest.fixture(params=BACKENDS)
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty catalog on each backend: a DuckDB file in ``tmp_path``, or a new
+    database on the test session's PostgreSQL server."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return str(tmp_path / "catalog.duckdb")
+
+
 @pytest.fixture
-def catalog(tmp_path: Path):  # type: ignore[no-untyped-def]
+def catalog(catalog_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A catalog with an artifact store, once on each backend."""
+    from batchml import Catalog, open_store
+
+    return Catalog(catalog_url, store=open_store(str(tmp_path / "artifacts")))
+
+
+@pytest.fixture
+def duckdb_catalog(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A DuckDB catalog, for what only the embedded backend has (its file, lock, copy)."""
     from batchml import Catalog, open_store
 
     return Catalog(tmp_path / "catalog.duckdb", store=open_store(str(tmp_path / "artifacts")))

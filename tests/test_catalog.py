@@ -165,7 +165,8 @@ def test_runs_overview_view(catalog: Catalog) -> None:
     assert (row["accuracy"], row["roc_auc"], row["tags"]) == (0.8, 0.9, "a, b")
 
 
-def test_views_readable_from_plain_duckdb(catalog: Catalog) -> None:
+def test_views_readable_from_plain_duckdb(duckdb_catalog: Catalog) -> None:
+    catalog = duckdb_catalog
     make_run(catalog, metrics={"accuracy": 0.5})
     catalog.db.close()
     con = duckdb.connect(str(catalog.path), read_only=True)

@@ -23,7 +23,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "batchml"
 SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|CHECKPOINT|ATTACH)\b")
 # the modules that hold the statements; everything else calls them
 SQL_HOMES = {"catalog/_db.py", "catalog/duckdb_backend.py", "catalog/duckdb_ledger.py",
-             "catalog/duckdb_init.py", "catalog/migrations/__init__.py"}
+             "catalog/duckdb_init.py", "catalog/migrations/__init__.py", "catalog/_pg.py",
+             "catalog/postgres_backend.py", "catalog/postgres_ledger.py"}
 
 
 def _sql_strings(path: Path) -> list[str]:
@@ -52,10 +53,13 @@ def test_the_probe_sees_sql() -> None:
     assert not _sql_strings(PACKAGE / "catalog" / "model.py")
 
 
-def test_duckdb_backend_implements_the_whole_interface() -> None:
+def test_both_backends_implement_the_whole_interface() -> None:
+    from batchml.catalog.postgres_backend import PostgresBackend
+
     assert CatalogBackend.__abstractmethods__  # the interface is abstract ...
-    assert not DuckDBBackend.__abstractmethods__  # ... and DuckDB fills every method
-    assert issubclass(DuckDBBackend, CatalogBackend)
+    for backend in (DuckDBBackend, PostgresBackend):  # ... and each backend fills it
+        assert not backend.__abstractmethods__
+        assert issubclass(backend, CatalogBackend)
 
 
 def test_a_path_and_a_duckdb_url_open_one_shared_database(tmp_path: Path) -> None:

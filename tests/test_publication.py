@@ -75,7 +75,7 @@ def test_every_change_is_published_with_every_table_and_view(tmp_path: Path) -> 
     assert len(info) == 1
     assert info[0][2] == str(tmp_path / "catalog.duckdb") and info[0][4] == 0.2
     assert info[0][3] == max(int(p.name[:4]) for p in
-                             (ROOT / "batchml" / "catalog" / "migrations").glob("[0-9]*.sql"))
+                             (ROOT / "batchml" / "catalog" / "migrations" / "duckdb").glob("[0-9]*.sql"))
     _wait_for(lambda: duckdb.connect(str(cat.published_path), read_only=True).execute(
         "SELECT count(*) FROM current_tags WHERE tag = 'champion'").fetchone()[0] == 1,
         what="the tag in the copy")

@@ -37,8 +37,9 @@ if TYPE_CHECKING:
 class CatalogBackend(ABC):
     """Where a catalog's runs, tags, models, file ledger and batches are stored."""
 
-    path: Path
-    """Where the catalog lives (a DuckDB file), for messages and ``batchml status``."""
+    path: Path | str
+    """Where the catalog lives (a DuckDB file, or a URL without its password), for messages
+    and ``batchml status``."""
 
     # --- schema, connections, publication ----------------------------------------------------
 
@@ -68,11 +69,12 @@ class CatalogBackend(ABC):
 
     @property
     @abstractmethod
-    def published_path(self) -> Path:
-        """The read-only copy people open."""
+    def published_path(self) -> Path | str:
+        """The read-only copy people open (a server's URL when they read the catalog
+        itself)."""
 
     @abstractmethod
-    def publish(self) -> Path:
+    def publish(self) -> Path | str:
         """Publish the read-only copy now; return its path."""
 
     @abstractmethod
@@ -277,6 +279,8 @@ BackendFactory = Callable[..., CatalogBackend]
 # holds no state of a running catalog.
 _BACKENDS: dict[str, BackendFactory | str] = {
     "duckdb": "batchml.catalog.duckdb_backend:DuckDBBackend",
+    "postgresql": "batchml.catalog.postgres_backend:PostgresBackend",
+    "postgres": "batchml.catalog.postgres_backend:PostgresBackend",
 }
 
 

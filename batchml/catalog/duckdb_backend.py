@@ -35,7 +35,7 @@ class DuckDBBackend(DuckDBLedger, CatalogBackend):
     def __init__(self, location: str | Path, *, lock_timeout_s: float = 60.0,
                  published_path: str | Path | None = None, publish_interval_s: float = 1.0,
                  databases: Databases | None = None) -> None:
-        self.path = Path(location).expanduser()
+        self.path: Path = Path(location).expanduser()
         self.db: Database = (databases or PROCESS_DATABASES).open(
             self.path, lock_timeout_s=lock_timeout_s,
             publish_to=Path(published_path) if published_path else None,
@@ -205,14 +205,7 @@ class DuckDBBackend(DuckDBLedger, CatalogBackend):
 
     def search_runs(self, flow: str | None = None, *, where: str | None = None,
                     order_by: str | None = None, tag: str | None = None) -> pd.DataFrame:
-        import pandas as pd  # not at import time: `batchml predict` never needs it
-
-        if where is not None and len(duckdb.extract_statements(f"SELECT 1 WHERE {where}")) != 1:
-            raise ValueError("`where` must be one filter expression, not several statements.")
         ids = self.run_ids(flow, tag=tag)
-        if not ids:
-            return pd.DataFrame(columns=["run_id", "flow", "status", "started_at", "ended_at",
-                                         "data_fingerprint", "tags"])
         with self.db.read() as con:
             base = con.execute(
                 "SELECT run_id, flow, status, started_at, ended_at, params::VARCHAR AS params,"
@@ -225,19 +218,7 @@ class DuckDBBackend(DuckDBLedger, CatalogBackend):
                 "SELECT run_id, string_agg(tag, ',' ORDER BY tag) AS tags FROM tags"
                 " WHERE removed_at IS NULL AND run_id IN (SELECT unnest(?)) GROUP BY run_id",
                 [ids]).df()
-        frame = base.drop(columns=["params"])
-        params = pd.json_normalize([json.loads(p) for p in base["params"]]) if len(base) else None
-        if params is not None and len(params.columns):
-            params.columns = [f"params.{c}" for c in params.columns]
-            frame = pd.concat([frame, params], axis=1)
-        if len(mets):
-            wide = mets.pivot(index="run_id", columns="key", values="value")
-            wide.columns = [f"metrics.{c}" for c in wide.columns]
-            frame = frame.merge(wide, left_on="run_id", right_index=True, how="left")
-        frame = frame.merge(tags, on="run_id", how="left")
-        if where or order_by:
-            frame = _filter_frame(frame, where, order_by)
-        return frame.reset_index(drop=True)
+        return runs_frame(base, mets, tags, where=where, order_by=order_by)
 
     def runs_overview(self, flow: str | None = None, *, tag: str | None = None,
                       limit: int = 50) -> pd.DataFrame:
@@ -351,6 +332,33 @@ class DuckDBBackend(DuckDBLedger, CatalogBackend):
             con.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
                         [run_id, name, flavor, json.dumps(dict(signature)), artifact, primary,
                          utcnow()])
+
+
+def runs_frame(base: pd.DataFrame, mets: pd.DataFrame, tags: pd.DataFrame, *,
+               where: str | None, order_by: str | None) -> pd.DataFrame:
+    """What ``search_runs`` returns, from the rows any backend read: runs (``params`` as JSON
+    text), step-0 metrics (run_id, key, value) and current tags (run_id, tags); filtered and
+    ordered on a private in-memory DuckDB (the PostgreSQL backend uses it too)."""
+    import pandas as pd
+
+    if where is not None and len(duckdb.extract_statements(f"SELECT 1 WHERE {where}")) != 1:
+        raise ValueError("`where` must be one filter expression, not several statements.")
+    if not len(base):
+        return pd.DataFrame(columns=["run_id", "flow", "status", "started_at", "ended_at",
+                                     "data_fingerprint", "tags"])
+    frame = base.drop(columns=["params"])
+    params = pd.json_normalize([json.loads(p) for p in base["params"]])
+    if len(params.columns):
+        params.columns = [f"params.{c}" for c in params.columns]
+        frame = pd.concat([frame, params], axis=1)
+    if len(mets):
+        wide = mets.pivot(index="run_id", columns="key", values="value")
+        wide.columns = [f"metrics.{c}" for c in wide.columns]
+        frame = frame.merge(wide, left_on="run_id", right_index=True, how="left")
+    frame = frame.merge(tags, on="run_id", how="left")
+    if where or order_by:
+        frame = _filter_frame(frame, where, order_by)
+    return frame.reset_index(drop=True)
 
 
 def _filter_frame(frame: pd.DataFrame, where: str | None, order_by: str | None) -> pd.DataFrame:

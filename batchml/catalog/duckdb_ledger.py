@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 _COLUMNS = "file_id, source_uri, etag, size, mtime, state, attempts, error, claimed_by"
 
 
-def _batch_id(now: datetime) -> str:
+def batch_id_for(now: datetime) -> str:
+    """A new batch id, readable and unique: ``batch-<UTC time>-<random>``."""
     return f"batch-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
@@ -106,7 +107,7 @@ class DuckDBLedger:
                                   file_ids=file_ids, prefix=prefix)
             if not records:
                 return ClaimedBatch(None, run_id, [], None)
-            batch_id = _batch_id(now)
+            batch_id = batch_id_for(now)
             con.execute("INSERT INTO prediction_batches (batch_id, model_run_id, status,"
                         " started_at, prefect_flow_run_id) VALUES (?, ?, 'running', ?, ?)",
                         [batch_id, run_id, now, prefect_flow_run_id])
@@ -219,7 +220,7 @@ class DuckDBLedger:
 
     def start_batch(self, model_run_id: str | None, *,
                     prefect_flow_run_id: str | None = None) -> str:
-        batch_id = _batch_id(utcnow())
+        batch_id = batch_id_for(utcnow())
         with self.db.write() as con:
             con.execute("INSERT INTO prediction_batches (batch_id, model_run_id, status,"
                         " started_at, prefect_flow_run_id) VALUES (?, ?, 'running', ?, ?)",

@@ -71,11 +71,11 @@ class Catalog:
         return db  # type: ignore[no-any-return]
 
     @property
-    def published_path(self) -> Path:
+    def published_path(self) -> Path | str:
         """The read-only copy people open (``duckdb -readonly``); see :meth:`publish`."""
         return self.backend.published_path
 
-    def publish(self) -> Path:
+    def publish(self) -> Path | str:
         """Publish the read-only copy now; batchml also does it within
         ``publish_interval_s`` of every change. Returns its path."""
         return self.backend.publish()
@@ -99,15 +99,23 @@ class Catalog:
         self.backend.close()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Catalog:
-        """The catalog and artifact store named by a :class:`~batchml.Settings`."""
+    def from_settings(cls, settings: Any, *, with_store: bool = True) -> Catalog:
+        """The catalog (and, unless ``with_store`` is False, the artifact store) named by a
+        :class:`~batchml.Settings`: its ``catalog_url``, else its DuckDB ``catalog_path``."""
         from ..store import open_store
 
         store = open_store(settings.artifact_root, endpoint_url=settings.s3_endpoint_url,
-                           region=settings.s3_region)
-        return cls(settings.catalog_file, store=store, lock_timeout_s=settings.lock_timeout_s,
-                   published_path=settings.published_catalog_path,
-                   publish_interval_s=settings.publish_interval_s)
+                           region=settings.s3_region) if with_store else None
+        options: dict[str, Any]
+        if settings.catalog_url is not None:
+            password = settings.catalog_password
+            options = {"password": password.get_secret_value() if password else None}
+        else:
+            options = {"published_path": settings.published_catalog_path,
+                       "publish_interval_s": settings.publish_interval_s}
+        backend = open_backend(settings.catalog_target, lock_timeout_s=settings.lock_timeout_s,
+                               **options)
+        return cls(backend.path, store=store, backend=backend)
 
     @property
     def store(self) -> ArtifactStore:

@@ -26,21 +26,26 @@ HomeOpt = Annotated[Path | None, typer.Option("--home", help="batchml home (BATC
                                               envvar="BATCHML_HOME", show_envvar=False)]
 SourceArg = Annotated[str | None, typer.Argument(
     help="A directory, s3://bucket/prefix or sqs://queue-url (default: BATCHML_INBOX).")]
-CatalogOpt = Annotated[Path | None, typer.Option("--catalog", help="Catalog file "
-                                                 "(BATCHML_CATALOG_PATH).", show_envvar=False)]
+CatalogOpt = Annotated[str | None, typer.Option(
+    "--catalog", help="Catalog: a DuckDB file (BATCHML_CATALOG_PATH) or a URL such as "
+    "postgresql://user@host/db (BATCHML_CATALOG_URL).", show_envvar=False)]
 
 
-def settings_from(home: Path | None = None, catalog: Path | None = None, **extra: Any) -> Settings:
+def settings_from(home: Path | None = None, catalog: str | Path | None = None,
+                  **extra: Any) -> Settings:
     """Resolve settings at the entry point: explicit options win over the environment."""
     kwargs: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
     if home is not None:
         kwargs["home"] = home
     if catalog is not None:
-        kwargs["catalog_path"] = catalog
+        if "://" in str(catalog):
+            kwargs["catalog_url"] = str(catalog)
+        else:
+            kwargs["catalog_path"] = Path(catalog)
     return Settings(**kwargs)
 
 
-def open_catalog(home: Path | None, catalog: Path | None) -> Any:
+def open_catalog(home: Path | None, catalog: str | None) -> Any:
     from ..catalog import Catalog
 
     return Catalog.from_settings(settings_from(home, catalog))

@@ -23,7 +23,8 @@ def init(home: HomeOpt = None, catalog: CatalogOpt = None) -> None:
     cat = Catalog.from_settings(settings)
     applied = ", ".join(cat.migrated) or "none (already current)"
     out.print(f"catalog {cat.path} ready; migrations applied: {applied}")
-    out.print(f"read-only copy for duckdb sessions: {cat.publish()}")
+    if cat.backend.published_path != cat.path:
+        out.print(f"read-only copy for duckdb sessions: {cat.publish()}")
 
 
 @clean_errors
@@ -66,9 +67,8 @@ def sql(query: Annotated[str | None, typer.Argument(help="SQL to run against the
     try:
         frame = cat.sql(query, write=write, views=views)
     except Exception as exc:
-        import duckdb
-
-        if isinstance(exc, duckdb.Error):
+        # the database's own complaint about the query (DuckDB's or PostgreSQL's)
+        if type(exc).__module__.split(".")[0] in ("duckdb", "_duckdb", "psycopg"):
             err.print(f"[bold red]SQL error:[/] {exc}", markup=True, highlight=False)
             raise typer.Exit(1) from None
         raise

@@ -1,7 +1,9 @@
 """The catalog schema: named, versioned SQL files (``NNNN_name.sql``) applied in order.
 
-A catalog file records the versions it has in ``schema_migrations``; opening an older file
-applies the ones it lacks, all in one transaction (:meth:`batchml.catalog._db.Database.migrate`).
+Each backend has its dialect's files side by side, with the same versions and names:
+``duckdb/`` and ``postgresql/``. A catalog records the versions it has in
+``schema_migrations``; opening an older one applies the ones it lacks, all in one transaction
+(:meth:`batchml.catalog._db.Database.migrate`, :meth:`batchml.catalog._pg.PgConnections.migrate`).
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ from typing import Any
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
+DIALECTS = ("duckdb", "postgresql")
 
-def migrations() -> list[tuple[int, str, str]]:
-    """All shipped migrations as (version, name, sql), in version order."""
+
+def migrations(dialect: str = "duckdb") -> list[tuple[int, str, str]]:
+    """All shipped migrations of ``dialect`` as (version, name, sql), in version order."""
+    if dialect not in DIALECTS:
+        raise ValueError(f"No migrations for {dialect!r}; dialects: {', '.join(DIALECTS)}.")
     found = []
-    for entry in resources.files(__name__).iterdir():
+    for entry in resources.files(__name__).joinpath(dialect).iterdir():
         match = _MIGRATION_NAME.match(entry.name)
         if match:
             found.append((int(match.group(1)), match.group(2), entry.read_text()))
@@ -25,8 +31,8 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 def apply(con: Any) -> list[str]:
-    """Apply every migration the catalog on connection ``con`` lacks (inside the caller's
-    transaction); return their names."""
+    """Apply every DuckDB migration the catalog on connection ``con`` lacks (inside the
+    caller's transaction); return their names."""
     applied: list[str] = []
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -34,7 +40,7 @@ def apply(con: Any) -> list[str]:
         " applied_at TIMESTAMPTZ NOT NULL)"
     )
     done = {v for (v,) in con.execute("SELECT version FROM schema_migrations").fetchall()}
-    for version, name, sql in migrations():
+    for version, name, sql in migrations("duckdb"):
         if version in done:
             continue
         con.execute(sql)
@@ -46,7 +52,8 @@ def apply(con: Any) -> list[str]:
 
 
 def current_version(con: Any) -> int:
-    """The highest migration version recorded on connection ``con`` (0 for an empty file)."""
+    """The highest migration version recorded on DuckDB connection ``con`` (0 for an empty
+    file)."""
     exists = con.execute(
         "SELECT count(*) FROM information_schema.tables"
         " WHERE table_name = 'schema_migrations'").fetchone()

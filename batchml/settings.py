@@ -197,11 +197,12 @@ class Settings(BaseSettings):
         from urllib.parse import unquote, urlsplit, urlunsplit
 
         url = str(self.catalog_url)
-        scheme = url.partition("://")[0].lower()
-        if scheme == "duckdb":
-            self.catalog_path = Path(url.partition("://")[2]).expanduser()
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.lower() == "duckdb":  # a DuckDB file, as a path or a URL
+            self.catalog_path = Path(rest if sep else url).expanduser()
             self.catalog_url = None
             return
+        scheme = scheme.lower()
         if scheme not in ("postgresql", "postgres"):
             return  # another registered backend; open_backend says if it is unknown
         parts = urlsplit(url)

@@ -87,20 +87,34 @@ def test_model_loads_in_a_plain_python_session(reviews_run) -> None:  # type: ig
     assert out.stdout.strip().endswith("[1, 0]")
 
 
-def test_same_data_same_fingerprint(reviews_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_same_data_same_fingerprint_and_the_record_on_each_backend(  # type: ignore[no-untyped-def]
+        reviews_run, catalog_url: str, tmp_path: Path) -> None:
     settings, outcome = reviews_run
-    again = tr.train(Catalog(tmp_path / "c.duckdb", store=Catalog.from_settings(settings).store),
-                     tr.TrainingConfig(train_uri=str(REVIEWS / "train.parquet"),
-                                       valid_uri=str(REVIEWS / "valid.parquet"),
-                                       text_column="review", candidates=["sklearn_text"]))
+    cat = Catalog(catalog_url, store=Catalog.from_settings(settings).store)
+    again = tr.train(cat, tr.TrainingConfig(train_uri=str(REVIEWS / "train.parquet"),
+                                            valid_uri=str(REVIEWS / "valid.parquet"),
+                                            text_column="review", candidates=["sklearn_text"]))
     assert again.run.data_fingerprint == outcome.run.data_fingerprint
+    # what training recorded reads back the same from this backend, through a new catalog
+    run = Catalog(catalog_url, store=cat.store).latest_run("train", tag="deployment_candidate")
+    assert run == again.run and run.successful and run.code_fingerprint
+    assert "sklearn_text" in run.params["candidates"]
+    assert {"accuracy", "roc_auc", "baseline.roc_auc", "sklearn_text.roc_auc"} <= set(run.metrics)
+    assert [n for n, m in run.models.items() if m["is_primary"]] == ["sklearn_text"]
+    assert run.models["sklearn_text"]["signature"]["inputs"][0]["name"] == "review"
+    assert json.loads(run.fetch_artifact("gate.json"))["decision"]["tagged"]
+    history = run.tag_history()
+    assert list(history["tag"]) == ["deployment_candidate"] and history["removed_at"].isna().all()
+    model = run.load_model()
+    assert model.predict_proba(pd.DataFrame({"review": ["fits well", "tore at once"]})).shape \
+        == (2, 2)
 
 
-def test_shuffled_labels_are_not_tagged(tmp_path: Path) -> None:
+def test_shuffled_labels_are_not_tagged(tmp_path: Path, catalog_url: str) -> None:
     train = pd.read_parquet(REVIEWS / "train.parquet")
     train["labels"] = np.random.default_rng(0).permutation(train["labels"].to_numpy())
     train.to_parquet(tmp_path / "shuffled.parquet")
-    settings = Settings(home=tmp_path)
+    settings = Settings(home=tmp_path, catalog_url=catalog_url)
     outcome = tr.train(Catalog.from_settings(settings), tr.TrainingConfig(
         train_uri=str(tmp_path / "shuffled.parquet"), valid_uri=str(REVIEWS / "valid.parquet"),
         text_column="review", candidates=["sklearn_text", "sklearn_text_nb"],
@@ -137,10 +151,10 @@ def test_tabular_multiclass_training(tmp_path: Path) -> None:
     assert "keras_nbow.seconds" in run.metrics
 
 
-def test_crash_marks_the_run_failed(tmp_path: Path) -> None:
+def test_crash_marks_the_run_failed(tmp_path: Path, catalog_url: str) -> None:
     from batchml.errors import DataError
 
-    settings = Settings(home=tmp_path)
+    settings = Settings(home=tmp_path, catalog_url=catalog_url)
     cat = Catalog.from_settings(settings)
     with pytest.raises(DataError, match="does not exist"):
         tr.train(cat, tr.TrainingConfig(train_uri=str(tmp_path / "nope.parquet"),

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ArtifactNotFound, CatalogError, InvalidRunState, ModelNotFound, RunNotFound
-from .backend import CatalogBackend, open_backend
+from .backend import CatalogBackend, open_backend, split_location
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -107,7 +107,7 @@ class Catalog:
         store = open_store(settings.artifact_root, endpoint_url=settings.s3_endpoint_url,
                            region=settings.s3_region) if with_store else None
         options: dict[str, Any]
-        if settings.catalog_url is not None:
+        if split_location(settings.catalog_target)[0] != "duckdb":
             password = settings.catalog_password
             options = {"password": password.get_secret_value() if password else None}
         else:

@@ -32,6 +32,10 @@ BATCHML = str(Path(PYTHON).with_name("batchml"))
 TAG = "deployment_candidate"
 
 
+BOTH = ["duckdb", "postgresql"]
+"""The catalog backends of the tests that run on each (``rel_backend``, indirect)."""
+
+
 def scale() -> float:
     """``BATCHML_RELIABILITY_SCALE`` (default 1 = quick sizes; 5 = the full sizes)."""
     try:
@@ -123,18 +127,19 @@ class CatalogFacts:
     frame: pd.DataFrame = field(repr=False)
 
 
-def catalog_facts(catalog_file: Path, *, like: str = "%") -> CatalogFacts:
-    """Open the catalog the way a user does (batchml's own Catalog) and count."""
+def catalog_facts(catalog: Path | str, *, like: str = "%") -> CatalogFacts:
+    """Open the catalog (a DuckDB file or a URL: ``settings.catalog_target``) the way a user
+    does (batchml's own Catalog) and count."""
     from batchml import Catalog
 
-    cat = Catalog(catalog_file)
+    cat = Catalog(catalog)
     try:
         files = cat.sql("SELECT file_id, source_uri, state, attempts, error, output_uri,"
                         " model_run_id, batch_id FROM files WHERE source_uri LIKE ?", [like])
         bf = cat.sql("SELECT count(*) AS n, count(DISTINCT file_id) AS d FROM batch_files"
                      " WHERE status = 'scored' AND source_uri LIKE ?", [like])
     finally:
-        cat.db.close()
+        cat.close()
     states = files["state"].value_counts().to_dict()
     return CatalogFacts(
         states={str(k): int(v) for k, v in states.items()},
@@ -155,7 +160,10 @@ def worker_env(settings: Any, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHML_")}
     env.update({
         "BATCHML_HOME": str(settings.home),
-        "BATCHML_CATALOG_PATH": str(settings.catalog_file),
+        # the settings' catalog: a DuckDB file, or a server's URL (its password, if any, stays
+        # out of the environment: the servers here trust loopback)
+        **({"BATCHML_CATALOG_URL": settings.catalog_url} if settings.catalog_url else
+           {"BATCHML_CATALOG_PATH": str(settings.catalog_file)}),
         "BATCHML_ARTIFACT_ROOT": str(settings.artifact_root),
         "BATCHML_INBOX": str(settings.inbox),
         "BATCHML_OUTBOX": str(settings.outbox),
@@ -286,6 +294,17 @@ def run_cli(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 17
                           timeout=timeout)
 
 
+def pg_copy_of_base(base: Any) -> str:
+    """A new database holding a copy of the PostgreSQL base catalog (``rel_base_pg``);
+    returns its URL."""
+    import uuid
+
+    name = f"rel_{uuid.uuid4().hex[:12]}"
+    with base.server.admin() as con:
+        con.execute(f'CREATE DATABASE "{name}" TEMPLATE "{base.template}"')
+    return str(base.server.url(name))
+
+
 def copy_catalog(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src, dst)
@@ -316,18 +335,20 @@ def prime_predictions_view(settings: Any) -> str:
     worker.discover()
     report = worker.run_batch(file_ids=[r.file_id for r in src.poll()])
     assert [o.status for o in report.outcomes] == ["scored"], report
-    cat.db.close()
+    cat.close()
     return str(path)
 
 
-def catalog_dump(catalog_file: Path) -> dict[str, str]:
-    """Every base table of the catalog as CSV text (a full SQL dump, for comparisons)."""
+def catalog_dump(catalog: Path | str) -> dict[str, str]:
+    """Every base table of the catalog (a DuckDB file or a URL) as CSV text (a full SQL dump,
+    for comparisons)."""
     from batchml import Catalog
 
-    cat = Catalog(catalog_file)
+    cat = Catalog(catalog)
     try:
         tables = cat.sql("SELECT table_name FROM information_schema.tables"
-                         " WHERE table_type = 'BASE TABLE' ORDER BY table_name")["table_name"]
+                         " WHERE table_type = 'BASE TABLE' AND table_schema IN ('main', 'public')"
+                         " ORDER BY table_name")["table_name"]
         return {t: cat.sql(f'SELECT * FROM "{t}"').to_csv() for t in tables}
     finally:
-        cat.db.close()
+        cat.close()

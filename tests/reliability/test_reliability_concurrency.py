@@ -64,6 +64,7 @@ def scored_lines(workers: list[relhelp.Child]) -> Counter[str]:
     return Counter(m.group(1) for w in workers for m in SCORED.finditer(w.out()))
 
 
+@pytest.mark.parametrize("rel_backend", relhelp.BOTH, indirect=True)
 def test_four_workers_share_inbox_and_catalog(home: Any, zygote: relhelp.Zygote) -> None:
     n = int(40 * relhelp.scale())
     frames = [synthetic_reviews(2000 if i % 10 == 9 else 100, seed=i) for i in range(n)]
@@ -82,7 +83,7 @@ def test_four_workers_share_inbox_and_catalog(home: Any, zygote: relhelp.Zygote)
     assert all(len(v) == 1 for v in by_input.values())
     for uri, (out,) in by_input.items():
         assert pq.ParquetFile(out).metadata.num_rows == expected[uri]
-    facts = relhelp.catalog_facts(home.catalog_file, like=f"{home.inbox}/%")
+    facts = relhelp.catalog_facts(home.catalog_target, like=f"{home.inbox}/%")
     assert facts.states == {"scored": n}
     assert facts.batch_scored_rows == facts.batch_scored_distinct == facts.scored_files == n
     busy = sum(1 for w in workers if SCORED.search(w.out()))
@@ -90,16 +91,16 @@ def test_four_workers_share_inbox_and_catalog(home: Any, zygote: relhelp.Zygote)
           f"skipped=0 lock-errors=0")
 
 
-def _batches_of(catalog_file: Path) -> Any:
+def _batches_of(catalog: Path | str) -> Any:
     from batchml import Catalog
 
-    cat = Catalog(catalog_file)
+    cat = Catalog(catalog)
     try:
         return cat.sql("SELECT bf.file_id, bf.source_uri, bf.batch_id, bf.model_run_id,"
                        " f.output_uri FROM batch_files bf JOIN files f USING (file_id)"
                        " WHERE bf.status = 'scored'")
     finally:
-        cat.db.close()
+        cat.close()
 
 
 @pytest.mark.slow
@@ -112,13 +113,13 @@ def test_lease_shorter_than_a_batch_never_scores_a_file_twice(make_home: Any,
     expected, workers = result["expected"], result["workers"]
     for w in workers:
         assert w.rc == 0, w.err()[-3000:]
-    facts = relhelp.catalog_facts(settings.catalog_file, like=f"{settings.inbox}/%")
+    facts = relhelp.catalog_facts(settings.catalog_target, like=f"{settings.inbox}/%")
     assert facts.states == {"scored": n}
     # each file was scored by exactly one worker ...
     lines = scored_lines(workers)
     assert set(lines) == set(expected)
     assert max(lines.values()) == 1, {k: v for k, v in lines.items() if v > 1}
     # ... and the output on disk is the one the catalog recorded (same batch)
-    rows = _batches_of(settings.catalog_file)
+    rows = _batches_of(settings.catalog_target)
     for _, row in rows.iterrows():
         assert relhelp.lineage(Path(row["output_uri"]))["batch_id"] == row["batch_id"], row

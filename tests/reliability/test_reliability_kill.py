@@ -148,20 +148,29 @@ def sizes(kind: str) -> dict[str, Any]:
                 big_every=7, interval_s=0.08, max_sleep_s=2.0, fresh_final_process=True)
 
 
-@pytest.fixture(scope="module", params=["quick", pytest.param("full", marks=pytest.mark.slow)])
+@pytest.fixture(scope="module", params=[
+    "quick", "quick-postgresql", pytest.param("full", marks=pytest.mark.slow),
+    pytest.param("full-postgresql", marks=pytest.mark.slow)])
 def kill_run(request: pytest.FixtureRequest, rel_base: Any, zygote: relhelp.Zygote,
              tmp_path_factory: pytest.TempPathFactory) -> KillRun:
     from batchml import Settings
 
+    size, _, backend = str(request.param).partition("-")
     home = tmp_path_factory.mktemp(f"kill-{request.param}")
-    relhelp.copy_catalog(rel_base.catalog_file, home / "catalog.duckdb")
-    settings = Settings(home=home, catalog_path=home / "catalog.duckdb",
-                        artifact_root=str(rel_base.artifact_root), inbox=str(home / "inbox"),
-                        outbox=str(home / "outbox"), quarantine=str(home / "quarantine"),
-                        lease_s=LEASE_S)
+    if backend == "postgresql":
+        base = request.getfixturevalue("rel_base_pg")
+        catalog: dict[str, Any] = {"catalog_url": relhelp.pg_copy_of_base(base)}
+        artifact_root = base.artifact_root
+    else:
+        relhelp.copy_catalog(rel_base.catalog_file, home / "catalog.duckdb")
+        catalog = {"catalog_path": home / "catalog.duckdb"}
+        artifact_root = rel_base.artifact_root
+    settings = Settings(home=home, **catalog, artifact_root=str(artifact_root),
+                        inbox=str(home / "inbox"), outbox=str(home / "outbox"),
+                        quarantine=str(home / "quarantine"), lease_s=LEASE_S)
     Path(settings.inbox).mkdir()
-    return kill_scenario(settings, zygote, seed=1234 if request.param == "quick" else 4321,
-                         **sizes(request.param))
+    return kill_scenario(settings, zygote, seed=1234 if size == "quick" else 4321,
+                         **sizes(size))
 
 
 def test_sigkilled_worker_scores_every_file_exactly_once(kill_run: KillRun) -> None:
@@ -181,7 +190,7 @@ def test_sigkilled_worker_scores_every_file_exactly_once(kill_run: KillRun) -> N
     for uri, (out,) in by_input.items():  # each output is complete and readable
         assert pq.ParquetFile(out).metadata.num_rows == run.expected[uri], out
 
-    facts = relhelp.catalog_facts(run.settings.catalog_file)  # the catalog opens
+    facts = relhelp.catalog_facts(run.settings.catalog_target)  # the catalog opens
     assert facts.claimed == []
     assert facts.states == {"scored": len(run.expected)}, facts.states
     assert facts.scored_uris == sorted(run.expected)
@@ -199,9 +208,15 @@ def test_killed_worker_leaves_no_visible_temp_files(kill_run: KillRun) -> None:
     assert relhelp.tmp_leftovers(kill_run.outbox) == []
     from batchml import Catalog
 
-    cat = Catalog(kill_run.settings.catalog_file)
-    try:
-        n = cat.sql("SELECT count(*) AS n FROM predictions")["n"].iloc[0]
-    finally:
-        cat.db.close()
+    if kill_run.settings.catalog_url:  # PostgreSQL: outputs are read with DuckDB directly
+        import duckdb
+
+        n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{kill_run.outbox}/**/*.parquet')"
+                       ).fetchone()[0]  # type: ignore[index]
+    else:
+        cat = Catalog(kill_run.settings.catalog_file)
+        try:
+            n = cat.sql("SELECT count(*) AS n FROM predictions")["n"].iloc[0]
+        finally:
+            cat.close()
     assert n == sum(kill_run.expected.values())

@@ -21,7 +21,8 @@ from batchml.sources import DirectorySource
 from batchml.synthetic import synthetic_reviews
 from batchml.worker import Worker
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability,
+              pytest.mark.parametrize("rel_backend", relhelp.BOTH, indirect=True)]
 
 
 def catalog_view(cat: Catalog) -> pd.DataFrame:

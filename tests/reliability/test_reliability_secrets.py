@@ -24,7 +24,8 @@ from batchml.sources import S3PrefixSource
 from batchml.synthetic import synthetic_reviews
 from batchml.worker import Worker
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability,
+              pytest.mark.parametrize("rel_backend", relhelp.BOTH, indirect=True)]
 
 
 @pytest.fixture
@@ -92,6 +93,15 @@ def test_credentials_never_leak(creds: dict[str, str], make_home: Any, s3_bucket
     # 1. scoring with a failing call: the outbox bucket does not exist
     missing = "s3://batchml-no-such-bucket/preds"
     home = make_home(outbox=missing, s3_endpoint_url=aws_env, s3_region="us-east-1")
+    url_with_password = None
+    if home.catalog_url:  # PostgreSQL: a password in the catalog URL must never show either
+        creds["catalog_password"] = "pgPw" + secrets.token_urlsafe(20)
+        url_with_password = home.catalog_url.replace(
+            "batchml@", f"batchml:{creds['catalog_password']}@")
+        from batchml import Settings
+
+        home = Settings(**{**home.model_dump(), "catalog_url": url_with_password})
+        assert home.catalog_password is not None  # moved out of the URL, kept as a secret
     worker = Worker(Catalog.from_settings(home),
                     S3PrefixSource(f"s3://{s3_bucket}/in/", client=client), home)
     worker.discover()
@@ -110,6 +120,8 @@ def test_credentials_never_leak(creds: dict[str, str], make_home: Any, s3_bucket
                         .decode("latin-1"))
     # 3. the command line, with failing calls: missing inbox bucket, missing artifact bucket
     env = relhelp.worker_env(good, BATCHML_S3_ENDPOINT_URL=aws_env, BATCHML_S3_REGION="us-east-1")
+    if url_with_password:
+        env["BATCHML_CATALOG_URL"] = url_with_password
     runner = CliRunner()
     for argv in (["watch", "s3://batchml-no-such-bucket/in", "--once"],
                  ["sql", "SELECT count(*) AS n FROM predictions", "--format", "csv"],
@@ -127,8 +139,10 @@ def test_credentials_never_leak(creds: dict[str, str], make_home: Any, s3_bucket
     assert heartbeat.exists()
 
     produced.append(log_text.getvalue())
-    produced += relhelp.catalog_dump(home.catalog_file).values()
-    for path in Path(home.home).rglob("*"):  # catalog file, heartbeat, sidecars, anything
+    produced += relhelp.catalog_dump(home.catalog_target).values()
+    # the home (catalog file, heartbeat, sidecars, anything) and Prefect's state (its database
+    # holds the flow runs' parameters, which carry the settings)
+    for path in [*Path(home.home).rglob("*"), *(tmp_path / "prefect").rglob("*")]:
         if path.is_file():
             produced.append(path.read_bytes().decode("latin-1"))
     everything = "\n".join(produced)

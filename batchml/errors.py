@@ -147,3 +147,24 @@ def is_transient(exc: BaseException) -> bool:
         return exc.transient
     # Errors from outside batchml: network-ish builtins are worth a retry, the rest are not.
     return isinstance(exc, ConnectionError | TimeoutError)
+
+
+class Backoff:
+    """How long to wait before retrying after consecutive transient errors: ``base`` doubled
+    per failure up to ``cap`` seconds, jittered down to half so that many workers that lost
+    the same server (a PostgreSQL restart) do not come back in step."""
+
+    def __init__(self, base: float = 1.0, cap: float = 30.0) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+
+    def failed(self) -> float:
+        """Count a failure; return the delay before the next try, in seconds."""
+        import random
+
+        delay = min(self.cap, self.base * 2 ** self.failures)
+        self.failures += 1
+        return delay * random.uniform(0.5, 1.0)
+
+    def succeeded(self) -> None:
+        """The last try worked: the next failure starts from ``base`` again."""
+        self.failures = 0

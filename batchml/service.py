@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BatchMLError, ConfigError
+from .errors import Backoff, BatchMLError, CatalogError, ConfigError
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -219,8 +219,10 @@ class Service:
         """Discover, score a micro-batch (one flow run; up to ``batch_limit`` files, so a
         burst is a handful of flow runs), report, and idle when there is nothing to do."""
         assert self.stop_event is not None
+        backoff = Backoff(base=self.idle_s)
         while not self.stop_event.is_set():
             result: dict[str, Any] = {"files": []}
+            transient = False
             # one catalog connection from discovery until the batch is recorded
             worker.hold_catalog()
             try:
@@ -234,6 +236,8 @@ class Service:
                 if not exc.transient:
                     raise
                 result["error"] = str(exc)
+                # the catalog's server away (a restart, a partition): back off, then retry
+                transient = isinstance(exc, CatalogError)
             finally:
                 worker.release_catalog()
             scored = len(result["files"])
@@ -256,6 +260,11 @@ class Service:
                                  waiting=result.get("error"),
                                  scorer_pid=scorer.pid if scorer else None,
                                  scorer_deaths=len(scorer.deaths) if scorer else None)
+            if transient:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), backoff.failed())
+                continue
+            backoff.succeeded()
             if not scored:
                 await self._idle(source)
 

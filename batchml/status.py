@@ -45,7 +45,7 @@ def published_catalog(catalog: Catalog) -> dict[str, Any]:
 
     path = catalog.published_path
     if not isinstance(path, Path):  # a server (PostgreSQL): people read the catalog itself
-        return {"path": str(path), "age_s": 0.0}
+        return {"path": str(path), "age_s": 0.0, "live": True}
     try:
         age: float | None = round(time.time() - path.stat().st_mtime, 3)
     except FileNotFoundError:

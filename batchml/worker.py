@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .catalog import ClaimedBatch, FileRecord, FileRef, Ledger, worker_id
-from .errors import BatchMLError, ModelNotFound, is_transient
+from .errors import Backoff, BatchMLError, CatalogError, ModelNotFound, is_transient
 from .limits import Limits
 from .resolve import ModelRef, nothing_tagged
 from .scorer import CommitRefused, ModelSpec, Scorer, ScorerConfig, ScorerDied
@@ -409,6 +409,7 @@ class Worker:
         """Discover and score until ``stop`` is set."""
         if self.scorer is not None:  # claim nothing before files can be scored
             self.scorer.wait_ready()
+        backoff = Backoff(base=idle_s)
         while not stop.is_set():
             try:
                 self.discover()
@@ -416,9 +417,12 @@ class Worker:
             except BatchMLError as exc:
                 if not exc.transient:
                     raise
-                log.warning("transient error, retrying: %s", exc)
-                stop.wait(idle_s)
+                # the catalog's server away: back off; anything else: try again soon
+                delay = backoff.failed() if isinstance(exc, CatalogError) else idle_s
+                log.warning("transient error, retrying in %.1f s: %s", delay, exc)
+                stop.wait(delay)
                 continue
+            backoff.succeeded()
             if on_batch is not None and (report.outcomes or report.error):
                 on_batch(report)
             if not report.outcomes and not report.retried:

@@ -168,3 +168,67 @@ def test_psql_users_get_the_same_views(pg_url: str, tmp_path: Path) -> None:
     for view in views:
         assert list(duck.sql(f"SELECT * FROM {view} LIMIT 0").columns) == \
             list(pg.sql(f"SELECT * FROM {view} LIMIT 0").columns), view
+
+
+def _wait_until(condition, timeout_s: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_a_worker_rides_out_a_restart_and_dropped_sessions(pg_server, pg_url: str,  # type: ignore[no-untyped-def]
+                                                           tmp_path: Path) -> None:
+    from conftest import make_tagged_home
+
+    from batchml.sources import DirectorySource
+    from batchml.synthetic import synthetic_reviews
+    from batchml.worker import Worker
+
+    settings = make_tagged_home(tmp_path / "data", tmp_path / "home", catalog_url=pg_url)
+    inbox = Path(settings.inbox)
+    cat = Catalog.from_settings(settings)
+    ledger = Ledger(Catalog(pg_url))
+    source = DirectorySource(inbox, quarantine_dir=settings.quarantine, settle_s=0,
+                             use_events=False)
+    worker = Worker(cat, source, settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"idle_s": 0.05})
+    thread.start()
+    try:
+        def land(n: int) -> None:
+            synthetic_reviews(20, seed=n).to_parquet(inbox / f"f{n}.parquet")
+
+        for n in range(3):
+            land(n)
+        _wait_until(lambda: ledger.counts()["scored"] == 3)
+        pg_server.restart()  # every session of the worker is gone
+        for n in range(3, 6):
+            land(n)
+        _wait_until(lambda: ledger.counts()["scored"] == 6)
+        for n in range(6, 9):
+            land(n)
+        pg_server.terminate_backends(dbname=pg_url.rsplit("/", 1)[1])
+        _wait_until(lambda: ledger.counts()["scored"] == 9)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive()
+    outputs = sorted(p.name.split("-")[0] for p in Path(settings.outbox).rglob("*.parquet"))
+    assert outputs == [f"f{n}" for n in range(9)]  # each file once: nothing lost, no repeat
+    assert ledger.counts()["claimed"] == 0
+    left = cat.sql("SELECT count(*) AS n FROM prediction_batches WHERE status = 'running'")
+    assert int(left["n"][0]) == 0
+
+
+def test_backoff_doubles_to_its_cap_with_jitter_and_resets() -> None:
+    from batchml.errors import Backoff
+
+    b = Backoff(base=1.0, cap=8.0)
+    delays = [b.failed() for _ in range(6)]
+    for got, ceiling in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
+        assert ceiling / 2 <= got <= ceiling
+    b.succeeded()
+    assert 0.5 <= b.failed() <= 1.0

@@ -92,9 +92,12 @@ def status(
         out.print(f"last training run: {info['last_training_run'] or '-'}")
         out.print(f"current model: {info['current_model'] or '-'}")
         pub = info["published_catalog"]
-        out.print(f"published copy: {pub['path']} ("
-                  + ("not yet published" if pub["age_s"] is None
-                     else f"{pub['age_s']:.1f} s old") + ")")
+        if pub.get("live"):
+            out.print(f"catalog: {pub['path']} (live: people query the server itself)")
+        else:
+            out.print(f"published copy: {pub['path']} ("
+                      + ("not yet published" if pub["age_s"] is None
+                         else f"{pub['age_s']:.1f} s old") + ")")
         if info["recent_errors"]:
             out.print(f"recent errors: {info['recent_errors']}")
     if not info["service"].get("up"):

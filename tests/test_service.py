@@ -168,8 +168,13 @@ def test_train_with_prefect_keeps_prefect_under_the_home_without_os_environ(
 
     from batchml.cli import app
 
+    from prefect.server.api.server import SubprocessASGIServer
+
     for name in ("PREFECT_API_URL", "PREFECT_HOME"):
         monkeypatch.delenv(name, raising=False)
+    # as in a fresh `batchml train` process: no temporary server left running by an earlier
+    # test of this pytest process (Prefect would reuse it, with that test's PREFECT_HOME)
+    SubprocessASGIServer().stop()
     data = tmp_path / "data"
     data.mkdir()
     synthetic_reviews(400, seed=1).to_parquet(data / "train.parquet")
@@ -181,11 +186,8 @@ def test_train_with_prefect_keeps_prefect_under_the_home_without_os_environ(
             "train", "--train", str(data / "train.parquet"), "--valid",
             str(data / "valid.parquet"), "--candidates", "sklearn_text", "--home", str(home)])
     finally:  # stop Prefect's temporary server now, not at exit (after pytest's capture)
-        from prefect.server.api.server import SubprocessASGIServer
-
         SubprocessASGIServer().stop()
     assert result.exit_code == 0, result.output
     assert dict(os.environ) == before
-    # where Prefect keeps its database is Prefect's process-wide settings once an earlier test
-    # in this process loaded them (the full suite); alone, it is HOME/prefect/prefect.db
+    assert (home / "prefect" / "prefect.db").exists()
     assert Catalog.from_settings(Settings(home=home)).runs("train")[0].status == "completed"

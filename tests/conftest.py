@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +16,8 @@ if TYPE_CHECKING:
 # to start by default; on 2 busy cores it sometimes needs more (seen once in a fresh-clone run).
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
+from testhelp import free_port, make_tagged_home  # noqa: E402,F401  (fixtures use them)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "testdata"
 
@@ -26,12 +27,6 @@ def shared_testdata() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"{SHARED} is missing: clone the project beside ../shared")
     return SHARED
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -98,28 +93,6 @@ def duckdb_catalog(tmp_path: Path):  # type: ignore[no-untyped-def]
     from batchml import Catalog, open_store
 
     return Catalog(tmp_path / "catalog.duckdb", store=open_store(str(tmp_path / "artifacts")))
-
-
-def make_tagged_home(data: Path, home: Path, *, train_rows: int = 1200,
-                     valid_rows: int = 300,
-                     catalog_url: str | None = None):  # type: ignore[no-untyped-def]
-    """Train a fast scikit-learn text model on synthetic reviews written to ``data`` and tag
-    it in the batchml home ``home`` (its catalog at ``catalog_url`` when given); return its
-    Settings."""
-    from batchml import Catalog, Settings
-    from batchml import training as tr
-    from batchml.synthetic import synthetic_reviews
-
-    data.mkdir(parents=True, exist_ok=True)
-    synthetic_reviews(train_rows, seed=1).to_parquet(data / "train.parquet")
-    synthetic_reviews(valid_rows, seed=2).to_parquet(data / "valid.parquet")
-    settings = Settings(home=home, catalog_url=catalog_url)
-    outcome = tr.train(Catalog.from_settings(settings), tr.TrainingConfig(
-        train_uri=str(data / "train.parquet"), valid_uri=str(data / "valid.parquet"),
-        text_column="review", candidates=["sklearn_text"]))
-    assert outcome.decision.tagged, outcome.decision.reasons
-    Catalog.from_settings(settings).close()
-    return settings
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ Everything the two backends share runs on both through the parametrised ``catalo
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import textwrap
@@ -38,9 +39,10 @@ def _port_of(url: str) -> int:
 ])
 def test_wrong_urls_say_what_to_do_without_the_password(pg_url: str, url: str, kind: type,
                                                         message: str) -> None:
-    from conftest import free_port
-
-    target = url.format(port=_port_of(pg_url), closed=free_port())
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    target = url.format(port=_port_of(pg_url), closed=closed)
     with pytest.raises(kind) as info:
         Catalog(target)
     text = f"{info.value}"
@@ -181,7 +183,7 @@ def _wait_until(condition, timeout_s: float = 120.0) -> None:  # type: ignore[no
 
 def test_a_worker_rides_out_a_restart_and_dropped_sessions(pg_server, pg_url: str,  # type: ignore[no-untyped-def]
                                                            tmp_path: Path) -> None:
-    from conftest import make_tagged_home
+    from testhelp import make_tagged_home
 
     from batchml.sources import DirectorySource
     from batchml.synthetic import synthetic_reviews

@@ -1,8 +1,9 @@
-"""The DuckDB init script: an S3 outbox's predictions in a plain DuckDB session.
+"""The DuckDB init script: the catalog and the outputs in a user's own DuckDB session.
 
 ``batchml sql --duckdb-init`` prints it, so that ``SELECT ... FROM predictions`` (and the
-README's join with ``prediction_outputs``) works in the user's own DuckDB CLI or Python session
-on the published copy of the catalog::
+README's join with ``prediction_outputs``) works in the user's own DuckDB CLI or Python session.
+
+**A DuckDB catalog with an S3 outbox** (for the published copy of the catalog)::
 
     (umask 077; batchml sql --duckdb-init > s3-init.sql)
     duckdb -readonly .batchml/catalog.readonly.duckdb -init s3-init.sql; rm s3-init.sql
@@ -23,7 +24,25 @@ The script
 - creates a temporary ``predictions`` view over the outbox's parquet, skipping names that start
   with ``.`` or ``_`` (temp files, markers), as the catalog's view over a local outbox does.
 
-The secret is credentials in clear text: the script is for stdout only, never logged here.
+With a local outbox the script is comments only: the published copy has the view already.
+
+**A PostgreSQL catalog** (``BATCHML_CATALOG_URL=postgresql://...``), local or S3 outbox, in a
+session with no database file::
+
+    (umask 077; batchml sql --duckdb-init > init.sql)
+    duckdb -init init.sql; rm init.sql
+
+The script loads DuckDB's ``postgres`` extension from the installed
+``duckdb-extension-postgres-scanner`` package the same way, ``ATTACH``es the catalog
+``(TYPE postgres, READ_ONLY)`` as :data:`ATTACHED_CATALOG`, puts that database's ``public``
+schema on the session's ``search_path`` after the session's own ``main`` (so the catalog's
+tables and views answer to their plain names, as in the DuckDB file, while an unqualified
+``CREATE TABLE`` still lands in the session's own database), and creates the ``predictions`` view over the outbox: a
+local glob, or S3 through httpfs and a secret as above. The URL it attaches carries no
+password, ever: libpq inside the extension takes it from ``PGPASSWORD``, ``~/.pgpass`` or
+``PGPASSFILE``, as psql does.
+
+An S3 secret is credentials in clear text: the script is for stdout only, never logged here.
 DuckDB's ``credential_chain`` provider would avoid that, but it needs the ``aws`` extension,
 which batchml does not ship.
 """
@@ -32,13 +51,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from ..errors import ConfigError
 from ..settings import Settings
 
 HTTPFS_PACKAGE = "duckdb-extension-httpfs"
 """The PyPI package that ships DuckDB's httpfs extension as a file (no download at run time)."""
+
+POSTGRES_PACKAGE = "duckdb-extension-postgres-scanner"
+"""The PyPI package that ships DuckDB's postgres extension (``postgres_scanner``) as a file."""
+
+ATTACHED_CATALOG = "batchml_catalog"
+"""The name a PostgreSQL catalog is attached under in the session (``batchml_catalog.runs``)."""
+
+CATALOG_SCHEMA = "public"
+"""The PostgreSQL schema batchml's migrations create the catalog in."""
 
 SECRET_NAME = "batchml_outbox"
 """Name of the temporary secret the script creates (``CREATE OR REPLACE``: rerunning is fine)."""
@@ -48,11 +76,16 @@ VISIBLE_PARQUET = "[!._]*.parquet"
 
 
 @dataclass(frozen=True)
-class HttpfsExtension:
-    """The httpfs extension file of the installed package and the DuckDB version it needs."""
+class PackagedExtension:
+    """An extension file of an installed ``duckdb-extension-*`` package and the DuckDB version
+    it needs."""
 
     path: Path
     duckdb_version: str  # as DuckDB's version() prints it, e.g. 'v1.5.5'
+
+
+HttpfsExtension = PackagedExtension
+"""The name of :class:`PackagedExtension` from before the postgres extension."""
 
 
 @dataclass(frozen=True)
@@ -65,31 +98,44 @@ class S3Credentials:
     method: str = "unknown"  # where botocore found them: env, shared-credentials-file, ...
 
 
-def httpfs_extension() -> HttpfsExtension:
-    """Find ``httpfs.duckdb_extension`` in the installed ``duckdb-extension-httpfs`` package.
+def packaged_extension(package: str, name: str) -> PackagedExtension:
+    """Find ``<name>.duckdb_extension`` in the installed PyPI ``package``.
 
-    The package lays it out as ``extensions/v<duckdb version>/httpfs.duckdb_extension``; with
-    several versions, the one for the installed ``duckdb`` wins. Raises :class:`ConfigError`
-    (with the pip command) when the package is missing.
+    The ``duckdb-extension-*`` packages lay it out as
+    ``extensions/v<duckdb version>/<name>.duckdb_extension``; with several versions, the one for
+    the installed ``duckdb`` wins. Raises :class:`ConfigError` naming the package (with the pip
+    command) when it is missing.
     """
     import importlib.resources
 
     import duckdb
 
     wanted = f"v{duckdb.__version__}"
-    install = (f"Install it: pip install '{HTTPFS_PACKAGE}=={duckdb.__version__}' (the version "
+    what = name.removesuffix("_scanner")  # postgres_scanner is DuckDB's postgres extension
+    install = (f"Install it: pip install '{package}=={duckdb.__version__}' (the version "
                "of your DuckDB CLI; the extension loads only into that exact version).")
     try:
-        root = Path(str(importlib.resources.files("duckdb_extension_httpfs")))
+        root = Path(str(importlib.resources.files(package.replace("-", "_"))))
     except ModuleNotFoundError:
-        raise ConfigError(f"The DuckDB httpfs extension package ({HTTPFS_PACKAGE}) is not "
+        raise ConfigError(f"The DuckDB {what} extension package ({package}) is not "
                           "installed.", hint=install) from None
-    found = sorted(root.glob("extensions/v*/httpfs.duckdb_extension"))
+    found = sorted(root.glob(f"extensions/v*/{name}.duckdb_extension"))
     if not found:
-        raise ConfigError(f"{HTTPFS_PACKAGE} at {root} holds no httpfs.duckdb_extension.",
+        raise ConfigError(f"{package} at {root} holds no {name}.duckdb_extension.",
                           hint=install)
     chosen = next((p for p in found if p.parent.name == wanted), found[-1])
-    return HttpfsExtension(path=chosen, duckdb_version=chosen.parent.name)
+    return PackagedExtension(path=chosen, duckdb_version=chosen.parent.name)
+
+
+def httpfs_extension() -> PackagedExtension:
+    """``httpfs.duckdb_extension`` of the installed ``duckdb-extension-httpfs`` package."""
+    return packaged_extension(HTTPFS_PACKAGE, "httpfs")
+
+
+def postgres_extension() -> PackagedExtension:
+    """``postgres_scanner.duckdb_extension`` of the installed
+    ``duckdb-extension-postgres-scanner`` package (``ATTACH ... (TYPE postgres)``)."""
+    return packaged_extension(POSTGRES_PACKAGE, "postgres_scanner")
 
 
 def resolve_credentials() -> tuple[S3Credentials, str | None]:
@@ -130,13 +176,19 @@ def _endpoint(endpoint_url: str) -> tuple[str, bool]:
 
 
 def outbox_has_outputs(settings: Settings) -> bool:
-    """True once the S3 outbox holds at least one visible ``.parquet`` (DuckDB cannot create
-    a view over a glob that matches no file). Lists with batchml's own S3 client."""
+    """True once the outbox holds at least one visible ``.parquet`` (DuckDB cannot create a
+    view over a glob that matches no file). An S3 outbox is listed with batchml's own S3
+    client, a local one walked on disk."""
     from fnmatch import fnmatchcase
+
+    outbox = str(settings.outbox).rstrip("/")
+    if not outbox.startswith("s3://"):
+        root = Path(outbox).expanduser()
+        return root.is_dir() and any(fnmatchcase(p.name, VISIBLE_PARQUET) and p.is_file()
+                                     for p in root.rglob("*.parquet"))
 
     from ..store import s3_client, split_s3_uri, translate_s3_error
 
-    outbox = str(settings.outbox).rstrip("/")
     bucket, prefix = split_s3_uri(outbox)
     client = s3_client(settings.s3_endpoint_url, settings.s3_region)
     kwargs = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else ""}
@@ -150,26 +202,47 @@ def outbox_has_outputs(settings: Settings) -> bool:
     return False
 
 
-def duckdb_init_sql(settings: Settings) -> str:
-    """The init script for ``settings``' outbox (see the module docstring).
+def postgres_catalog_url(settings: Settings) -> str | None:
+    """The PostgreSQL catalog URL ``settings`` name, without any password; None for a DuckDB
+    file. Settings move a password in the URL's user part to ``catalog_password`` already; a
+    ``password=`` query parameter (libpq accepts one) is dropped here too."""
+    url = settings.catalog_url
+    if url is None:
+        return None
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"batchml sql --duckdb-init knows DuckDB and PostgreSQL catalogs, not "
+                          f"{scheme}:// ones.")
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}@{hostport}"
+    query = "&".join(item for item in parts.query.split("&")
+                     if item and unquote(item.split("=", 1)[0]) != "password")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
-    For a local outbox it is comments only: the catalog's own ``predictions`` view covers it.
-    For an S3 outbox the script holds the resolved credentials in clear text. Raises
-    :class:`ConfigError` when the httpfs package is missing or no credentials resolve, and
-    a storage error when the outbox cannot be listed.
-    """
-    from .publication import published_path
 
-    outbox = str(settings.outbox).rstrip("/")
-    catalog = settings.published_catalog_path or published_path(settings.catalog_file)
-    if not outbox.startswith("s3://"):
-        return "\n".join([
-            f"-- batchml: the outbox {outbox} is a local directory, not an s3:// outbox: no S3",
-            "-- set-up is needed. The published catalog already has the `predictions` view",
-            "-- over it (created once the first output exists):",
-            f"--   duckdb -readonly {catalog}",
-            "",
-        ])
+def _pgpass_line(url: str) -> str:
+    """The ``~/.pgpass`` line (``host:port:database:user:password``) for ``url``, the password
+    left as a placeholder. Parts the URL leaves to libpq's defaults are ``*``."""
+    parts = urlsplit(url)
+
+    def field_(value: str | None) -> str:
+        return value.replace("\\", "\\\\").replace(":", "\\:") if value else "*"
+
+    try:
+        port = str(parts.port) if parts.port else "5432"
+    except ValueError:
+        port = "*"
+    return ":".join([field_(parts.hostname), port, field_(unquote(parts.path.lstrip("/"))),
+                     field_(unquote(parts.username) if parts.username else None), "PASSWORD"])
+
+
+def _s3_setup(settings: Settings, outbox: str
+              ) -> tuple[S3Credentials, PackagedExtension, list[str], str]:
+    """What an S3 outbox needs: the credentials, the httpfs extension, the secret statement
+    (lines) and the view's glob. Raises :class:`ConfigError` as :func:`duckdb_init_sql`."""
     from ..store import split_s3_uri
     from .ledger import _glob_escape  # the local view's escaping: `out[1]` -> `out[[]1[]]`
 
@@ -177,7 +250,6 @@ def duckdb_init_sql(settings: Settings) -> str:
     credentials, chain_region = resolve_credentials()
     extension = httpfs_extension()
     region = settings.s3_region or chain_region
-    version = extension.duckdb_version
     options = [("TYPE", "s3"), ("KEY_ID", _literal(credentials.key_id)),
                ("SECRET", _literal(credentials.secret))]
     if credentials.session_token:
@@ -191,6 +263,51 @@ def duckdb_init_sql(settings: Settings) -> str:
     options.append(("SCOPE", _literal(f"s3://{bucket}/")))
     pattern = "/".join(p for p in (f"s3://{bucket}", _glob_escape(prefix.strip("/")), "**",
                                    VISIBLE_PARQUET) if p)
+    secret = [f"CREATE OR REPLACE TEMPORARY SECRET {SECRET_NAME} (",
+              ",\n".join(f"    {key} {value}" for key, value in options),
+              ");"]
+    return credentials, extension, secret, pattern
+
+
+def _view_lines(settings: Settings, outbox: str, pattern: str) -> list[str]:
+    """The ``predictions`` view over ``pattern``, or comments while the outbox is empty."""
+    view = (f"CREATE OR REPLACE TEMP VIEW predictions AS SELECT * FROM read_parquet(\n"
+            f"    {_literal(pattern)}, union_by_name = true);")
+    if outbox_has_outputs(settings):
+        return ["-- every output parquet under the outbox; names starting with '.' or '_' "
+                "(temp files, markers) skipped", view]
+    return [f"-- {outbox} holds no prediction parquet yet, and DuckDB cannot create a "
+            "view over no files:",
+            "-- print this script again once the first output exists. The view will be:",
+            *("-- " + line for line in view.splitlines())]
+
+
+def duckdb_init_sql(settings: Settings) -> str:
+    """The init script for ``settings``' catalog and outbox (see the module docstring).
+
+    For a DuckDB catalog with a local outbox it is comments only: the catalog's own
+    ``predictions`` view covers it. For a PostgreSQL catalog it attaches the catalog
+    read-only (no password in the script, ever). For an S3 outbox the script holds the resolved
+    credentials in clear text. Raises :class:`ConfigError` when an extension package is missing
+    or no credentials resolve, and a storage error when an S3 outbox cannot be listed.
+    """
+    pg_url = postgres_catalog_url(settings)
+    if pg_url is not None:
+        return _postgres_init_sql(settings, pg_url)
+    from .publication import published_path
+
+    outbox = str(settings.outbox).rstrip("/")
+    catalog = settings.published_catalog_path or published_path(settings.catalog_file)
+    if not outbox.startswith("s3://"):
+        return "\n".join([
+            f"-- batchml: the outbox {outbox} is a local directory, not an s3:// outbox: no S3",
+            "-- set-up is needed. The published catalog already has the `predictions` view",
+            "-- over it (created once the first output exists):",
+            f"--   duckdb -readonly {catalog}",
+            "",
+        ])
+    credentials, extension, secret, pattern = _s3_setup(settings, outbox)
+    version = extension.duckdb_version
     lines = [
         f"-- batchml: the predictions of the S3 outbox {outbox} in a plain DuckDB session:",
         "--   (umask 077; batchml sql --duckdb-init > s3-init.sql)",
@@ -207,18 +324,80 @@ def duckdb_init_sql(settings: Settings) -> str:
         "SET autoinstall_known_extensions = false;",
         f"LOAD {_literal(str(extension.path))};",
         f"-- credentials from boto3's standard chain ({credentials.method}), as batchml uses",
-        f"CREATE OR REPLACE TEMPORARY SECRET {SECRET_NAME} (",
-        ",\n".join(f"    {key} {value}" for key, value in options),
-        ");",
+        *secret,
     ]
-    view = (f"CREATE OR REPLACE TEMP VIEW predictions AS SELECT * FROM read_parquet(\n"
-            f"    {_literal(pattern)}, union_by_name = true);")
-    if outbox_has_outputs(settings):
-        lines += ["-- every output parquet under the outbox; names starting with '.' or '_' "
-                  "(temp files, markers) skipped", view]
+    lines += _view_lines(settings, outbox, pattern)
+    return "\n".join(lines) + "\n"
+
+
+def _postgres_init_sql(settings: Settings, url: str) -> str:
+    """The script for a PostgreSQL catalog: the catalog attached read-only under plain names,
+    and ``predictions`` over a local or S3 outbox. ``url`` carries no password."""
+    from .ledger import _glob_escape
+
+    outbox = str(settings.outbox).rstrip("/")
+    s3 = outbox.startswith("s3://")
+    if "://" in outbox and not s3:
+        raise ConfigError(f"batchml sql --duckdb-init reads a local or s3:// outbox, not "
+                          f"{outbox}.")
+    postgres = postgres_extension()
+    # errors (a missing package, no credentials) come before any output
+    s3_parts = _s3_setup(settings, outbox) if s3 else None
+    version = postgres.duckdb_version
+    if s3_parts is not None and s3_parts[1].duckdb_version != version:
+        raise ConfigError(
+            f"The installed DuckDB extensions are for different DuckDB versions: "
+            f"{POSTGRES_PACKAGE} for {version}, {HTTPFS_PACKAGE} for "
+            f"{s3_parts[1].duckdb_version}; a DuckDB CLI loads only extensions of its own.",
+            hint="Install both at the version of your DuckDB CLI (docs/catalog.md).")
+    packages = f"{POSTGRES_PACKAGE} and\n-- {HTTPFS_PACKAGE} packages" if s3 else \
+        f"\n-- {POSTGRES_PACKAGE} package"
+    kept_out = settings.catalog_password is not None or url != settings.catalog_url
+    lines = [
+        f"-- batchml: the PostgreSQL catalog {url}",
+        f"-- (read-only) and the predictions of the outbox {outbox},",
+        "-- in a plain DuckDB session with no database file:",
+        "--   (umask 077; batchml sql --duckdb-init > init.sql)",
+        "--   duckdb -init init.sql; rm init.sql",
+        "-- The catalog's tables and views (runs_overview, current_tags, tag_history, file_status,",
+        "-- prediction_outputs, catalog_info, ...) answer to their plain names, as in the DuckDB",
+        f"-- catalog ({ATTACHED_CATALOG}.runs in full); `predictions` reads the outbox's parquet.",
+        "-- NO PASSWORD is in this script, ever: libpq, inside DuckDB's postgres extension, takes",
+        "-- it from PGPASSWORD, ~/.pgpass or the file PGPASSFILE names, as psql does"
+        + (" (the password" if kept_out else "."),
+        *(["-- batchml has, from BATCHML_CATALOG_PASSWORD or the URL, is deliberately not "
+           "copied)."] if kept_out else []),
+        "-- A ~/.pgpass line for this catalog (the file's mode must be 0600):",
+        f"--   {_pgpass_line(url)}",
+        "-- READ_ONLY: DuckDB refuses writes to the catalog and reads in read-only transactions;",
+        "-- for a guarantee the server enforces, connect as a role with SELECT only "
+        "(docs/catalog.md).",
+    ]
+    if s3:
+        lines += [
+            "-- This script holds S3 credentials in clear text (the secret below): do not keep,",
+            "-- commit, share or log it; print it again when the credentials change or expire.",
+        ]
+    lines += [
+        f"-- The DuckDB CLI must be version {version}: the extensions below were built for it,",
+        "-- and DuckDB loads an extension only into that exact version (pip install "
+        f"'duckdb-cli=={version.lstrip('v')}').",
+        f"-- Nothing is downloaded: the extensions are files of the installed {packages}.",
+        "SET autoinstall_known_extensions = false;",
+        f"LOAD {_literal(str(postgres.path))};",
+        f"ATTACH OR REPLACE {_literal(url)} AS {ATTACHED_CATALOG} (TYPE postgres, READ_ONLY);",
+        "-- plain names: temporary objects (the view below) first, then this session's own",
+        "-- database (where an unqualified CREATE TABLE goes), then the catalog",
+        f"SET search_path = 'main,{ATTACHED_CATALOG}.{CATALOG_SCHEMA}';",
+    ]
+    if s3_parts is not None:
+        credentials, httpfs, secret, pattern = s3_parts
+        lines += [f"LOAD {_literal(str(httpfs.path))};",
+                  f"-- credentials from boto3's standard chain ({credentials.method}), as "
+                  "batchml uses",
+                  *secret]
     else:
-        lines += [f"-- {outbox} holds no prediction parquet yet, and DuckDB cannot create a "
-                  "view over no files:",
-                  "-- print this script again once the first output exists. The view will be:",
-                  *("-- " + line for line in view.splitlines())]
+        root = str(Path(outbox).expanduser().resolve())
+        pattern = f"{_glob_escape(root)}/**/{VISIBLE_PARQUET}"
+    lines += _view_lines(settings, outbox, pattern)
     return "\n".join(lines) + "\n"

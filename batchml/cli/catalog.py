@@ -35,10 +35,14 @@ def sql(query: Annotated[str | None, typer.Argument(help="SQL to run against the
                                             "catalog (default: read-only).")] = False,
         duckdb_init: Annotated[bool, typer.Option(
             "--duckdb-init", help="Instead of running SQL, print the init script for your own "
-            "DuckDB session on an S3 outbox (httpfs, an S3 secret, the predictions view), for "
-            "duckdb -readonly PUBLISHED-CATALOG -init FILE (docs/catalog.md). It PRINTS YOUR S3 "
-            "CREDENTIALS to stdout: "
-            "write it only to a private file (umask 077), delete it after, never log it.")] = False,
+            "DuckDB session (docs/catalog.md). A DuckDB catalog with an S3 outbox: httpfs, an S3 "
+            "secret and the predictions view, for duckdb -readonly PUBLISHED-CATALOG -init FILE. "
+            "A PostgreSQL catalog (BATCHML_CATALOG_URL=postgresql://...): the catalog attached "
+            "read-only through DuckDB's postgres extension, its tables and views by their plain "
+            "names, and the predictions view over a local or S3 outbox, for duckdb -init FILE; "
+            "no password is printed (libpq reads PGPASSWORD, ~/.pgpass or PGPASSFILE). With an "
+            "S3 outbox it PRINTS YOUR S3 CREDENTIALS to stdout: write it only to a private file "
+            "(umask 077), delete it after, never log it.")] = False,
         home: HomeOpt = None, catalog: CatalogOpt = None) -> None:
     """Run SQL against the catalog (read-only unless --write) and print the result."""
     if fmt not in ("table", "csv", "json"):

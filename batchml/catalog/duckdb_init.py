@@ -350,7 +350,7 @@ def _postgres_init_sql(settings: Settings, url: str) -> str:
             f"{POSTGRES_PACKAGE} for {version}, {HTTPFS_PACKAGE} for "
             f"{s3_parts[1].duckdb_version}; a DuckDB CLI loads only extensions of its own.",
             hint="Install both at the version of your DuckDB CLI (docs/catalog.md).")
-    packages = f"{POSTGRES_PACKAGE} and\n-- {HTTPFS_PACKAGE} packages" if s3 else \
+    packages = f" {POSTGRES_PACKAGE} and\n-- {HTTPFS_PACKAGE} packages" if s3 else \
         f"\n-- {POSTGRES_PACKAGE} package"
     kept_out = settings.catalog_password is not None or url != settings.catalog_url
     lines = [
@@ -382,7 +382,7 @@ def _postgres_init_sql(settings: Settings, url: str) -> str:
         f"-- The DuckDB CLI must be version {version}: the extensions below were built for it,",
         "-- and DuckDB loads an extension only into that exact version (pip install "
         f"'duckdb-cli=={version.lstrip('v')}').",
-        f"-- Nothing is downloaded: the extensions are files of the installed {packages}.",
+        f"-- Nothing is downloaded: the extensions are files of the installed{packages}.",
         "SET autoinstall_known_extensions = false;",
         f"LOAD {_literal(str(postgres.path))};",
         f"ATTACH OR REPLACE {_literal(url)} AS {ATTACHED_CATALOG} (TYPE postgres, READ_ONLY);",

@@ -137,6 +137,9 @@ def test_compose_workers_on_a_process_pool() -> None:
     (pool,) = pools
     worker = services["worker"]
     assert worker["command"].startswith(f"prefect worker start --pool {pool} ")
+    # its health is the worker's own webserver (tests/test_prefect_postgres.py uses it too)
+    assert "--with-healthcheck" in worker["command"].split()
+    assert "http://localhost:8080/health" in " ".join(worker["healthcheck"]["test"])
     assert int(interpolate(str(worker["deploy"]["replicas"]))) >= 2
     assert int(interpolate(str(worker["deploy"]["replicas"]), {"BATCHML_WORKERS": "5"})) == 5
     deployer = " ".join(services["deployer"]["command"].split())

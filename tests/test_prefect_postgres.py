@@ -192,14 +192,17 @@ def test_two_workers_score_through_prefect_on_postgres(pg_server: PostgresServer
                 "BATCHML_QUARANTINE": str(tmp_path / "quarantine"),
                 "BATCHML_PROJECT_DIR": str(ROOT)}
             assert ":" not in batchml_env["BATCHML_CATALOG_URL"].split("//")[1].split("@")[0]
+            health_ports = {name: free_port() for name in WORKERS}
             for name in WORKERS:
                 (tmp_path / name / "prefect").mkdir(parents=True)
                 procs.start(name, [str(BIN / "prefect"), "worker", "start", "--pool", POOL,
-                                   "--name", name, "--limit", "1"],
+                                   "--name", name, "--limit", "1", "--with-healthcheck"],
                             clean_env(**batchml_env, PREFECT_API_URL=api,
                                       PREFECT_HOME=str(tmp_path / name / "prefect"),
                                       BATCHML_HOME=str(tmp_path / name),
                                       PREFECT_WORKER_QUERY_SECONDS="1",
+                                      PREFECT_WORKER_WEBSERVER_HOST="127.0.0.1",
+                                      PREFECT_WORKER_WEBSERVER_PORT=str(health_ports[name]),
                                       PREFECT_LOGGING_LEVEL="INFO"),
                             tmp_path / f"{name}.log")
 
@@ -222,6 +225,17 @@ def test_two_workers_score_through_prefect_on_postgres(pg_server: PostgresServer
                 return True if set(WORKERS) <= online else None
 
             wait_for(both_online, 90, "both workers to come online in the pool")
+
+            def both_healthy() -> bool | None:  # the check compose's worker service uses
+                import httpx
+
+                with contextlib.suppress(httpx.HTTPError):
+                    if all(httpx.get(f"http://127.0.0.1:{p}/health", timeout=2).status_code
+                           == 200 for p in health_ports.values()):
+                        return True
+                return None
+
+            wait_for(both_healthy, 30, "both workers' /health to answer 200")
 
             # 5. two flow runs of the deployment, three files each
             t = time.monotonic()

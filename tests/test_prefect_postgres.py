@@ -125,10 +125,10 @@ def land(inbox: Path, n: int) -> list[Path]:
 
 def test_two_workers_score_through_prefect_on_postgres(pg_server: PostgresServer,
                                                        tmp_path: Path) -> None:
-    from conftest import free_port, make_tagged_home
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.workers.process import ProcessWorker
+    from testhelp import free_port, make_tagged_home
 
     started = time.monotonic()
     marks: dict[str, float] = {}

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_HOME ?= .batchml-demo
 
-.PHONY: demo test test-all lint bench bench-quick clean
+.PHONY: demo test test-all lint bench bench-quick prefect-postgres clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check batchml flows tests bench
 	$(BIN)/mypy
+
+## Prefect on PostgreSQL end to end: throwaway PostgreSQL, prefect server, two process workers.
+prefect-postgres: $(STAMP)
+	$(BIN)/python -m pytest -q -s tests/test_prefect_postgres.py tests/test_deploy_files.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -265,6 +265,7 @@ class Scorer:
         assert self._conn is not None and self._proc is not None
         conn, pid = self._conn, self._proc.pid
         limit = self.config.memory_limit_mb
+        check_failed: Exception | None = None
         while True:
             try:
                 if not conn.poll(self.poll_s):
@@ -289,7 +290,16 @@ class Scorer:
                 self._ready = True
                 self.last_start_s = time.perf_counter() - self._spawned_at
             elif kind == "commit?":
-                conn.send(("commit", still_held() if still_held is not None else True))
+                # always answer, and keep waiting for this file's end, even when the check
+                # itself fails: otherwise the child would read the next request as its answer
+                # and the next file would get this one's outcome
+                try:
+                    held = still_held() if still_held is not None else True
+                except Exception as exc:
+                    check_failed, held = exc, False
+                conn.send(("commit", bool(held)))
+            elif check_failed is not None:  # the file's end: refused, as answered above
+                raise check_failed
             elif kind == "done":
                 return body[0]  # type: ignore[no-any-return]
             elif kind == "refused":

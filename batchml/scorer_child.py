@@ -32,8 +32,10 @@ def _ask_parent(conn: Connection) -> CommitGuard:
 
     def guard(key: str) -> None:
         conn.send(("commit?", key))
-        _, ok = conn.recv()
-        if not ok:
+        reply = conn.recv()
+        # only an explicit yes commits: anything else (out of step) refuses
+        if not (isinstance(reply, tuple) and len(reply) == 2 and reply[0] == "commit"
+                and reply[1] is True):
             raise CommitRefused(key)
 
     return guard

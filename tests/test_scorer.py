@@ -171,3 +171,28 @@ def test_poison_after_a_worker_died_holding_the_file(trained: Settings, tmp_path
         assert "the attempt before ended without an outcome" in outcome.error
     finally:
         worker.close()
+
+
+def test_a_failing_claim_check_refuses_the_commit_and_keeps_the_next_file_in_step(
+        trained: Settings, tmp_path: Path) -> None:
+    """The parent's claim check raising (the catalog away) must still answer the child: the
+    file's output is refused, and the next file gets its own outcome, not this one's."""
+    worker = _worker(trained, tmp_path, ["a.parquet", "b.parquet"])
+    try:
+        claim, model = worker.claim_batch(10)
+        first, second = sorted(claim.records, key=lambda r: r.source_uri)
+        assert worker.scorer is not None
+
+        def check_fails() -> bool:
+            raise RuntimeError("the catalog is away")
+
+        with pytest.raises(RuntimeError, match="the catalog is away"):
+            worker.scorer.score(Path(first.source_uri), first, model, str(claim.batch_id),
+                                still_held=check_fails)
+        outcome = worker.scorer.score(Path(second.source_uri), second, model,
+                                      str(claim.batch_id), still_held=lambda: True)
+        assert (outcome.source_uri, outcome.status) == (second.source_uri, "scored")
+        written = [p.name for p in Path(worker.settings.outbox).rglob("*.parquet")]
+        assert len(written) == 1 and written[0].startswith("b-"), written
+    finally:
+        worker.close()

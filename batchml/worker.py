@@ -102,16 +102,30 @@ class Worker:
 
     @classmethod
     def for_source(cls, settings: Settings, uri: str | None = None, *,
-                   run_id: str | None = None, tag: str | None = None) -> Worker:
+                   run_id: str | None = None, tag: str | None = None,
+                   wait: threading.Event | None = None) -> Worker:
         """A worker on the source at ``uri`` (default: the inbox), with rejected queue
         messages kept in the ledger, scoring in a scorer process unless
         ``BATCHML_ISOLATE_SCORING`` is off. Its S3 calls (source and outbox) are counted by
-        one tracker whose counts ``batchml status`` shows."""
+        one tracker whose counts ``batchml status`` shows. With ``wait``, a catalog that
+        cannot be reached yet is waited for (with backoff) until it answers or ``wait`` is
+        set."""
         from .catalog import Catalog
         from .sources import open_source
         from .store import S3Health
 
-        catalog = Catalog.from_settings(settings)
+        backoff = Backoff(base=1.0)
+        while True:  # a host that boots while the catalog's server is away waits for it
+            try:
+                catalog = Catalog.from_settings(settings)
+                break
+            except CatalogError as exc:
+                if not exc.transient or wait is None:
+                    raise
+                delay = backoff.failed()
+                log.warning("waiting %.1f s for the catalog: %s", delay, exc)
+                if wait.wait(delay):
+                    raise
         health = S3Health.for_home(settings.home)
         source = open_source(uri or str(settings.inbox), settings=settings,
                              on_rejected=Ledger(catalog).record_rejected_event, health=health)

@@ -36,12 +36,14 @@ def test_discover_is_idempotent(catalog: Catalog) -> None:
 def test_claims_do_not_overlap_and_leases_expire(catalog: Catalog) -> None:
     ledger = Ledger(catalog)
     ledger.discover(refs(5))
-    first = ledger.claim("w1", limit=3, lease_s=0.3)
+    first = ledger.claim("w1", limit=3, lease_s=60)
     second = ledger.claim("w2", limit=10, lease_s=60)
     assert len(first) == 3 and len(second) == 2
     assert not {r.file_id for r in first} & {r.file_id for r in second}
     assert ledger.claim("w3", limit=10, lease_s=60) == []
-    time.sleep(0.35)  # w1 "died": its leases expire and w3 takes over
+    # w1 "died": its leases run out (set to a second ago, not waited for) and w3 takes over
+    held, _ = ledger.renew([r.file_id for r in first], "w1", lease_s=-1)
+    assert held == {r.file_id for r in first}
     taken = ledger.claim("w3", limit=10, lease_s=60)
     assert {r.file_id for r in taken} == {r.file_id for r in first}
     assert all(r.attempts == 2 for r in taken)
@@ -188,3 +190,30 @@ def test_record_files_keeps_only_held_claims_and_ends_the_batch(catalog: Catalog
     # the totals recorded before (3 files, 7 rows) plus what this call recorded
     assert batch == {"status": "completed", "files": 5, "rows": 17, "ended": True}
     assert ledger.record_file(got.batch_id, outcomes[2], "w1") is False  # w2 owns it
+
+
+def test_a_batch_whose_worker_vanished_is_closed_by_the_next_claim(catalog: Catalog) -> None:
+    from batchml.scoring import FileOutcome
+
+    ledger = Ledger(catalog)
+    ledger.discover(refs(6))
+    run = _tagged_run(catalog)
+    dead = ledger.claim_batch("w1", limit=2, lease_s=60, run_id=run)
+    done = ledger.claim_batch("w2", limit=2, lease_s=60, run_id=run)
+    # w1 dies holding its files (its lease runs out); w2 records its outcomes but not the end
+    ledger.renew([r.file_id for r in dead.records], "w1", lease_s=-1)
+    assert ledger.record_files(done.batch_id, [
+        FileOutcome(r.file_id, r.source_uri, "scored", run, output_uri="o", rows=1)
+        for r in done.records], "w2") == {r.file_id for r in done.records}
+    live = ledger.claim_batch("w3", limit=10, lease_s=60, run_id=run)
+    assert {r.file_id for r in dead.records} <= {r.file_id for r in live.records}
+    status = catalog.sql("SELECT batch_id, status, error FROM prediction_batches")
+    by_id = {b: (s, e) for b, s, e in status.itertuples(index=False)}
+    for gone, worker in ((dead.batch_id, "w1"), (done.batch_id, "w2")):
+        state, error = by_id[gone]
+        assert state == "failed" and f"abandoned: its worker {worker}" in error
+    assert by_id[live.batch_id][0] == "running"  # w3 holds its files: left alone
+    # a worker that was only slow ends its batch after all: its end wins
+    ledger.end_batch(done.batch_id, files=2, rows=2, duration_ms=1.0)
+    assert catalog.sql("SELECT status FROM prediction_batches WHERE batch_id = ?",
+                       [done.batch_id])["status"].iloc[0] == "completed"

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import Backoff, CatalogError
 from .records import STATES, ClaimedBatch, FileRecord, FileRef, worker_id
 
 if TYPE_CHECKING:
@@ -22,6 +23,25 @@ if TYPE_CHECKING:
     from .model import Catalog
 
 __all__ = ["STATES", "ClaimedBatch", "FileRecord", "FileRef", "Ledger", "worker_id"]
+
+_RECORD_ATTEMPTS = 5
+"""Tries to record a batch's outcomes, end or releases through a transient catalog error (a
+dropped session, a server restart): about 4 s of backoff in all. Recording again is safe: a
+file is recorded only while this worker still holds its claim."""
+
+
+def _retrying(call: Any) -> Any:
+    """``call()``, tried again after a transient catalog error, with backoff."""
+    import time
+
+    backoff = Backoff(base=0.25, cap=2.0)
+    for attempt in range(_RECORD_ATTEMPTS):
+        try:
+            return call()
+        except CatalogError as exc:
+            if not exc.transient or attempt == _RECORD_ATTEMPTS - 1:
+                raise
+            time.sleep(backoff.failed())
 
 class Ledger:
     """The ledger tables of a :class:`~batchml.Catalog`."""
@@ -71,9 +91,9 @@ class Ledger:
     def release(self, file_ids: Sequence[str], worker: str, *, reason: str | None = None,
                 count_attempt: bool = False) -> int:
         """Give claimed files back as pending (shutdown, no model yet, a transient error)."""
-        return self.catalog.backend.release(file_ids, worker, reason=reason,
-                                            count_attempt=count_attempt,
-                                            max_attempts=self.max_attempts)
+        return int(_retrying(lambda: self.catalog.backend.release(
+            file_ids, worker, reason=reason, count_attempt=count_attempt,
+            max_attempts=self.max_attempts)))
 
     def finish(self, file_id: str, worker: str, *, state: str, error: str | None = None,
                model_run_id: str | None = None, batch_id: str | None = None,
@@ -127,14 +147,17 @@ class Ledger:
         ledger row moves and its ``batch_files`` row is written only if this worker still holds
         its claim. With ``end`` (``files``, ``rows``, ``duration_ms``, ``error``) the batch is
         closed in the same transaction, its ``files`` and ``rows`` being those recorded before
-        this call plus the outcomes this call records. Returns the ids recorded."""
-        return self.catalog.backend.record_files(batch_id, outcomes, worker, end=end)
+        this call plus the outcomes this call records. Returns the ids recorded. A transient
+        catalog error is retried (a few seconds): outcomes are not lost to a dropped session."""
+        done: set[str] = _retrying(
+            lambda: self.catalog.backend.record_files(batch_id, outcomes, worker, end=end))
+        return done
 
     def end_batch(self, batch_id: str, *, files: int, rows: int, duration_ms: float,
                   error: str | None = None) -> None:
-        """Close a batch with its totals."""
-        self.catalog.backend.end_batch(batch_id, files=files, rows=rows,
-                                       duration_ms=duration_ms, error=error)
+        """Close a batch with its totals (retried through a transient catalog error)."""
+        _retrying(lambda: self.catalog.backend.end_batch(
+            batch_id, files=files, rows=rows, duration_ms=duration_ms, error=error))
 
     def record_rejected_event(self, source: str, message_id: str, body: str,
                               error: str) -> None:

@@ -111,15 +111,32 @@ class PostgresLedger:
                 run_id = str(row[0])
             if expect_run_id is not None and run_id != expect_run_id:
                 return ClaimedBatch(None, run_id, [], None)
+            self._close_abandoned_batches(con, now)
             records = self._claim(con, worker, now, limit=limit, lease_s=lease_s,
                                   file_ids=file_ids, prefix=prefix)
             if not records:
                 return ClaimedBatch(None, run_id, [], None)
             batch_id = batch_id_for(now)
             con.execute("INSERT INTO prediction_batches (batch_id, model_run_id, status,"
-                        " started_at, prefect_flow_run_id) VALUES (%s, %s, 'running', %s, %s)",
-                        [batch_id, run_id, now, prefect_flow_run_id])
+                        " started_at, prefect_flow_run_id, worker, lease_expires_at)"
+                        " VALUES (%s, %s, 'running', %s, %s, %s, %s)",
+                        [batch_id, run_id, now, prefect_flow_run_id, worker,
+                         now + timedelta(seconds=lease_s)])
         return ClaimedBatch(batch_id, run_id, records, now + timedelta(seconds=lease_s))
+
+    @staticmethod
+    def _close_abandoned_batches(con: Any, now: datetime) -> None:
+        """Close as failed the running batches whose worker stopped renewing their lease, or
+        whose worker holds none of its files any more (it died or lost the catalog between
+        its last outcome and the batch's end). A live worker that records the end later
+        overwrites this."""
+        con.execute(
+            "UPDATE prediction_batches SET status = 'failed', ended_at = %s, error = 'abandoned:"
+            " its worker ' || coalesce(worker, '?') || ' stopped renewing its lease (killed, or"
+            " cut off from the catalog); its files went back to the queue'"
+            " WHERE status = 'running' AND worker IS NOT NULL AND (lease_expires_at < %s"
+            " OR NOT EXISTS (SELECT 1 FROM files f WHERE f.state = 'claimed'"
+            " AND f.claimed_by = prediction_batches.worker))", [now, now])
 
     def renew(self, file_ids: Sequence[str], worker: str, *,
               lease_s: float) -> tuple[set[str], datetime]:
@@ -131,6 +148,8 @@ class PostgresLedger:
                 "UPDATE files SET lease_expires_at = %s WHERE file_id = ANY(%s)"
                 " AND state = 'claimed' AND claimed_by = %s RETURNING file_id",
                 [expires, list(file_ids), worker]).fetchall()
+            con.execute("UPDATE prediction_batches SET lease_expires_at = %s"
+                        " WHERE worker = %s AND status = 'running'", [expires, worker])
         return {r[0] for r in rows}, expires
 
     def release(self, file_ids: Sequence[str], worker: str, *, reason: str | None,

@@ -81,10 +81,11 @@ def watch(
     from ..worker import Worker
 
     settings = settings_from(home, catalog)
-    worker = Worker.for_source(settings, source, run_id=run, tag=tag)
-    src = worker.source
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    worker = Worker.for_source(settings, source, run_id=run, tag=tag,
+                               wait=None if once else stop)
+    src = worker.source
 
     def show(rep: Any) -> None:
         for o in rep.outcomes:

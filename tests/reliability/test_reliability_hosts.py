@@ -721,23 +721,12 @@ def test_hosts_score_every_file_exactly_once(
         assert run.loopback_conns == [], run.loopback_conns[:5]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Batches stay `running` in prediction_batches for ever when their worker dies (SIGKILL) or "
-    "cannot record the batch's end because its catalog session was dropped "
-    "(worker.py Worker.run_batch records the end once, on the batch's held connection, and "
-    "nothing ends an abandoned batch later); see docs/reliability.md 'Hosts'"))
 def test_no_batch_left_running(hosts_checked: tuple[HostsRun, Outputs, dict[str, Any]]) -> None:
     run, _, facts = hosts_checked
     assert run.killed_batches, "no kill landed mid-batch: nothing to check"
     assert facts["running_ids"] == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`batchml watch` exits 1 at once when the catalog's PostgreSQL server cannot be reached "
-    "at start (Worker.for_source -> Catalog.from_settings -> PgConnections.check raises "
-    "CatalogUnavailable, which is transient), although its message says 'batchml retries with "
-    "backoff'; a host that boots while the server restarts is gone. Seen in the hosts run when "
-    "a replacement started during the restart"))
 def test_a_host_that_boots_while_the_catalog_is_away_waits_for_it(lab: Lab) -> None:
     host = lab.net.hosts[0]
     closed = _free_port(lab.net.address)  # nothing listens there: the server is down

@@ -30,6 +30,7 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from .records import ClaimedBatch, FileRecord, FileRef
 
@@ -268,6 +269,27 @@ class CatalogBackend(ABC):
     @abstractmethod
     def recent_file_errors(self, window_s: float = 3600) -> dict[str, int]:
         """Files of batches that ended ``failed`` / ``quarantined`` in the last ``window_s``."""
+
+    # --- moving a whole catalog (batchml.catalog.transfer) -----------------------------------
+
+    @abstractmethod
+    def dump_tables(self) -> dict[str, pa.Table]:
+        """Every row of every catalog table (:data:`batchml.catalog.transfer.TABLES`), read in
+        one consistent snapshot, as Arrow tables by name: columns in the schema's order, rows
+        in the order of each table's key, JSON columns (``runs.params``, ``models.signature``)
+        as JSON text. Both backends give the same column names and Arrow types."""
+
+    @abstractmethod
+    def load_tables(self, tables: Mapping[str, pa.Table]) -> dict[str, int]:
+        """Load ``tables`` (as :meth:`dump_tables` gives them, columns in any order) into this
+        catalog, which must be empty and at the current schema, in ONE transaction; return the
+        rows per table as counted in this catalog before committing.
+
+        Afterwards sets what the rows imply: the next run number of each flow continues after
+        its highest and the tag sequence after the highest ``tag_id``. Raises
+        :class:`~batchml.errors.CatalogError`, changing nothing, when a catalog table holds
+        rows already (naming them), when a table or column is not this catalog's, or when a
+        row does not load (naming the table and the server's reason)."""
 
 
 # --- the registry ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from .migrations import migrations
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 _ORDER = re.compile(r"^\s*(?:(metrics|params)\.)?([A-Za-z0-9_.]+)\s*(ASC|DESC)?\s*$", re.I)
 
@@ -332,6 +333,67 @@ class DuckDBBackend(DuckDBLedger, CatalogBackend):
             con.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
                         [run_id, name, flavor, json.dumps(dict(signature)), artifact, primary,
                          utcnow()])
+
+    # --- moving a whole catalog (batchml.catalog.transfer) -----------------------------------
+
+    def dump_tables(self) -> dict[str, pa.Table]:
+        from .transfer import TABLES
+
+        dumped: dict[str, pa.Table] = {}
+        # one read: the shared lock keeps every writer out until the last table is read
+        with self.db.read() as con:
+            for name, key in TABLES.items():
+                columns = ", ".join(f'"{c}"::VARCHAR AS "{c}"' if kind == "JSON" else f'"{c}"'
+                                    for c, kind in self._table_columns(con, name))
+                order = ", ".join(f'"{c}"' for c in key)
+                dumped[name] = con.execute(
+                    f'SELECT {columns} FROM "{name}" ORDER BY {order}').to_arrow_table()
+        return dumped
+
+    def load_tables(self, tables: Mapping[str, pa.Table]) -> dict[str, int]:
+        from ..errors import CatalogError
+        from .transfer import TABLES, check_columns, count_mismatch, load_order, refuse_rows
+
+        names = load_order(tables)
+        loaded: dict[str, int] = {}
+        with self.db.write() as con:  # one transaction: a failure below rolls all of it back
+            refuse_rows(self.path, [t for t in TABLES if con.execute(
+                f'SELECT EXISTS (SELECT 1 FROM "{t}")').fetchone() != (False,)])
+            for name in names:
+                table = tables[name]
+                check_columns(self.path, name, table.column_names,
+                              [c for c, _ in self._table_columns(con, name)])
+                columns = ", ".join(f'"{c}"' for c in table.column_names)
+                view = f"batchml_load_{name}"
+                con.register(view, table)
+                try:
+                    con.execute(f'INSERT INTO "{name}" ({columns}) SELECT {columns}'
+                                f' FROM "{view}"')
+                except duckdb.Error as exc:
+                    raise CatalogError(
+                        f"Cannot load table {name} into {self.path}: {exc}; nothing was "
+                        "loaded.") from None
+                finally:
+                    con.unregister(view)
+                row = con.execute(f'SELECT count(*) FROM "{name}"').fetchone()
+                loaded[name] = int(row[0]) if row else 0
+                count_mismatch(self.path, name, table.num_rows, loaded[name])
+            # DuckDB has no setval: draw the tag sequence up to the highest tag_id loaded
+            top = con.execute("SELECT max(tag_id) FROM tags").fetchone()
+            if top and top[0] is not None:
+                drawn = con.execute("SELECT nextval('tag_seq')").fetchone()
+                if drawn and drawn[0] < top[0]:
+                    con.execute("SELECT max(nextval('tag_seq')) FROM range(?)",
+                                [int(top[0]) - int(drawn[0])])
+        return loaded
+
+    @staticmethod
+    def _table_columns(con: Any, table: str) -> list[tuple[str, str]]:
+        """``(name, type)`` of each column of the catalog's ``table``, in the schema's order."""
+        return [(str(c), str(t)) for c, t in con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_catalog = current_database() AND table_schema = 'main'"
+            " AND table_name = ? ORDER BY ordinal_position", [table]).fetchall()]
 
 
 def runs_frame(base: pd.DataFrame, mets: pd.DataFrame, tags: pd.DataFrame, *,

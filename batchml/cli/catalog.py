@@ -77,3 +77,63 @@ def sql(query: Annotated[str | None, typer.Argument(help="SQL to run against the
             raise typer.Exit(1) from None
         raise
     print_frame(frame, fmt)
+
+
+catalog_app = typer.Typer(help="Work on the catalog as a whole: move it to another backend.",
+                          no_args_is_help=True)
+
+
+@clean_errors
+def migrate(to: Annotated[str, typer.Option(
+                "--to", show_default=False,
+                help="The new, empty catalog to copy into: postgresql://USER:PASSWORD@HOST:PORT/DB "
+                "(an empty database; batchml creates the tables; the password is never "
+                "printed), or a DuckDB file.")],
+            home: HomeOpt = None, catalog: CatalogOpt = None) -> None:
+    """Copy the catalog (--home or --catalog) into a new, empty one, such as PostgreSQL.
+
+    Everything moves in one transaction: runs with params, metrics and tag history, artifacts,
+    models, the file ledger and its batches; new run numbers and tags continue after the
+    highest copied. Stop the workers first: rows they write meanwhile are not copied."""
+    import time
+    from urllib.parse import unquote, urlsplit
+
+    from rich.table import Table
+
+    from ..catalog import Catalog
+    from ..catalog._pg import display_url
+    from ..catalog.transfer import migrate_catalog
+    from ..errors import ConfigError
+
+    source_settings = (settings_from(home, None, catalog_url=catalog) if catalog is not None
+                       else settings_from(home))  # a path given wins over BATCHML_CATALOG_URL
+    where = source_settings.catalog_target
+    if isinstance(where, Path) and not where.exists():
+        raise ConfigError(f"No catalog at {where} to migrate.",
+                          hint="Name it with --catalog PATH (or --home).")
+    password = urlsplit(to).password if "://" in to else None
+    target_settings = settings_from(home, None, catalog_url=to,
+                                    catalog_password=unquote(password) if password else None)
+    source = Catalog.from_settings(source_settings, with_store=False)
+    target = Catalog.from_settings(target_settings, with_store=False)
+    shown = display_url(str(target.path))
+    try:
+        started = time.perf_counter()
+        rows = migrate_catalog(source, target)
+        seconds = time.perf_counter() - started
+    finally:
+        source.close()
+        target.close()
+    table = Table(title=f"{source.path} -> {shown}")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, count in rows.items():
+        table.add_row(name, f"{count:,}")
+    total = sum(rows.values())
+    table.add_row("total", f"{total:,}", style="bold")
+    out.print(table, highlight=False)
+    secret = (", a password in BATCHML_CATALOG_PASSWORD or ~/.pgpass" if "://" in shown
+              else "")
+    out.print(f"migrated {total:,} rows in {seconds:.2f} s ({total / max(seconds, 1e-9):,.0f} "
+              f"rows/s). Point every host at the new catalog (BATCHML_CATALOG_URL={shown}"
+              f"{secret}) and start the workers.", highlight=False)

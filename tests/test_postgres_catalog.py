@@ -172,7 +172,7 @@ def test_psql_users_get_the_same_views(pg_url: str, tmp_path: Path) -> None:
             list(pg.sql(f"SELECT * FROM {view} LIMIT 0").columns), view
 
 
-def _wait_until(condition, timeout_s: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+def _wait_until(condition, timeout_s: float = 300.0) -> None:  # type: ignore[no-untyped-def]
     import time
 
     deadline = time.monotonic() + timeout_s

@@ -1,4 +1,5 @@
-"""``batchml init`` and ``batchml sql``: create the catalog; query it."""
+"""``batchml init``, ``batchml sql`` and ``batchml catalog migrate``: create the catalog, query
+it, move it to another backend."""
 
 from __future__ import annotations
 

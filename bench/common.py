@@ -390,3 +390,66 @@ def fmt_num(v: float | None) -> str:
     if a >= 0.01:
         return f"{v:.3f}"
     return f"{v:.2g}"
+
+
+# --- a throwaway PostgreSQL server ----------------------------------------------------------
+
+
+def _pgserver_module() -> Any:
+    """``tests/pgserver.py``, loaded by its path: the one throwaway-server implementation,
+    shared with the tests, without putting ``tests/`` (its conftest, its test modules) on
+    ``sys.path``. Registered as ``pgserver``, the name the tests import it by."""
+    import importlib.util
+
+    if "pgserver" in sys.modules:
+        return sys.modules["pgserver"]
+    path = ROOT / "tests" / "pgserver.py"
+    spec = importlib.util.spec_from_file_location("pgserver", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pgserver"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["pgserver"]
+        raise
+    return module
+
+
+_NOT_DURABLE = ("fsync", "synchronous_commit", "full_page_writes")
+
+
+@contextlib.contextmanager
+def postgres_server(*, durable: bool = True) -> Iterator[Any]:
+    """A throwaway PostgreSQL server (``tests/pgserver.PostgresServer``: initdb into a fresh
+    temp dir, a free loopback port, trust auth) for one benchmark; stopped and removed when the
+    block ends. ``.create_database(name)`` gives a catalog URL.
+
+    The tests' server switches durability off (``fsync``, ``synchronous_commit``,
+    ``full_page_writes``) on its command line, where neither ``ALTER SYSTEM`` nor a session can
+    switch it back. ``durable=True`` (the default) starts it without those options, so a commit
+    waits for its WAL flush as on a production server (and as on DuckDB, which syncs its WAL at
+    every commit); checked with ``SHOW`` once started."""
+    base = _pgserver_module().PostgresServer
+
+    class Server(base):  # type: ignore[misc, valid-type]
+        def _server_options(self) -> str:
+            options = super()._server_options()
+            if durable:
+                for name in _NOT_DURABLE:
+                    options = options.replace(f"-c {name}=off", "")
+            return " ".join(options.split())
+
+    server = Server().start()
+    try:
+        if durable:
+            with server.admin() as con:
+                off = [n for n in _NOT_DURABLE
+                       if con.execute(f"SHOW {n}").fetchone()[0] != "on"]
+            if off:
+                raise RuntimeError(f"the benchmark's PostgreSQL server is not durable: "
+                                   f"{', '.join(off)} off")
+        yield server
+    finally:
+        server.stop()

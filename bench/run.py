@@ -1,6 +1,6 @@
 """Run the batchml benchmarks: ``python -m bench.run [--quick] [--only B1,B4] [--out FILE]``.
 
-Generates its own synthetic data in a temp dir, runs B1..B7 (see ``bench/README.md``), prints a
+Generates its own synthetic data in a temp dir, runs B1..B8 (see ``bench/README.md``), prints a
 markdown table and writes the same figures as JSON with machine info, package versions and the
 date. Every figure is the median over its repetitions with min and max; throughput and latency
 carry their ratio to a floor measured in the same run; peak memory comes from the kernel.
@@ -35,6 +35,7 @@ from . import (
     b5_memory,
     b6_training,
     b7_coldstart,
+    b8_claims,
 )
 from .common import (
     ROOT,
@@ -56,6 +57,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], list[Figure]]]] = {
     "B5": ("memory", b5_memory.run),
     "B6": ("training", b6_training.run),
     "B7": ("cold start", b7_coldstart.run),
+    "B8": ("claims from several workers", b8_claims.run),
 }
 NEEDS_MODELS = {"B1", "B2", "B2S", "B3", "B5", "B7"}
 # server mode starts a Prefect server and a worker (~2-3 min): full runs or --only B2S
@@ -72,6 +74,8 @@ SPEC_FULL: dict[str, Any] = {
     "b5_rows": [1_000_000, 10_000_000], "b5_reps": 1,
     "b6_rows": [20_000, 5_000], "b6_reps": 2,
     "b7_reps": 5,
+    "b8_files": 2_000, "b8_workers": [1, 2, 4, 8], "b8_batch": 20, "b8_work_ms": 1.0,
+    "b8_reps": 2,
 }
 SPEC_QUICK: dict[str, Any] = {
     "model_train_rows": 2_000, "calibrate_rows": 2_000,
@@ -83,6 +87,7 @@ SPEC_QUICK: dict[str, Any] = {
     "b5_rows": [50_000, 200_000], "b5_reps": 1,
     "b6_rows": [1_000, 250], "b6_reps": 1,
     "b7_reps": 1,
+    "b8_files": 200, "b8_workers": [1, 4], "b8_batch": 20, "b8_work_ms": 1.0, "b8_reps": 1,
 }
 
 
@@ -112,8 +117,8 @@ def estimate(sizes: dict[str, Any], thr: dict[str, float], selected: set[str]) -
         f, r = sizes["b3_files"], sizes["b3_reps"]
         cost["B3"] = (r * (1.25 * f * 1_000 / sk + 0.06 * f + 3) + STARTUP_S["sklearn_text"]
                       + min(100, f) * 1_000 / sk + (0 if "B2" in selected else 25))
-    if "B4" in selected:
-        cost["B4"] = 10 + max(sizes["b4_runs"]) * 1e-4 + sizes["b4_logs"] * 0.1
+    if "B4" in selected:  # DuckDB, then PostgreSQL (a server started for it)
+        cost["B4"] = 12 + max(sizes["b4_runs"]) * 1.5e-4 + sizes["b4_logs"] * 0.15
     if "B5" in selected:
         small, large = sizes["b5_rows"]
         cost["B5"] = ((small + large) * (GEN_S_PER_ROW + 1.15 * sizes["b5_reps"] / sk)
@@ -122,6 +127,12 @@ def estimate(sizes: dict[str, Any], thr: dict[str, float], selected: set[str]) -
         cost["B6"] = sizes["b6_reps"] * (15 + 45 * sizes["b6_rows"][0] / 20_000)
     if "B7" in selected:
         cost["B7"] = sum(2 * sizes["b7_reps"] * (st + 1.5) for st in STARTUP_S.values())
+    if "B8" in selected:  # per worker count: DuckDB (~300-400 files/s with one worker, ~170
+        # with more as they queue for its lock, ~60 on a loaded machine: the conservative
+        # figure), PostgreSQL (~500+), starting the workers
+        f = sizes["b8_files"]
+        cost["B8"] = 2 + sizes["b8_reps"] * sum(
+            f / (300 if n == 1 else 60) + f / 500 + 2 + 0.5 * n for n in sizes["b8_workers"])
     return cost
 
 
@@ -146,7 +157,8 @@ def plan(spec: dict[str, Any], thr: dict[str, float], selected: set[str],
         return sizes, notes
     steps: list[tuple[str, str | None, int]] = [
         ("b3_reps", None, 1), ("b1_reps", "sklearn_text", 2), ("b6_reps", None, 1),
-        ("b1_reps", "sklearn_text", 1), ("b7_reps", None, 3), ("b1_reps", "keras_nbow", 2)]
+        ("b1_reps", "sklearn_text", 1), ("b7_reps", None, 3), ("b1_reps", "keras_nbow", 2),
+        ("b8_reps", None, 1)]
     for key, sub, value in steps:
         if total(sizes) <= budget_s:
             break
@@ -317,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     git = results["git"]
-    print(f"batchml {git.get('commit', '?')[:12]}"
+    print(f"batchml {(git.get('commit') or '?')[:12]}"
           + (f" ({git['uncommitted_changes']})" if git.get("uncommitted_changes") else "")
           + f", {results['mode']} run of {date}, load average at start "
           f"{results['machine'].get('loadavg_at_start')}\n")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-IDS = [f"B{i}" for i in range(1, 8)]
+IDS = [f"B{i}" for i in range(1, 9)]
 
 
 @pytest.mark.slow

@@ -164,11 +164,10 @@ def test_train_with_prefect_keeps_prefect_under_the_home_without_os_environ(
     """`batchml train` (a Prefect flow on Prefect's temporary server) in this process: the
     server's state lands under HOME/prefect (the setting reached the server's process) and
     os.environ is the same after."""
+    from prefect.server.api.server import SubprocessASGIServer
     from typer.testing import CliRunner
 
     from batchml.cli import app
-
-    from prefect.server.api.server import SubprocessASGIServer
 
     for name in ("PREFECT_API_URL", "PREFECT_HOME"):
         monkeypatch.delenv(name, raising=False)

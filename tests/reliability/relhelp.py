@@ -7,6 +7,7 @@ they leave on disk and in the catalog.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,6 +286,53 @@ class Child:
 
     def err(self) -> str:
         return self.stderr.read_text(errors="replace") if self.stderr.exists() else ""
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from ``/proc/PID/task/*/children``)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for path in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+            try:
+                kids = [int(x) for x in path.read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def kill_mid_write(child: Child, writing: Callable[[], bool], timeout: float,
+                   jitter: Callable[[], float] = lambda: 0.0) -> bool:
+    """SIGKILL ``child`` while ``writing()`` holds (an output's temp file is there).
+
+    Waits for ``writing()``, sleeps ``jitter()`` seconds, then freezes the child's process
+    tree (SIGSTOP) and checks again: if the write is still going the child is SIGKILLed
+    while frozen (its descendants are resumed, as after a real crash of that one process);
+    if the write finished in between, the tree is resumed and the next write is awaited.
+    So a kill that lands mid-write does not depend on the machine's speed. Returns whether
+    the kill happened (False: no write was caught before ``timeout`` or the child died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and child.alive():
+        if not writing():
+            time.sleep(0.001)
+            continue
+        time.sleep(jitter())
+        tree = [child.pid, *descendants(child.pid)]
+        _signal_all(tree, signal.SIGSTOP)
+        if writing():
+            os.kill(child.pid, signal.SIGKILL)
+            _signal_all(tree[1:], signal.SIGCONT)
+            return True
+        _signal_all(tree, signal.SIGCONT)
+    return False
 
 
 def run_cli(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 170

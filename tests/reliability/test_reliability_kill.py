@@ -95,25 +95,30 @@ def kill_scenario(settings: Any, zygote: relhelp.Zygote, *, n_files: int, n_kill
             # test_reliability_sql.py::test_predictions_view_ignores_inflight_temp_files)
             assert _wait_for(partial(_printed_a_batch, child), 90, step=0.02), child.err()
         known = set(relhelp.tmp_leftovers(outbox))
-        if mode == "scoring":
-            def fresh(known: set[Path] = known) -> bool:
-                return bool(set(relhelp.tmp_leftovers(outbox)) - known)
 
-            if _wait_for(fresh, 20):
-                time.sleep(rng.uniform(0, 0.05))
-            else:
-                mode = "random"
-        if mode == "random":
-            time.sleep(rng.uniform(0.1, max_sleep_s))
+        def writing(known: set[Path] = known) -> bool:
+            return bool(set(relhelp.tmp_leftovers(outbox)) - known)
+
         if not child.alive():
             run.crashes.append(f"rc={child.rc}: {child.err()[-2000:]}")
-        else:
-            mid_write = bool(set(relhelp.tmp_leftovers(outbox)) - known)
-            child.kill()
+        elif mode == "scoring" and relhelp.kill_mid_write(
+                child, writing, 30, jitter=partial(rng.uniform, 0, 0.01)):
             assert child.wait(10), f"pid {child.pid} survived SIGKILL"
             run.kills += 1
-            run.kills_mid_write += mid_write
-            run.kills_random += mode == "random"
+            run.kills_mid_write += 1
+        elif not child.alive():
+            run.crashes.append(f"rc={child.rc}: {child.err()[-2000:]}")
+        else:
+            time.sleep(rng.uniform(0.1, max_sleep_s))
+            if not child.alive():
+                run.crashes.append(f"rc={child.rc}: {child.err()[-2000:]}")
+            else:
+                mid_write = writing()
+                child.kill()
+                assert child.wait(10), f"pid {child.pid} survived SIGKILL"
+                run.kills += 1
+                run.kills_mid_write += mid_write
+                run.kills_random += 1
         child = zygote.spawn(argv, env, home, "watch")
     feeder.join(timeout=300)
     assert not feeder.is_alive()

@@ -175,18 +175,22 @@ def s3_kill_scenario(settings: Any, zygote: relhelp.Zygote, client: Any, bucket:
     child = zygote.spawn(argv, env, home, "s3watch")
     for k in range(n_kills):
         known = _partials(tmpdir)
-        if k % 2 == 0:  # wait for an output being written (its temp file appears)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not (_partials(tmpdir) - known):
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0, 0.05))
-        else:
+
+        def writing(known: set[Path] = known) -> bool:
+            return bool(_partials(tmpdir) - known)
+
+        mid = False
+        if k % 2 == 0 and child.alive():  # kill while an output is being written
+            mid = relhelp.kill_mid_write(child, writing, 30,
+                                         jitter=lambda: rng.uniform(0, 0.05))
+        elif child.alive():
             time.sleep(rng.uniform(0.3, 2.0))
-        if not child.alive():
+        if not mid and not child.alive():
             run.crashes.append(f"rc={child.rc}: {child.err()[-2000:]}")
         else:
-            mid = bool(_partials(tmpdir) - known)
-            child.kill()
+            if not mid:
+                mid = writing()
+                child.kill()
             assert child.wait(10), f"pid {child.pid} survived SIGKILL"
             run.kills += 1
             run.kills_mid_write += mid

@@ -136,6 +136,32 @@ def test_a_burst_is_published_once_per_interval_and_its_end_soon(tmp_path: Path)
     assert 1 <= published <= elapsed / 0.5 + 2, (published, elapsed)
 
 
+EXIT_SCRIPT = """
+import sys, threading
+from batchml import Catalog
+from batchml.catalog._db import PROCESS_DATABASES
+cat = Catalog(sys.argv[1], publish_interval_s=30)  # the debounce keeps the change pending
+cat.create_run("train").log_metrics({"m": 1.0})
+names = lambda: sorted(t.name for t in threading.enumerate() if t.name.startswith("batchml-"))
+print(names(), flush=True)
+PROCESS_DATABASES.close_all()  # what interpreter exit runs
+print(names(), flush=True)
+"""
+
+
+def test_interpreter_exit_publishes_and_ends_the_catalog_threads(tmp_path: Path) -> None:
+    """A process that ends right after a write publishes it, and no catalog thread is left
+    inside DuckDB while the interpreter finalises (that aborted processes with SIGABRT)."""
+    path = tmp_path / "catalog.duckdb"
+    proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, after = proc.stdout.splitlines()
+    assert "batchml-catalog-publisher" in before
+    assert after == "[]"
+    assert _runs_in_copy(tmp_path / "catalog.readonly.duckdb") == 1
+
+
 def test_a_writer_killed_before_publishing_is_caught_up(tmp_path: Path) -> None:
     path = tmp_path / "catalog.duckdb"
     Catalog(path).publish()

@@ -79,14 +79,16 @@ class Databases:
             return db
 
     def close_all(self) -> None:
-        """At interpreter exit: publish pending changes and close every connection."""
+        """At interpreter exit: publish pending changes, close every connection and wait for
+        the publisher and reaper threads to end.
+
+        The wait matters: a daemon thread still inside DuckDB when the interpreter finalises
+        is ended by ``pthread_exit`` as it takes the GIL back, which unwinds through DuckDB's
+        C++ frames and aborts the process ("terminate called without an active exception")."""
         for db in list(self._live):
             if db._pid == os.getpid():
                 with contextlib.suppress(Exception):  # best effort at interpreter exit
-                    if db.publication.pending:
-                        with db._mutex, db._use(writable=True) as con:
-                            db._publish(con)
-                    db.close()
+                    db.shutdown()
 
     def after_fork_in_child(self) -> None:
         """In a forked child: drop the inherited connections and lock descriptors without
@@ -124,6 +126,7 @@ class Database:
         self._last_used = 0.0
         self._pid = os.getpid()
         self._reaper: threading.Thread | None = None
+        self._stopping = threading.Event()  # set at interpreter exit: threads end, none start
         self._holds = 0
         self._holds_lock = threading.Lock()
         self._yield_until = 0.0
@@ -181,6 +184,8 @@ class Database:
         """A write committed: publish it once the debounce interval allows (caller holds
         ``_mutex``)."""
         self.publication.changed()
+        if self._stopping.is_set():
+            return  # shutdown() publishes what is pending itself
         if self._publisher is None or not self._publisher.is_alive():
             self._publisher = threading.Thread(target=self._publish_loop, daemon=True,
                                                name="batchml-catalog-publisher")
@@ -188,9 +193,9 @@ class Database:
 
     def _publish_loop(self) -> None:
         while True:
-            time.sleep(max(self.publication.wait_s(), 0.005))
+            self._stopping.wait(max(self.publication.wait_s(), 0.005))
             with self._mutex:
-                if not self.publication.pending:
+                if not self.publication.pending or self._stopping.is_set():
                     self._publisher = None
                     return
                 if self.publication.wait_s() > 0:
@@ -286,6 +291,8 @@ class Database:
         return self._con
 
     def _start_reaper(self) -> None:
+        if self._stopping.is_set():
+            return  # shutdown() closes the connection itself
         if self._reaper is None or not self._reaper.is_alive():
             self._reaper = threading.Thread(target=self._reap, name="batchml-catalog-reaper",
                                             daemon=True)
@@ -293,9 +300,9 @@ class Database:
 
     def _reap(self) -> None:
         while True:
-            time.sleep(0.005)
+            self._stopping.wait(0.005)
             with self._mutex:
-                if self._con is None:
+                if self._con is None or self._stopping.is_set():
                     self._reaper = None
                     return
                 if self._depth:
@@ -344,12 +351,27 @@ class Database:
         self._holds_lock = threading.Lock()
         self._reaper = None
         self._publisher = None
+        self._stopping = threading.Event()
         self.publication.pending = False  # the parent publishes its own changes
         self._mutex = threading.RLock()
 
     def close(self) -> None:
         """Close the connection and release the lock now."""
         with self._mutex:
+            if self._depth == 0:
+                self._release()
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """For interpreter exit: stop the publisher and reaper threads (waiting until they
+        have left DuckDB), publish what is pending, close the connection."""
+        self._stopping.set()
+        for thread in (self._publisher, self._reaper):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout_s)
+        with self._mutex:
+            if self.publication.pending:
+                with self._use(writable=True) as con:
+                    self._publish(con)
             if self._depth == 0:
                 self._release()
 

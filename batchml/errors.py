@@ -74,6 +74,28 @@ class RunCannotScore(BatchMLError, LookupError):
         self.status = status
 
 
+class RegistryError(BatchMLError, ValueError):
+    """The model registry refused a change: no such model or version, a version whose run did
+    not complete, deleting a version an alias holds, an invalid name. Terminal."""
+
+
+class AliasConflict(RegistryError):
+    """An alias move expected one holder and found another: someone moved it meanwhile.
+    ``current`` is the version holding it now (None: unset). Read it again and decide."""
+
+    def __init__(self, name: str, alias: str, *, expected: int | None,
+                 current: int | None) -> None:
+        def shown(v: int | None) -> str:
+            return "unset" if v is None else f"version {v}"
+
+        super().__init__(
+            f"{name}@{alias} is held by {shown(current)}, not {shown(expected)} as this move "
+            "expected: another process moved it meanwhile.",
+            hint=f"Check `batchml models history {name}` and move it again naming "
+                 f"--expect {'none' if current is None else current}.")
+        self.name, self.alias, self.expected, self.current = name, alias, expected, current
+
+
 class InvalidRunState(BatchMLError, ValueError):
     """The run is not in a state that allows this operation."""
 

@@ -197,7 +197,8 @@ class CatalogBackend(ABC):
     def claim_batch(self, worker: str, *, limit: int, lease_s: float, run_id: str | None,
                     tag: str | None, flow: str, expect_run_id: str | None,
                     file_ids: Sequence[str] | None, prefix: str | None,
-                    prefect_flow_run_id: str | None) -> ClaimedBatch:
+                    prefect_flow_run_id: str | None, registered: str | None = None,
+                    alias: str | None = None, version: int | None = None) -> ClaimedBatch:
         """Choose the model, claim files and open their batch in one transaction (see
         :meth:`Ledger.claim_batch`)."""
 
@@ -269,6 +270,65 @@ class CatalogBackend(ABC):
     @abstractmethod
     def recent_file_errors(self, window_s: float = 3600) -> dict[str, int]:
         """Files of batches that ended ``failed`` / ``quarantined`` in the last ``window_s``."""
+
+    # --- the model registry (SQL shared by both dialects: registry_sql.py) --------------------
+
+    @abstractmethod
+    def create_registered_model(self, name: str, *, description: str | None,
+                                tags: Mapping[str, str] | None) -> bool:
+        """Create a registered model; False if the name exists already."""
+
+    @abstractmethod
+    def update_registered_model(self, name: str, *, description: str | None = None,
+                                tags: Mapping[str, str] | None = None) -> None:
+        """Set the description (when given) and merge ``tags`` into the model's tags."""
+
+    @abstractmethod
+    def registered_models(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Registered models (name, description, tags, created_at, updated_at,
+        latest_version, aliases as {alias: version}), all or the one named."""
+
+    @abstractmethod
+    def create_model_version(self, name: str, run_id: str, model: str, *,
+                             description: str | None, created_by: str) -> tuple[int, bool]:
+        """Register ``model`` of completed run ``run_id`` as the next version of ``name``
+        (created when new); ``(version, created)``: the same model again returns its
+        version. Raises :class:`~batchml.errors.RegistryError` for a missing or unfinished
+        run or model."""
+
+    @abstractmethod
+    def model_versions(self, name: str, version: int | None = None, *,
+                       run_id: str | None = None) -> list[dict[str, Any]]:
+        """Versions of ``name`` (deleted ones too, with ``deleted_at``), oldest first."""
+
+    @abstractmethod
+    def versions_of_run(self, run_id: str) -> list[tuple[str, int]]:
+        """The (name, version) pairs a run is registered as."""
+
+    @abstractmethod
+    def delete_model_version(self, name: str, version: int) -> None:
+        """Delete a version (its number and history stay); refused while an alias holds it."""
+
+    @abstractmethod
+    def move_alias(self, name: str, alias: str, version: int | None, *, expect: int | None,
+                   moved_by: str, reason: str | None) -> int:
+        """Compare and set: point ``alias`` at ``version`` (None: remove it) if it points at
+        ``expect`` now (None: unset), and record the move; return its number. Raises
+        :class:`~batchml.errors.AliasConflict` naming the current holder otherwise, and
+        :class:`~batchml.errors.RegistryError` for a missing or deleted version or one whose
+        run did not complete."""
+
+    @abstractmethod
+    def alias_target(self, name: str, alias: str) -> tuple[int, str, str] | None:
+        """(version, run_id, model) the alias points at now, or None."""
+
+    @abstractmethod
+    def alias_history(self, name: str, alias: str | None = None) -> list[dict[str, Any]]:
+        """Every move of the model's aliases (the ``alias_history`` view), oldest first."""
+
+    @abstractmethod
+    def alias_at(self, name: str, alias: str, when: datetime) -> int | None:
+        """The version ``alias`` pointed at, at time ``when`` (None: unset)."""
 
     # --- moving a whole catalog (batchml.catalog.transfer) -----------------------------------
 

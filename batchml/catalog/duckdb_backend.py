@@ -22,6 +22,7 @@ from ._db import PROCESS_DATABASES, Database, Databases, utcnow
 from .backend import CatalogBackend
 from .duckdb_ledger import DuckDBLedger
 from .migrations import migrations
+from .registry_sql import RegistrySQL
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 _ORDER = re.compile(r"^\s*(?:(metrics|params)\.)?([A-Za-z0-9_.]+)\s*(ASC|DESC)?\s*$", re.I)
 
 
-class DuckDBBackend(DuckDBLedger, CatalogBackend):
+class DuckDBBackend(DuckDBLedger, RegistrySQL, CatalogBackend):
     """A catalog in one DuckDB file (``path``), shared by this process's catalogs of it."""
 
     def __init__(self, location: str | Path, *, lock_timeout_s: float = 60.0,
@@ -68,6 +69,12 @@ class DuckDBBackend(DuckDBLedger, CatalogBackend):
 
     def close(self) -> None:
         self.db.close()
+
+    def _registry_write(self) -> AbstractContextManager[Any]:
+        return self.db.write()
+
+    def _registry_read(self) -> AbstractContextManager[Any]:
+        return self.db.read()
 
     @property
     def published_path(self) -> Path:

@@ -68,19 +68,24 @@ class Ledger:
                     run_id: str | None = None, tag: str | None = None, flow: str = "train",
                     expect_run_id: str | None = None, file_ids: Sequence[str] | None = None,
                     prefix: str | None = None,
-                    prefect_flow_run_id: str | None = None) -> ClaimedBatch:
+                    prefect_flow_run_id: str | None = None, registered: str | None = None,
+                    alias: str | None = None, version: int | None = None) -> ClaimedBatch:
         """Resolve the model, claim up to ``limit`` files and open their batch, all in one
         transaction, so a batch's ``started_at`` is never later than the moment its model was
         chosen (a tag removed after that is removed after the batch started).
 
-        The model is ``run_id``, else the newest successful run of ``flow`` carrying ``tag``.
+        The model is the version of registered model ``registered`` that ``alias`` points
+        at now (or its ``version``), else ``run_id``, else the newest successful run of
+        ``flow`` carrying ``tag``. The batch records the registered model, version and alias
+        (for a run or a tag: the version the run is registered as, if any).
         When it is not ``expect_run_id`` (the model the caller has loaded), nothing is claimed:
         the caller loads the returned ``model_run_id`` and asks again. ``model_run_id`` is None
-        when no run carries the tag."""
+        when no run carries the tag (or the alias is not set, the version not there)."""
         return self.catalog.backend.claim_batch(
             worker, limit=limit, lease_s=lease_s, run_id=run_id, tag=tag, flow=flow,
             expect_run_id=expect_run_id, file_ids=file_ids, prefix=prefix,
-            prefect_flow_run_id=prefect_flow_run_id)
+            prefect_flow_run_id=prefect_flow_run_id, registered=registered, alias=alias,
+            version=version)
 
     def renew(self, file_ids: Sequence[str], worker: str, *,
               lease_s: float) -> tuple[set[str], datetime]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ArtifactNotFound, CatalogError, InvalidRunState, ModelNotFound, RunNotFound
 from .backend import CatalogBackend, open_backend, split_location
+from .registry import RegisteredModel
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -127,6 +128,26 @@ class Catalog:
 
     def __repr__(self) -> str:
         return f"Catalog({str(self.path)!r})"
+
+    # --- the model registry (batchml.catalog.registry) ---------------------------------------
+
+    def model(self, name: str) -> RegisteredModel:
+        """The registered model ``name`` (lazy: nothing is read until used)."""
+        return RegisteredModel(self, name)
+
+    def registered_models(self) -> list[RegisteredModel]:
+        """Every registered model, by name."""
+        return [RegisteredModel(self, r["name"]) for r in self.backend.registered_models()]
+
+    def create_model(self, name: str, *, description: str | None = None,
+                     tags: Mapping[str, str] | None = None) -> RegisteredModel:
+        """Create registered model ``name`` (an existing one gets the description and
+        tags)."""
+        model = RegisteredModel(self, name)
+        if not self.backend.create_registered_model(model.name, description=description,
+                                                    tags=tags) and (description or tags):
+            model.update(description=description, tags=tags)
+        return model
 
     # --- runs ------------------------------------------------------------------------------
 

@@ -23,13 +23,14 @@ from ._pg import PgConnections, display_url
 from .backend import CatalogBackend
 from .migrations import migrations
 from .postgres_ledger import PostgresLedger, frame
+from .registry_sql import RegistrySQL
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
 
-class PostgresBackend(PostgresLedger, CatalogBackend):
+class PostgresBackend(PostgresLedger, RegistrySQL, CatalogBackend):
     """A catalog in a PostgreSQL database, shared by every host that can reach it."""
 
     def __init__(self, location: str, *, lock_timeout_s: float = 60.0,
@@ -70,6 +71,17 @@ class PostgresBackend(PostgresLedger, CatalogBackend):
 
     def close(self) -> None:
         self.pg.close()
+
+    _for_update = " FOR UPDATE"
+
+    def _registry_write(self) -> AbstractContextManager[Any]:
+        return self.pg.write()
+
+    def _registry_read(self) -> AbstractContextManager[Any]:
+        return self.pg.read()
+
+    def _q(self, sql: str) -> str:
+        return sql.replace("?", "%s")
 
     @property
     def published_path(self) -> Path | str:

@@ -99,10 +99,16 @@ class PostgresLedger:
     def claim_batch(self, worker: str, *, limit: int, lease_s: float, run_id: str | None,
                     tag: str | None, flow: str, expect_run_id: str | None,
                     file_ids: Sequence[str] | None, prefix: str | None,
-                    prefect_flow_run_id: str | None) -> ClaimedBatch:
+                    prefect_flow_run_id: str | None, registered: str | None = None,
+                    alias: str | None = None, version: int | None = None) -> ClaimedBatch:
         with self.pg.write() as con:
             now = utcnow()
-            if run_id is None:
+            chosen = self._choose_registered(con, registered, alias, version)
+            if registered is not None:
+                if chosen is None:
+                    return ClaimedBatch(None, None, [], None)
+                run_id = chosen[2]
+            elif run_id is None:
                 if tag is None:
                     raise ValueError("Give a run id or a tag to choose the model.")
                 row = self._latest_tagged(con, flow, tag, True)
@@ -117,12 +123,18 @@ class PostgresLedger:
             if not records:
                 return ClaimedBatch(None, run_id, [], None)
             batch_id = batch_id_for(now)
+            if chosen is None:  # a run named by id or tag: its registered version, if any
+                known = self._registered_as(con, run_id)
+                chosen = (known[0], known[1], run_id, None) if known else None
+            name, number, _, via = chosen or (None, None, None, None)
             con.execute("INSERT INTO prediction_batches (batch_id, model_run_id, status,"
-                        " started_at, prefect_flow_run_id, worker, lease_expires_at)"
-                        " VALUES (%s, %s, 'running', %s, %s, %s, %s)",
+                        " started_at, prefect_flow_run_id, worker, lease_expires_at,"
+                        " model_name, model_version, model_alias)"
+                        " VALUES (%s, %s, 'running', %s, %s, %s, %s, %s, %s, %s)",
                         [batch_id, run_id, now, prefect_flow_run_id, worker,
-                         now + timedelta(seconds=lease_s)])
-        return ClaimedBatch(batch_id, run_id, records, now + timedelta(seconds=lease_s))
+                         now + timedelta(seconds=lease_s), name, number, via])
+        return ClaimedBatch(batch_id, run_id, records, now + timedelta(seconds=lease_s),
+                            model_name=name, model_version=number, model_alias=via)
 
     @staticmethod
     def _close_abandoned_batches(con: Any, now: datetime) -> None:

@@ -67,6 +67,11 @@ class ClaimedBatch:
     model_run_id: str | None
     records: list[FileRecord]
     lease_expires_at: datetime | None
+    model_name: str | None = None
+    """The registered model the batch scores with (from the reference, or the version the
+    run is registered as), its version and the alias it was resolved through."""
+    model_version: int | None = None
+    model_alias: str | None = None
 
 
 def worker_id() -> str:

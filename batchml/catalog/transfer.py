@@ -28,6 +28,10 @@ TABLES: dict[str, tuple[str, ...]] = {
     "files": ("file_id",),
     "prediction_batches": ("batch_id",),
     "batch_files": ("batch_id", "file_id"),
+    "registered_models": ("name",),
+    "model_versions": ("name", "version"),
+    "model_aliases": ("name", "alias"),
+    "alias_moves": ("name", "alias", "seq"),
 }
 """The tables a catalog transfer moves, in load order, each with the columns that identify a
 row (a dump lists rows in that order). Not moved: ``schema_migrations`` (each catalog records

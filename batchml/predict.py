@@ -46,9 +46,12 @@ def expand_inputs(inputs: list[str]) -> list[str]:
 
 def predict_files(settings: Settings, inputs: list[str], *, run_id: str | None = None,
                   tag: str | None = None, output: Path | None = None, batch_files: int = 10,
-                  on_progress: Callable[[int, int], None] | None = None) -> PredictResult:
-    """Score ``inputs`` (see :func:`expand_inputs`) with the model of ``run_id``, or of the
-    latest successful run carrying ``tag`` (default ``BATCHML_MODEL_TAG``), writing to
+                  on_progress: Callable[[int, int], None] | None = None,
+                  model: str | None = None) -> PredictResult:
+    """Score ``inputs`` (see :func:`expand_inputs`) with the model of ``run_id``, else the one
+    ``model`` names (``NAME@ALIAS``, ``NAME/VERSION``, see :mod:`batchml.resolve`), else of the
+    latest successful run carrying ``tag`` (default ``BATCHML_MODEL``, then
+    ``BATCHML_MODEL_TAG``), writing to
     ``output`` when given, else to the outbox. ``on_progress(done, total)`` is called after
     each batch.
 
@@ -65,7 +68,7 @@ def predict_files(settings: Settings, inputs: list[str], *, run_id: str | None =
     source = ListSource(uris, client=client, max_file_bytes=settings.max_file_bytes)
     outbox = Outbox(str(output), s3=client) if output is not None else None
     worker = Worker(Catalog.from_settings(settings), source, settings, run_id=run_id, tag=tag,
-                    outbox=outbox)
+                    outbox=outbox, model=model)
     refs = source.poll()
     worker.ledger.discover(refs)
     ids = [r.file_id for r in refs]

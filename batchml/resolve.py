@@ -6,13 +6,17 @@ A model reference is written one way everywhere (CLI options, flows, the Python 
   ``run:other/3`` names a run of any flow;
 * ``tag:deployment_candidate`` -- the latest successful run of the training flow carrying
   the tag;
-* ``name@alias`` and ``name/3`` -- a registered model by alias or version: parsed, not
-  resolvable yet (the model registry comes next).
+* ``name@alias`` -- the version of registered model ``name`` that ``alias`` points at now
+  (:mod:`batchml.catalog.registry`); a worker follows it: each batch resolves it when it is
+  claimed, so a moved alias takes effect at the next batch;
+* ``name/3`` -- version 3 of registered model ``name`` (``FLOW/3`` of the training flow is a
+  run id; ``run:FLOW/3`` says so explicitly).
 
-The resolver turns a reference into the run whose primary model scores, and decides which
-error a failure is. *Nothing tagged yet* is transient (:class:`~batchml.errors.ModelNotFound`:
-a later training run may tag one, so files wait). A run named by id that does not exist,
-failed, is still running or has no model is terminal
+The resolver turns a reference into the run whose model scores, and decides which
+error a failure is. *Nothing tagged yet*, or an alias not set yet, is transient
+(:class:`~batchml.errors.ModelNotFound`: a later training run may tag or promote one, so files
+wait). A run named by id (or a version named by number) that does not
+exist, failed, is still running or has no model is terminal
 (:class:`~batchml.errors.RunCannotScore`): waiting cannot fix it, so it is reported at once.
 The SQL of the lookups stays in :mod:`batchml.catalog`.
 """
@@ -32,8 +36,9 @@ RefKind = Literal["run", "tag", "alias", "version"]
 
 _RUN_ID = re.compile(r"[^\s/]+(?:/[^\s/]+)*/\d+")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_FORMS = ("write train/12 for a run, tag:NAME for the latest successful run carrying a tag "
-          "(name@alias and name/3 come with the model registry)")
+_FORMS = ("write train/12 for a run, tag:NAME for the latest successful run carrying a tag, "
+          "NAME@ALIAS for the version an alias points at (reviews@champion) or NAME/3 for a "
+          "registered model's version")
 
 
 @dataclass(frozen=True)
@@ -96,12 +101,18 @@ class ModelRef:
 
     @classmethod
     def from_options(cls, run_id: str | None = None, tag: str | None = None, *,
-                     default_tag: str | None = None) -> ModelRef:
-        """The reference the ``--run`` / ``--tag`` options (or flow parameters) mean: the run
-        when given (it wins over a tag, as it always has), else the tag, else ``default_tag``
-        (pass ``settings.model_tag``)."""
+                     model: str | None = None, default_model: str | None = None,
+                     default_tag: str | None = None, flow: str = "train") -> ModelRef:
+        """The reference the ``--run`` / ``--model`` / ``--tag`` options (or flow parameters)
+        mean: the run when given (it wins, as it always has), else ``model`` (any form of
+        :meth:`parse`), else the tag, else ``default_model`` (``settings.model``), else
+        ``default_tag`` (``settings.model_tag``)."""
         if run_id is not None:
             return cls.for_run(run_id)
+        if model is not None:
+            return cls.parse(model, flow=flow)
+        if tag is None and default_model:
+            return cls.parse(default_model, flow=flow)
         tag = tag if tag is not None else default_tag
         if tag is None:
             raise ConfigError("No model chosen: neither a run id nor a tag was given.",
@@ -119,6 +130,19 @@ class ModelRef:
         """The tag of a ``tag`` reference, else None."""
         return self.name if self.kind == "tag" else None
 
+    @property
+    def registered(self) -> bool:
+        """Does it name a registered model (``name@alias`` or ``name/3``)?"""
+        return self.kind in ("alias", "version")
+
+    @property
+    def alias(self) -> str | None:
+        return self.qualifier if self.kind == "alias" else None
+
+    @property
+    def version(self) -> int | None:
+        return int(self.qualifier) if self.kind == "version" and self.qualifier else None
+
     def __str__(self) -> str:
         if self.kind == "tag":
             return f"tag:{self.name}"
@@ -127,6 +151,24 @@ class ModelRef:
         if self.kind == "version":
             return f"{self.name}/{self.qualifier}"
         return self.name
+
+
+def nothing_resolved(ref: ModelRef, flow: str) -> ModelNotFound | RunCannotScore:
+    """The error for a reference that resolves to no run now: nothing tagged or the alias
+    not set (transient), or a version that is not there (terminal)."""
+    if ref.kind == "alias":
+        return ModelNotFound(
+            f"{ref} is not set: model {ref.name!r} has no version under alias "
+            f"{ref.qualifier!r} yet.",
+            hint=f"Promote a version (`batchml models promote {ref.name} VERSION"
+                 + (f" --alias {ref.qualifier}" if ref.qualifier != "champion" else "")
+                 + "`); files wait until then.")
+    if ref.kind == "version":
+        return RunCannotScore(
+            f"Model {ref.name!r} has no version {ref.qualifier}; it cannot score.",
+            hint=f"List its versions with `batchml models versions {ref.name}`.",
+            status="missing")
+    return nothing_tagged(flow, str(ref.tag))
 
 
 def nothing_tagged(flow: str, tag: str) -> ModelNotFound:
@@ -168,9 +210,21 @@ class ModelResolver:
                     hint="List runs with `batchml runs` and pass an existing one, or leave "
                          "out --run to score with the latest tagged run.",
                     run_id=ref.name, status="missing") from None
-        raise ConfigError(f"Model reference {str(ref)!r} ({ref.kind}) is not supported yet.",
-                          hint="Model aliases and versions come with the model registry; "
-                               "use a run id (train/12) or tag:NAME for now.")
+        return self._registered(ref)
+
+    def _registered(self, ref: ModelRef) -> Run:
+        """The run of the version ``name@alias`` or ``name/N`` names now."""
+        from .errors import RegistryError
+
+        model = self.catalog.model(ref.name)
+        try:
+            version = model.alias(str(ref.alias)) if ref.kind == "alias" else \
+                model.version(int(ref.qualifier or 0))
+        except RegistryError:
+            version = None
+        if version is None:
+            raise nothing_resolved(ref, self.flow)
+        return version.run
 
     def resolve(self, ref: ModelRef) -> tuple[Run, str]:
         """The run ``ref`` names and the name of its primary model, checked able to score
@@ -192,6 +246,9 @@ class ModelResolver:
                                     "runs score.", hint="Waiting for a completed tagged run.")
             raise _not_completed(run)
         primary = next((n for n, m in run.models.items() if m["is_primary"]), None)
+        if ref.registered:  # the model the version registered (its run's primary, usually)
+            versions = self.catalog.backend.model_versions(ref.name, run_id=run.id)
+            primary = versions[-1]["model"] if versions else primary
         if primary is None:
             if ref.kind == "run":
                 raise RunCannotScore(

@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     lease_s: float = Field(
         default=300.0, gt=0, description="How long a worker's claim on an input file lasts."
     )
+    model: str | None = Field(
+        default=None,
+        description="The model that scores new files, as a reference: NAME@ALIAS (the "
+        "version an alias of a registered model points at now, followed as it moves), "
+        "NAME/VERSION, a run id (train/12) or tag:NAME. Unset: the latest successful run "
+        "carrying model_tag.")
     model_tag: str = Field(
         default="deployment_candidate",
         description="Tag that marks the training run whose model scores new files.",

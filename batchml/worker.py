@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .catalog import ClaimedBatch, FileRecord, FileRef, Ledger, worker_id
 from .errors import Backoff, BatchMLError, CatalogError, ModelNotFound, is_transient
 from .limits import Limits
-from .resolve import ModelRef, nothing_tagged
+from .resolve import ModelRef, nothing_resolved
 from .scorer import CommitRefused, ModelSpec, Scorer, ScorerConfig, ScorerDied
 from .scoring import CommitGuard, FileOutcome, LoadedModel, ModelCache, Outbox, score_file
 
@@ -44,6 +44,9 @@ class BatchReport:
     released: int = 0
     retried: int = 0  # files given back after the scorer process died on them
     error: str | None = None
+    model_version: str | None = None
+    """The registered version that scored, ``name/3`` (``name/3@alias`` when resolved through
+    an alias); None for a run that is not registered."""
 
     @property
     def rows(self) -> int:
@@ -67,7 +70,7 @@ class Worker:
                  outbox: Outbox | None = None, run_id: str | None = None,
                  tag: str | None = None, cache: ModelCache | None = None,
                  name: str | None = None, isolate: bool = False,
-                 health: S3Health | None = None) -> None:
+                 health: S3Health | None = None, model: str | None = None) -> None:
         self.catalog = catalog
         self.source = source
         self.settings = settings
@@ -83,8 +86,11 @@ class Worker:
                 s3 = s3_client(settings.s3_endpoint_url, settings.s3_region, health=health)
             outbox = Outbox(str(settings.outbox), s3=s3)
         self.outbox = outbox
-        self.ref = ModelRef.from_options(run_id, tag, default_tag=settings.model_tag)
-        """The model this worker scores with (a run id wins over a tag)."""
+        self.ref = ModelRef.from_options(run_id, tag, model=model, default_model=settings.model,
+                                         default_tag=settings.model_tag,
+                                         flow=settings.train_flow)
+        """The model this worker scores with (a run id wins over a model reference, which
+        wins over a tag)."""
         self.run_id = self.ref.run_id
         self.tag = self.ref.tag
         self.cache = cache or ModelCache(catalog, flow=settings.train_flow,
@@ -103,7 +109,7 @@ class Worker:
     @classmethod
     def for_source(cls, settings: Settings, uri: str | None = None, *,
                    run_id: str | None = None, tag: str | None = None,
-                   wait: threading.Event | None = None) -> Worker:
+                   wait: threading.Event | None = None, model: str | None = None) -> Worker:
         """A worker on the source at ``uri`` (default: the inbox), with rejected queue
         messages kept in the ledger, scoring in a scorer process unless
         ``BATCHML_ISOLATE_SCORING`` is off. Its S3 calls (source and outbox) are counted by
@@ -129,7 +135,7 @@ class Worker:
         health = S3Health.for_home(settings.home)
         source = open_source(uri or str(settings.inbox), settings=settings,
                              on_rejected=Ledger(catalog).record_rejected_event, health=health)
-        return cls(catalog, source, settings, run_id=run_id, tag=tag,
+        return cls(catalog, source, settings, run_id=run_id, tag=tag, model=model,
                    isolate=settings.isolate_scoring, health=health)
 
     def model_spec(self, model: LoadedModel) -> ModelSpec:
@@ -205,6 +211,9 @@ class Worker:
         batch_id = claim.batch_id
         claimed = claim.records
         report = BatchReport(batch_id, model.run_id)
+        if claim.model_name is not None:
+            report.model_version = f"{claim.model_name}/{claim.model_version}" + (
+                f"@{claim.model_alias}" if claim.model_alias else "")
         leases = _Leases(self, [r.file_id for r in claimed], claim.lease_expires_at)
         if on_claimed is not None:
             on_claimed(claimed)
@@ -280,9 +289,11 @@ class Worker:
                 self.name, limit=limit, lease_s=self.settings.lease_s, run_id=self.run_id,
                 tag=self.tag, flow=self.settings.train_flow, expect_run_id=model.run_id,
                 file_ids=file_ids, prefix=self._claim_prefix(),
-                prefect_flow_run_id=prefect_flow_run_id)
+                prefect_flow_run_id=prefect_flow_run_id,
+                registered=self.ref.name if self.ref.registered else None,
+                alias=self.ref.alias, version=self.ref.version)
             if claim.model_run_id is None:
-                raise nothing_tagged(self.settings.train_flow, str(self.tag))
+                raise nothing_resolved(self.ref, self.settings.train_flow)
             if claim.model_run_id == model.run_id:
                 self._model = model
                 return claim, model

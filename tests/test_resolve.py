@@ -79,10 +79,52 @@ def test_from_options_needs_a_choice() -> None:
         ModelRef.from_options("garbage")
 
 
-@pytest.mark.parametrize("text", ["reviews@champion", "reviews/3"])
-def test_registry_refs_not_supported_yet(catalog: Catalog, text: str) -> None:
-    with pytest.raises(ConfigError, match="not supported yet"):
-        ModelResolver(catalog).run(ModelRef.parse(text))
+def _registered_run(catalog: Catalog) -> str:
+    run = catalog.create_run("train")
+    catalog.backend.record_model(run.id, "m", flavor="baseline", signature={},
+                                 artifact="model.bin", primary=True)
+    run.finish()
+    return run.id
+
+
+def test_registry_refs_resolve_through_the_registry(catalog: Catalog) -> None:
+    first, second = _registered_run(catalog), _registered_run(catalog)
+    model = catalog.model("reviews")
+    model.register(first), model.register(second)
+    resolver = ModelResolver(catalog)
+    assert resolver.run(ModelRef.parse("reviews/1")).id == first
+    model.set_alias("champion", 2, expect=None)
+    run, name = resolver.resolve(ModelRef.parse("reviews@champion"))
+    assert (run.id, name) == (second, "m")
+    model.set_alias("champion", 1, expect=2)
+    assert resolver.run(ModelRef.parse("reviews@champion")).id == first
+
+
+@pytest.mark.parametrize(("text", "error", "message", "transient"), [
+    ("reviews@champion", ModelNotFound, r"reviews@champion is not set: .* Promote a version",
+     True),
+    ("unknown@champion", ModelNotFound, "unknown@champion is not set", True),
+    ("reviews@staging", ModelNotFound, "--alias staging", True),
+    ("reviews/7", RunCannotScore, "Model 'reviews' has no version 7", False),
+    ("unknown/1", RunCannotScore, "Model 'unknown' has no version 1", False),
+])
+def test_registry_refs_that_resolve_to_nothing(catalog: Catalog, text: str, error: type,
+                                                message: str, transient: bool) -> None:
+    """An alias not set yet is transient (files wait for a promotion); a version that is not
+    there is terminal (named explicitly: waiting cannot create it)."""
+    catalog.model("reviews").register(_registered_run(catalog))
+    with pytest.raises(error, match=message) as info:
+        ModelCache(catalog).resolve(ModelRef.parse(text))
+    assert is_transient(info.value) is transient
+
+
+def test_from_options_model_reference() -> None:
+    assert ModelRef.from_options(model="reviews@champion") == ModelRef("alias", "reviews",
+                                                                       "champion")
+    assert ModelRef.from_options("train/2", model="reviews@champion").kind == "run"
+    assert ModelRef.from_options(default_model="reviews/2", default_tag="t") == ModelRef(
+        "version", "reviews", "2")
+    assert ModelRef.from_options(tag="t", default_model="reviews/2").tag == "t"  # tag given
 
 
 def test_nothing_tagged_is_transient(catalog: Catalog) -> None:
@@ -164,3 +206,29 @@ def test_predict_named_good_run_scores(tagged_home: Settings, tmp_path: Path) ->
     assert len(outputs) == 1
     frame = pd.read_parquet(outputs[0])
     assert len(frame) == 2 and set(frame["model_run_id"]) == {run_id}
+
+
+def test_predict_with_a_registered_alias_records_the_version(tagged_home: Settings,
+                                                            tmp_path: Path) -> None:
+    """`batchml predict --model NAME@ALIAS` scores with the version the alias points at and
+    the batch records name, version and alias."""
+    cat = Catalog.from_settings(tagged_home)
+    run_id = cat.latest_run(tagged_home.train_flow, tag=tagged_home.model_tag).id
+    model = cat.model("reviews")
+    model.register(run_id)
+    model.set_alias("production", 1, expect=None)
+    cat.close()
+    data = tmp_path / "in.parquet"
+    pd.DataFrame({"review": ["great dress, fits well", "awful, it ripped"]}).to_parquet(data)
+    done = _cli("predict", str(data), "--model", "reviews@production", "--output",
+                str(tmp_path / "out"), home=tagged_home.home)
+    assert done.returncode == 0, done.stdout + done.stderr
+    frame = pd.read_parquet(next((tmp_path / "out").rglob("*.parquet")))
+    assert set(frame["model_run_id"]) == {run_id}
+    batches = Catalog.from_settings(tagged_home).sql(
+        "SELECT model_run_id, model_name, model_version, model_alias FROM prediction_batches")
+    assert batches.values.tolist() == [[run_id, "reviews", 1, "production"]]
+    missing = _cli("predict", str(data), "--model", "reviews/9", "--output",
+                   str(tmp_path / "out2"), home=tagged_home.home)
+    assert missing.returncode != 0
+    assert "Model 'reviews' has no version 9" in missing.stdout + missing.stderr

@@ -41,6 +41,9 @@ def predict(
     inputs: Annotated[list[str], typer.Argument(help="Parquet files, directories or s3:// "
                                                 "URIs to score.")],
     run: Annotated[str | None, typer.Option("--run", help="Score with this run's model.")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Score with this model: NAME@ALIAS (followed as the alias moves), "
+                        "NAME/VERSION, a run id or tag:NAME (default BATCHML_MODEL).")] = None,
     tag: Annotated[str | None, typer.Option(help="Score with the latest run carrying this "
                                             "tag (default: BATCHML_MODEL_TAG).")] = None,
     output: Annotated[Path | None, typer.Option(help="Write predictions here instead of the "
@@ -56,6 +59,7 @@ def predict(
         task = progress.add_task("scoring", total=None)
         result = predict_files(
             settings_from(home, catalog), inputs, run_id=run, tag=tag, output=output,
+            model=model,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total))
     _report(result.reports)
     if result.skipped:
@@ -69,6 +73,9 @@ def predict(
 def watch(
     source: SourceArg = None,
     run: Annotated[str | None, typer.Option("--run", help="Score with this run's model.")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Score with this model: NAME@ALIAS (followed as the alias moves), "
+                        "NAME/VERSION, a run id or tag:NAME (default BATCHML_MODEL).")] = None,
     tag: Annotated[str | None, typer.Option(help="Model tag (default BATCHML_MODEL_TAG).")]
     = None,
     once: Annotated[bool, typer.Option(help="Process what is there now, then exit.")] = False,
@@ -83,7 +90,7 @@ def watch(
     settings = settings_from(home, catalog)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    worker = Worker.for_source(settings, source, run_id=run, tag=tag,
+    worker = Worker.for_source(settings, source, run_id=run, tag=tag, model=model,
                                wait=None if once else stop)
     src = worker.source
 

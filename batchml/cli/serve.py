@@ -13,7 +13,11 @@ from ._common import CatalogOpt, HomeOpt, SourceArg, clean_errors, open_catalog,
 
 
 @clean_errors
-def serve(home: HomeOpt = None, catalog: CatalogOpt = None) -> None:
+def serve(home: HomeOpt = None, catalog: CatalogOpt = None,
+          model: Annotated[str | None, typer.Option(
+              "--model", help="Score with this model: NAME@ALIAS (a moved alias takes effect "
+                              "at the next batch, no restart), NAME/VERSION, a run id or "
+                              "tag:NAME (default BATCHML_MODEL).")] = None) -> None:
     """Run the service: watch the inbox, score arrivals, train on the nightly cron.
 
     Starts its own Prefect server on 127.0.0.1 unless PREFECT_API_URL is set. Ctrl-C or SIGTERM
@@ -24,6 +28,8 @@ def serve(home: HomeOpt = None, catalog: CatalogOpt = None) -> None:
     from ..service import serve as run_service
 
     settings = settings_from(home, catalog)
+    if model is not None:
+        settings = settings.model_copy(update={"model": model})
     handler = logging.StreamHandler()
     fmt = "%(asctime)s %(levelname)s %(name)s %(message)s"
     if settings.log_format == "json":

@@ -18,7 +18,7 @@ from batchml.worker import Worker
 
 
 def _worker(settings: Settings, source: str | None, files: list[str] | None,
-            run_id: str | None, tag: str | None) -> Worker:
+            run_id: str | None, tag: str | None, model: str | None = None) -> Worker:
     from batchml.store import S3Health, s3_client
 
     catalog = Catalog.from_settings(settings)
@@ -29,7 +29,7 @@ def _worker(settings: Settings, source: str | None, files: list[str] | None,
                               health=health)
     else:
         src = open_source(source or str(settings.inbox), settings=settings, health=health)
-    return Worker(catalog, src, settings, run_id=run_id, tag=tag, health=health)
+    return Worker(catalog, src, settings, run_id=run_id, tag=tag, health=health, model=model)
 
 
 @flow(name="predict", log_prints=True)
@@ -41,14 +41,16 @@ def predict_flow(
     tag: str | None = None,
     limit: int = 100,
     settings: Settings | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """Score pending files (the listed ones, or whatever the source has) in one batch.
 
-    ``file`` takes one URI, as a ``batchml.file.landed`` event trigger passes it."""
+    ``file`` takes one URI, as a ``batchml.file.landed`` event trigger passes it. ``model``
+    is a model reference (``NAME@ALIAS``, ``NAME/VERSION``; see :mod:`batchml.resolve`)."""
     settings = settings or Settings()
     if file:
         files = [*(files or []), file]
-    worker = _worker(settings, source, files, run_id, tag)
+    worker = _worker(settings, source, files, run_id, tag, model)
     try:
         new = worker.discover()
         ids = [f.file_id for f in worker.source.poll()] if files else None
@@ -63,7 +65,8 @@ def predict_flow(
           f", quarantined {sum(o.status == 'quarantined' for o in report.outcomes)}"
           + (f"; {report.error}" if report.error else ""))
     return {"batch_id": report.batch_id, "model_run_id": report.model_run_id,
-            "files": report.table(), "error": report.error}
+            "model_version": report.model_version, "files": report.table(),
+            "error": report.error}
 
 
 def make_batch_flow(worker: Worker) -> Any:

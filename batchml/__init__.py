@@ -4,13 +4,16 @@ The public API is what ``__all__`` lists; everything else is private and may cha
 """
 
 from .catalog import Catalog, Run
+from .catalog.registry import ModelVersion, RegisteredModel
 from .errors import (
+    AliasConflict,
     ArtifactNotFound,
     BatchMLError,
     CatalogBusy,
     ChecksumMismatch,
     DataError,
     ModelNotFound,
+    RegistryError,
     RunCannotScore,
     RunNotFound,
     SchemaMismatch,
@@ -22,6 +25,7 @@ from .store import open_store
 __version__ = "0.1.0"
 
 __all__ = [
+    "AliasConflict",
     "ArtifactNotFound",
     "BatchMLError",
     "Catalog",
@@ -29,6 +33,9 @@ __all__ = [
     "ChecksumMismatch",
     "DataError",
     "ModelNotFound",
+    "ModelVersion",
+    "RegisteredModel",
+    "RegistryError",
     "Run",
     "RunCannotScore",
     "RunNotFound",

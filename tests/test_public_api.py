@@ -9,6 +9,7 @@ import pytest
 import batchml
 
 CURATED = [
+    "AliasConflict",
     "ArtifactNotFound",
     "BatchMLError",
     "Catalog",
@@ -16,6 +17,9 @@ CURATED = [
     "ChecksumMismatch",
     "DataError",
     "ModelNotFound",
+    "ModelVersion",
+    "RegisteredModel",
+    "RegistryError",
     "Run",
     "RunCannotScore",
     "RunNotFound",

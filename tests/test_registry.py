@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -167,6 +168,20 @@ def test_batches_record_model_version_and_alias(catalog: Any) -> None:
         "  AND (h.valid_to IS NULL OR ? < h.valid_to) ORDER BY f.source_uri", [at, at])
     assert answer["to_version"].tolist() == [1, 1]
     assert answer["source_uri"].tolist() == sorted(r.source_uri for r in first.records)
+    # the README's recipes, as printed there, on this catalog
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## The model registry"):]
+    recipes = section[section.index("```sql") + 6:section.index("```", section.index("```sql") + 6)]
+    queries = [q.strip() for q in recipes.split(";") if q.strip()]
+    assert len(queries) == 3
+    literal = "TIMESTAMPTZ '2026-11-24 14:00:00+00'"
+    champion_at = catalog.sql(queries[0].replace(literal, f"TIMESTAMPTZ '{at.isoformat()}'"))
+    assert sorted(champion_at["source_uri"]) == sorted(r.source_uri for r in first.records)
+    assert set(champion_at["to_version"]) == {1}
+    moves = catalog.sql(queries[1])
+    assert moves["to_version"].tolist() == [1, 2]
+    per_version = catalog.sql(queries[2])
+    assert per_version["model_version"].tolist() == [1, 2]
 
 
 def _mover(url: str, rounds: int, me: int, barrier: Any, out: Any) -> None:

@@ -421,7 +421,7 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
     return outcome
 
 
-def _model_columns(model: LoadedModel, batch: pa.RecordBatch, proba: np.ndarray,
+def model_columns(model: LoadedModel, batch: pa.RecordBatch, proba: np.ndarray,
                    index: np.ndarray) -> dict[str, pa.Array]:
     """The columns the model's flavor adds (:meth:`Estimator.output_columns`), checked: a
     wrong one is the model's fault (ModelError), not the input file's (no quarantine)."""
@@ -490,7 +490,7 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
                 if name not in inputs and name not in cols:
                     cols[name] = batch.column(name)
             # the model's own columns (label, proba, proba_<class> unless its flavor says)
-            cols.update(_model_columns(model, batch, proba, index))
+            cols.update(model_columns(model, batch, proba, index))
             for key, value in lineage.items():
                 cols[key] = constant(value, n)
             table = pa.table(cols)

@@ -176,6 +176,29 @@ class Settings(BaseSettings):
         description="Test hook: the scorer process allocates memory until killed on an input "
         "whose file name contains this string (exercises the memory guard).")
 
+    # --- online scoring (batchml serve-api) ---------------------------------------------------
+    api_host: str = Field(default="127.0.0.1", description="Address `batchml serve-api` "
+                          "binds (loopback by default; 0.0.0.0 to serve other hosts).")
+    api_port: int = Field(default=8080, ge=0, le=65535, description="Port of the HTTP API.")
+    api_max_body_mb: float = Field(default=16.0, gt=0, description="Largest request body "
+                                   "accepted, MiB (larger: 413 before it is read).")
+    api_max_rows: int = Field(default=10_000, gt=0, description="Most rows one request may "
+                              "hold.")
+    api_timeout_s: float = Field(default=30.0, gt=0, description="Longest time one request "
+                                 "may take (then 504).")
+    api_batch_rows: int = Field(default=256, ge=0, description="Micro-batching: most rows "
+                                "coalesced into one model call (0: one call per request).")
+    api_batch_wait_ms: float = Field(default=2.0, ge=0, description="Micro-batching: how long "
+                                     "a request waits for others to join its model call.")
+    api_token: SecretStr | None = Field(default=None, exclude=True, description="Bearer token that state "
+                                        "changes need (moving an alias, reprocessing); unset: "
+                                        "the web page and API are read-only.")
+    api_log_predictions: bool = Field(default=True, description="Append each request's "
+                                      "inputs, outputs, model version and latency to parquet "
+                                      "by hour under HOME/online (the online_predictions view).")
+    api_cors_origins: list[str] = Field(default_factory=list, description="Origins allowed "
+                                        "by CORS (none by default: CORS off).")
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         self.home = self.home.expanduser().absolute()

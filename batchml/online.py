@@ -261,3 +261,13 @@ class OnlineScorer:
             pieces.append(out.slice(start, t.num_rows))
             start += t.num_rows
         return pieces
+
+    def output_types(self, served: Served) -> dict[str, pa.DataType]:
+        """The output columns and their types, from scoring one neutral row."""
+        probe = {"string": "", "float64": 0.0, "int64": 0, "bool": False}
+        sig = served.model.signature
+        row = pa.table({s.name: pa.array([probe[s.type]], _CANONICAL[s.type])
+                        for s in sig.inputs})
+        out = self._call(served, [row])[0]
+        self.model_calls -= 1  # not a request
+        return {f.name: f.type for f in out.schema}

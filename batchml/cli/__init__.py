@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from . import catalog, predict, runs, serve, train
+from . import api, catalog, predict, runs, serve, train
 
 app = typer.Typer(
     help="batchml: train, tag, and score every file that lands, exactly once, queryable in SQL.",
@@ -42,6 +42,7 @@ app.command()(predict.reprocess)
 app.command()(serve.serve)
 app.command()(serve.status)
 app.command()(serve.bridge)
+app.command("serve-api")(api.serve_api)
 app.command("demo-data")(train.demo_data)
 
 __all__ = ["app", "main"]

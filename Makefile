@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 # The tests start their own throwaway PostgreSQL server: without pg_ctl (on PATH or in Debian's
 # /usr/lib/postgresql/*/bin), install Debian's postgresql package (sudo when not root).
 	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { S=$$([ "$$(id -u)" = 0 ] || command -v sudo); $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql || { $$S apt-get update -q && $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }; }
+# The web page's end-to-end test drives Debian's chromium with Playwright (launched by path:
+# Playwright downloads no browser); install it when missing.
+	@command -v chromium >/dev/null || { S=$$([ "$$(id -u)" = 0 ] || command -v sudo); $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || { $$S apt-get update -q && $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }; }
 	@touch $(STAMP)
 
 ## The main job end to end on the embedded default (local directories, local DuckDB file).

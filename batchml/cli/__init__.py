@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from . import api, catalog, predict, runs, serve, train
+from . import api, catalog, models, predict, runs, serve, train
 
 app = typer.Typer(
     help="batchml: train, tag, and score every file that lands, exactly once, queryable in SQL.",
@@ -23,6 +23,7 @@ tag_app = typer.Typer(help="Add or remove tags on runs (history is kept).", no_a
 app.add_typer(run_app, name="run")
 app.add_typer(tag_app, name="tag")
 app.add_typer(catalog.catalog_app, name="catalog")
+app.add_typer(models.models_app, name="models")
 
 # the order of registration is the order of `batchml --help`
 app.command()(catalog.init)

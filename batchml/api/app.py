@@ -85,6 +85,10 @@ def create_app(settings: Settings, model: str | None = None, *,
     scorer = OnlineScorer(follower, limits=Limits.from_settings(settings),
                           max_rows=settings.api_max_rows, batch_rows=settings.api_batch_rows,
                           batch_wait_ms=settings.api_batch_wait_ms)
+    if prediction_log is None and settings.api_log_predictions:
+        from .prediction_log import PredictionLog
+
+        prediction_log = PredictionLog.from_settings(settings, catalog=catalog)
     state = ApiState(settings, catalog, ref, follower, scorer,
                      int(settings.api_max_body_mb * 2**20), prediction_log)
 

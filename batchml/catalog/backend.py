@@ -250,6 +250,16 @@ class CatalogBackend(ABC):
     def create_predictions_view(self, pattern: str) -> None:
         """(Re)create the ``predictions`` view over the parquet glob ``pattern``."""
 
+    def has_online_predictions_view(self, pattern: str) -> bool:
+        """Does the ``online_predictions`` view read the parquet glob ``pattern`` already? A
+        backend without views over files answers yes (nothing to create)."""
+        return True
+
+    def create_online_predictions_view(self, pattern: str) -> None:
+        """(Re)create the ``online_predictions`` view over the parquet glob ``pattern`` (the
+        HTTP API's request log, :mod:`batchml.api.prediction_log`). Default: nothing."""
+        return None
+
     # --- batches -----------------------------------------------------------------------------
 
     @abstractmethod

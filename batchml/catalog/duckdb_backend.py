@@ -108,6 +108,21 @@ class DuckDBBackend(DuckDBLedger, RegistrySQL, CatalogBackend):
             finally:
                 cur.close()
 
+    # --- the HTTP API's request log ---------------------------------------------------------
+
+    def has_online_predictions_view(self, pattern: str) -> bool:
+        with self.db.read() as con:
+            row = con.execute("SELECT sql FROM duckdb_views() WHERE view_name ="
+                              " 'online_predictions'").fetchone()
+        return bool(row and pattern.replace("'", "''") in row[0])
+
+    def create_online_predictions_view(self, pattern: str) -> None:
+        from .duckdb_init import online_predictions_select
+
+        with self.db.write() as con:  # published with the next copy, as `predictions`
+            con.execute("CREATE OR REPLACE VIEW online_predictions AS "
+                        + online_predictions_select(pattern))
+
     # --- runs --------------------------------------------------------------------------------
 
     def create_run(self, flow: str, *, params: Mapping[str, Any],

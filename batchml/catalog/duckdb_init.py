@@ -74,6 +74,41 @@ SECRET_NAME = "batchml_outbox"
 VISIBLE_PARQUET = "[!._]*.parquet"
 """Glob of an output file: ``.parquet`` names not starting with ``.`` or ``_``."""
 
+ONLINE_DIR = "online"
+"""Where the HTTP API logs its requests, under the batchml home: ``HOME/online/date=YYYY-MM-DD/
+hour=HH/part-<uuid>.parquet`` (:mod:`batchml.api.prediction_log`)."""
+
+
+def online_root(settings: Settings) -> Path:
+    """The directory of the HTTP API's request log: ``HOME/online``."""
+    return settings.home / ONLINE_DIR
+
+
+def online_pattern(root: Path | str) -> str:
+    """The glob of the request log's visible parquet under ``root`` (its own glob characters
+    escaped, as the ``predictions`` view's outbox)."""
+    from .ledger import _glob_escape
+
+    return f"{_glob_escape(str(Path(root).expanduser().resolve()))}/**/{VISIBLE_PARQUET}"
+
+
+def online_predictions_select(pattern: str) -> str:
+    """The query of the ``online_predictions`` view over ``pattern``: every logged request
+    row, the hive partitions as ``date`` and ``hour`` columns, schemas of several model
+    versions united by name (a column a version lacks is NULL)."""
+    return (f"SELECT * FROM read_parquet({_literal(pattern)}, union_by_name = true, "
+            "hive_partitioning = true)")
+
+
+def online_has_files(root: Path | str) -> bool:
+    """True once the request log holds a visible ``.parquet`` (DuckDB cannot create a view over
+    a glob that matches no file)."""
+    from fnmatch import fnmatchcase
+
+    base = Path(root).expanduser()
+    return base.is_dir() and any(fnmatchcase(p.name, VISIBLE_PARQUET) and p.is_file()
+                                 for p in base.rglob("*.parquet"))
+
 
 @dataclass(frozen=True)
 class PackagedExtension:
@@ -302,7 +337,8 @@ def duckdb_init_sql(settings: Settings) -> str:
         return "\n".join([
             f"-- batchml: the outbox {outbox} is a local directory, not an s3:// outbox: no S3",
             "-- set-up is needed. The published catalog already has the `predictions` view",
-            "-- over it (created once the first output exists):",
+            "-- over it (created once the first output exists), and `online_predictions` over",
+            "-- the HTTP API's request log (once it has logged a request):",
             f"--   duckdb -readonly {catalog}",
             "",
         ])
@@ -400,4 +436,20 @@ def _postgres_init_sql(settings: Settings, url: str) -> str:
         root = str(Path(outbox).expanduser().resolve())
         pattern = f"{_glob_escape(root)}/**/{VISIBLE_PARQUET}"
     lines += _view_lines(settings, outbox, pattern)
+    lines += _online_view_lines(settings)
     return "\n".join(lines) + "\n"
+
+
+def _online_view_lines(settings: Settings) -> list[str]:
+    """The ``online_predictions`` view over this host's request log (``HOME/online``), or
+    comments while it holds no file. A DuckDB catalog has the view itself; a PostgreSQL
+    catalog keeps no view over files, so the session gets a temporary one."""
+    root = online_root(settings)
+    view = (f"CREATE OR REPLACE TEMP VIEW online_predictions AS\n    "
+            f"{online_predictions_select(online_pattern(root))};")
+    if online_has_files(root):
+        return ["-- the HTTP API's logged requests on this host (batchml serve-api, serve --api),",
+                "-- one parquet per flush under date=/hour= partitions", view]
+    return [f"-- {root} holds no logged request yet (the HTTP API writes it): print this",
+            "-- script again once it does. The online_predictions view will be:",
+            *("-- " + line for line in view.splitlines())]

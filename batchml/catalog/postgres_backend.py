@@ -121,6 +121,14 @@ class PostgresBackend(PostgresLedger, RegistrySQL, CatalogBackend):
                     hint="Add --write to modify the catalog.") from None
             return frame(cur)
 
+    # --- the HTTP API's request log ---------------------------------------------------------
+
+    def has_online_predictions_view(self, pattern: str) -> bool:
+        return True  # the log is parquet: DuckDB reads it (batchml sql --duckdb-init)
+
+    def create_online_predictions_view(self, pattern: str) -> None:
+        return None
+
     # --- runs --------------------------------------------------------------------------------
 
     def create_run(self, flow: str, *, params: Mapping[str, Any],

@@ -38,6 +38,13 @@ class DuckDBLedger:
     def _latest_tagged(self, con: Any, flow: str, tag: str, successful: bool) -> Any:
         raise NotImplementedError  # the runs half of the backend provides it
 
+    if TYPE_CHECKING:  # the registry half (registry_sql.RegistrySQL) provides these
+        def _choose_registered(self, con: Any, name: str | None, alias: str | None,
+                               version: int | None) -> tuple[str, int, str, str | None] | None:
+            ...
+
+        def _registered_as(self, con: Any, run_id: str) -> tuple[str, int] | None: ...
+
     def discover(self, refs: Sequence[FileRef]) -> list[str]:
         """Reads first: a poll that finds only known files costs one shared read, no write."""
         rows = {r.file_id: r for r in refs}

@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import BatchMLError
 from ..settings import Settings
@@ -91,7 +92,8 @@ def print_frame(frame: Any, fmt: str = "table", title: str | None = None) -> Non
     for col in frame.columns:
         table.add_column(str(col), overflow="fold", min_width=min(len(str(col)), 12))
     for row in frame.itertuples(index=False):
-        table.add_row(*("" if _isnull(v) else format_cell(v) for v in row))
+        # cells are data, not rich markup: "[Errno 2]" or "a [/b]" print as written
+        table.add_row(*(Text("" if _isnull(v) else format_cell(v)) for v in row))
     out.print(table)
 
 

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -156,12 +157,105 @@ def service_state(settings: Settings) -> dict[str, Any]:
     return {**beat, "up": alive and fresh}
 
 
+class ApiThread:
+    """The HTTP API (:func:`batchml.api.create_app`) under uvicorn in a thread of this process,
+    for ``batchml serve --api``: its own event loop, so a batch on the service's loop never
+    delays a request, nor a burst of requests a batch. The service owns the signals (uvicorn
+    listens to none off the main thread) and stops it with :meth:`stop`."""
+
+    def __init__(self, settings: Settings, model: str | None = None) -> None:
+        self.settings = settings
+        self.model = model
+        self.server: Any = None
+        self.error: BaseException | None = None
+        self.url: str | None = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self._stopping = False
+
+    def bind(self) -> str:
+        """Take ``api_host:api_port`` now (before the slow parts of start-up, so a port in
+        use fails at once); return the URL. Raises :class:`ConfigError` when it is taken."""
+        if self._sock is not None:
+            assert self.url is not None
+            return self.url
+        host, port = self.settings.api_host, self.settings.api_port
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"batchml serve --api cannot listen on {host}:{port}: "
+                              f"{exc.strerror or exc}.",
+                              hint="Free that port, or set BATCHML_API_PORT / "
+                                   "BATCHML_API_HOST.") from exc
+        self._sock = sock
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{int(sock.getsockname()[1])}"
+        return self.url
+
+    def start(self, timeout_s: float = 120.0) -> str:
+        """Bind (unless :meth:`bind` did), load the model and serve; return the URL once it
+        answers. Raises :class:`ConfigError` when the address is taken or it cannot start."""
+        import uvicorn
+
+        from .api import create_app
+
+        url = self.bind()
+        app = create_app(self.settings, self.model)
+        self.server = uvicorn.Server(uvicorn.Config(
+            app, log_config=None, log_level="warning", access_log=False,
+            timeout_graceful_shutdown=10))
+        self._thread = threading.Thread(target=self._run, args=(self._sock,), daemon=True,
+                                        name="batchml-api")
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise ConfigError(f"The HTTP API did not start on {url}"
+                                  + (f": {self.error!r}" if self.error else "") + ".",
+                                  hint="See the log above.")
+            time.sleep(0.02)
+        return url
+
+    def _run(self, sock: socket.socket) -> None:
+        try:
+            asyncio.run(self.server.serve(sockets=[sock]))
+        except BaseException as exc:  # SystemExit from uvicorn when its start-up fails
+            self.error = exc
+            log.error("the HTTP API stopped: %r", exc)
+        finally:
+            sock.close()
+
+    @property
+    def failed(self) -> bool:
+        """Did the API stop without being asked to?"""
+        return (self._thread is not None and not self._thread.is_alive()
+                and not self._stopping)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop taking connections, finish the requests in flight, close the prediction log."""
+        self._stopping = True
+        if self.server is not None:
+            self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("the HTTP API did not stop within %s s", timeout_s)
+        elif self._sock is not None:  # bound, never served
+            self._sock.close()
+
+
 class Service:
-    """The embedded service: a watcher feeding the prediction flow plus a nightly trainer."""
+    """The embedded service: a watcher feeding the prediction flow plus a nightly trainer,
+    and with ``api=True`` the HTTP API beside them (:class:`ApiThread`)."""
 
     def __init__(self, settings: Settings, *, batch_limit: int = 250,
-                 idle_s: float = 1.0) -> None:
+                 idle_s: float = 1.0, api: bool = False) -> None:
         self.settings = settings
+        self.api = ApiThread(settings) if api else None
         self.batch_limit = batch_limit
         self.idle_s = idle_s
         self.stop_event: asyncio.Event | None = None
@@ -192,12 +286,16 @@ class Service:
             await asyncio.to_thread(worker.scorer.wait_ready)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
-        self.heartbeat.write(state="running", inbox=source.uri, outbox=self.settings.outbox,
-                             prefect_api_url=api_url, batches=0, files=0)
-        log.info("serving %s -> %s", source.uri, self.settings.outbox)
         from prefect.context import AsyncClientContext, SyncClientContext
 
         try:
+            if self.api is not None:
+                await asyncio.to_thread(self.api.start)
+                log.info("HTTP API on %s", self.api.url)
+            self.heartbeat.write(state="running", inbox=source.uri,
+                                 outbox=self.settings.outbox, prefect_api_url=api_url,
+                                 api_url=self.api_url, batches=0, files=0)
+            log.info("serving %s -> %s", source.uri, self.settings.outbox)
             # One Prefect client of each kind for every flow run: without them each flow run
             # builds new clients (an SSL context, a version check, new connections; ~0.3 s
             # before the flow's body starts, measured), the sync one to read the server's
@@ -206,6 +304,8 @@ class Service:
                 async with AsyncClientContext.get_or_create():
                     await self._loop(worker, batch_flow, source, api_url)
         finally:
+            if self.api is not None:  # first: no new requests; the log flushed
+                await asyncio.to_thread(self.api.stop)
             source.close()
             worker.close()
             if runner_task is not None:
@@ -214,6 +314,11 @@ class Service:
                     await runner_task
             self.heartbeat.write(state="stopped", batches=self.batches, files=self.files)
 
+    @property
+    def api_url(self) -> str | None:
+        """Where the HTTP API answers (``serve --api``), else None."""
+        return self.api.url if self.api is not None else None
+
     async def _loop(self, worker: Worker, batch_flow: Any, source: Source,
                     api_url: str | None) -> None:
         """Discover, score a micro-batch (one flow run; up to ``batch_limit`` files, so a
@@ -221,6 +326,10 @@ class Service:
         assert self.stop_event is not None
         backoff = Backoff(base=self.idle_s)
         while not self.stop_event.is_set():
+            if self.api is not None and self.api.failed:
+                raise BatchMLError(f"The HTTP API on {self.api_url} stopped by itself"
+                                   + (f" ({self.api.error!r})" if self.api.error else "")
+                                   + "; stopping the service.")
             result: dict[str, Any] = {"files": []}
             transient = False
             # one catalog connection from discovery until the batch is recorded
@@ -256,7 +365,7 @@ class Service:
             scorer = worker.scorer
             self.heartbeat.write(state="running", inbox=source.uri,
                                  outbox=self.settings.outbox, prefect_api_url=api_url,
-                                 batches=self.batches, files=self.files,
+                                 api_url=self.api_url, batches=self.batches, files=self.files,
                                  waiting=result.get("error"),
                                  scorer_pid=scorer.pid if scorer else None,
                                  scorer_deaths=len(scorer.deaths) if scorer else None)
@@ -301,12 +410,15 @@ def trainer_parameters(settings: Settings) -> dict[str, Any]:
             "smoke_uri": s.smoke_path, "settings": s}
 
 
-def serve(settings: Settings) -> None:
-    """Run the embedded service in the foreground until Ctrl-C or SIGTERM.
+def serve(settings: Settings, *, api: bool = False) -> None:
+    """Run the embedded service in the foreground until Ctrl-C or SIGTERM; with ``api`` the
+    HTTP API too, on ``settings.api_host:api_port`` (:class:`ApiThread`).
 
     The settings go down explicitly (the service, its worker, the trainer's parameters);
     Prefect's through :func:`prefect_settings`; ``os.environ`` is left as it was."""
-    service = Service(settings)
+    service = Service(settings, api=api)
+    if service.api is not None:
+        service.api.bind()  # a port in use fails now, not after Prefect's start-up
     api_url = os.environ.get("PREFECT_API_URL")
     if api_url:
         asyncio.run(service.run(api_url))

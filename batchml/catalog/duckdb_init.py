@@ -95,9 +95,10 @@ def online_pattern(root: Path | str) -> str:
 def online_predictions_select(pattern: str) -> str:
     """The query of the ``online_predictions`` view over ``pattern``: every logged request
     row, the hive partitions as ``date`` and ``hour`` columns, schemas of several model
-    versions united by name (a column a version lacks is NULL)."""
+    versions united by name (a column a version lacks is NULL); ``date`` is a DATE and
+    ``hour`` an INTEGER (0-23, UTC)."""
     return (f"SELECT * FROM read_parquet({_literal(pattern)}, union_by_name = true, "
-            "hive_partitioning = true)")
+            "hive_partitioning = true, hive_types = {'date': DATE, 'hour': INTEGER})")
 
 
 def online_has_files(root: Path | str) -> bool:

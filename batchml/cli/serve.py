@@ -17,11 +17,16 @@ def serve(home: HomeOpt = None, catalog: CatalogOpt = None,
           model: Annotated[str | None, typer.Option(
               "--model", help="Score with this model: NAME@ALIAS (a moved alias takes effect "
                               "at the next batch, no restart), NAME/VERSION, a run id or "
-                              "tag:NAME (default BATCHML_MODEL).")] = None) -> None:
-    """Run the service: watch the inbox, score arrivals, train on the nightly cron.
+                              "tag:NAME (default BATCHML_MODEL).")] = None,
+          api: Annotated[bool, typer.Option(
+              "--api", help="Also serve the model over HTTP (as batchml serve-api) on "
+                            "BATCHML_API_HOST:BATCHML_API_PORT (127.0.0.1:8080), in this "
+                            "process.")] = False) -> None:
+    """Run the service: watch the inbox, score arrivals, train on the nightly cron; with
+    --api, answer scoring requests over HTTP too.
 
     Starts its own Prefect server on 127.0.0.1 unless PREFECT_API_URL is set. Ctrl-C or SIGTERM
-    finishes the current batch and stops cleanly.
+    finishes the current batch (and the HTTP requests in flight) and stops cleanly.
     """
     import logging
 
@@ -41,8 +46,9 @@ def serve(home: HomeOpt = None, catalog: CatalogOpt = None,
         handler.setFormatter(logging.Formatter(fmt))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    out.print(f"batchml serve: inbox {settings.inbox} -> outbox {settings.outbox}")
-    run_service(settings)
+    out.print(f"batchml serve: inbox {settings.inbox} -> outbox {settings.outbox}"
+              + (f"; HTTP API on {settings.api_host}:{settings.api_port}" if api else ""))
+    run_service(settings, api=api)
     out.print("stopped cleanly")
 
 

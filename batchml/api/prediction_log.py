@@ -3,7 +3,8 @@
 :class:`PredictionLog` takes each scored request from the request path and writes it from a
 background thread, one row per scored row: the model's input columns as the client sent them,
 the outputs (``label``, ``proba``, ``proba_<class>``, as batch outputs), and ``request_id``,
-``received_at`` (UTC), ``protocol`` (``mlflow``, ``v2``), ``model_run_id``, ``model_flavor``,
+``received_at`` (UTC: when scoring the request began, i.e. the answer's time minus its
+latency), ``protocol`` (``mlflow``, ``v2``), ``model_run_id``, ``model_flavor``,
 ``model_version`` (the version label: ``reviews/3``, or the run id of a run served directly),
 ``latency_ms`` and ``row_index`` (the row's place in its request). Files land by the hour a
 request was received in::
@@ -18,7 +19,10 @@ The request path never waits and never touches a file: :meth:`~PredictionLog.app
 reference to the request's tables on a queue and returns (microseconds). The queue is bounded in
 rows and bytes together with what waits to be written (``max_rows``, ``max_bytes``), so memory is
 bounded: when it is full, a request is dropped from the log (counted in :attr:`~PredictionLog.
-dropped_requests` / ``dropped_rows``; the writer logs a warning) and still answered.
+dropped_requests` / ``dropped_rows``; the writer logs a warning, at most every 10 s) and still
+answered. A request arriving when nothing waits is always taken, whatever its size (the API's
+own limits bound it). A write that fails (a full disk) loses its rows, counted in
+``failed_rows`` and logged; the log goes on.
 
 Once the first file exists the catalog gets an ``online_predictions`` view over the files
 (DuckDB; its published copy too), beside the ``predictions`` view of batch outputs; for a

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -110,6 +110,27 @@ class Settings(BaseSettings):
         description="Tag that marks the training run whose model scores new files.",
     )
     train_flow: str = Field(default="train", description="Flow name of training runs.")
+    model_name: str | None = Field(
+        default=None,
+        description="Registered model that a training run whose gate passes adds a version to "
+        "(batchml.champion). Default: the label column's name, made a valid model name "
+        "('labels', 'segment'): it names what the model predicts, stays the same from one "
+        "nightly run to the next (a file name would not), and differs between models that "
+        "predict different things in one catalog.")
+    promotion: Literal["auto", "manual"] = Field(
+        default="auto",
+        description="After training, 'auto' moves NAME@champion to the new version when there "
+        "is no champion yet or it beats the champion, scored on the same validation data, by "
+        "more than promotion_margin (compare-and-set, recorded, undone by `batchml models "
+        "rollback`); 'manual' only moves challenger and leaves champion to `batchml models "
+        "promote`. Default auto: the gate and the head-to-head comparison guard it, as the "
+        "tag has always moved on its own.")
+    promotion_margin: float = Field(
+        default=0.0, allow_inf_nan=False,
+        description="How much the new version must beat the champion by on the gate's primary "
+        "metric (roc_auc unless the training says otherwise; lower for log_loss) for automatic "
+        "promotion. 0: any strict improvement (a tie keeps the champion); negative: the newer "
+        "version wins unless it is worse by more than this.")
     batch_rows: int = Field(
         default=65_536, gt=0, description="Rows scored per record batch (bounds memory)."
     )
@@ -198,6 +219,15 @@ class Settings(BaseSettings):
                                       "by hour under HOME/online (the online_predictions view).")
     api_cors_origins: list[str] = Field(default_factory=list, description="Origins allowed "
                                         "by CORS (none by default: CORS off).")
+
+    @field_validator("model_name")
+    @classmethod
+    def _check_model_name(cls, value: str | None) -> str | None:
+        if not value:  # unset, or BATCHML_MODEL_NAME= (empty): the derived default
+            return None
+        from .catalog.registry import check_registry_name
+
+        return check_registry_name("model", value)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

@@ -49,6 +49,7 @@ from .smoke import prepare_smoke, read_smoke_file
 
 if TYPE_CHECKING:
     from .catalog import Catalog, Run
+    from .champion import ChampionOutcome, ChampionPolicy
     from .estimators import Estimator
     from .limits import Limits
     from .settings import Settings
@@ -303,12 +304,15 @@ class TrainingOutcome:
     results: list[CandidateResult]
     smoke: list[SmokeResult] | None
     decision: GateDecision
+    champion: ChampionOutcome | None = None
+    """What the registry did with a tagged run (:mod:`batchml.champion`), when asked."""
 
 
 def train(catalog: Catalog, config: TrainingConfig, *, flow: str = "train",
           prefect_flow_run_id: str | None = None, s3: Any = None,
           map_candidates: Callable[..., list[CandidateResult]] | None = None,
-          limits: Limits | None = None) -> TrainingOutcome:
+          limits: Limits | None = None,
+          champion: ChampionPolicy | None = None) -> TrainingOutcome:
     """Train, evaluate, check, gate and record one run. A crash marks the run failed.
 
     ``limits`` (memory budget per file, text values; see :mod:`batchml.limits`) apply to
@@ -318,6 +322,11 @@ def train(catalog: Catalog, config: TrainingConfig, *, flow: str = "train",
     raised without recording a run: fix the file and train again. ``map_candidates(names,
     data, config)`` fits the candidates; the default runs them in parallel threads. The
     Prefect flow passes one that submits Prefect tasks instead.
+
+    ``champion``: when the gate tags the run, register its winner as the next version of
+    ``champion.model_name``, compare it with the champion on the same validation data and
+    move challenger (and champion, by the policy): :mod:`batchml.champion`. None: no
+    registry change (:func:`train_from_settings` always passes the settings' policy).
     """
     def new_run() -> Run:
         return catalog.create_run(flow, params=_config_params(config),
@@ -348,10 +357,13 @@ def train(catalog: Catalog, config: TrainingConfig, *, flow: str = "train",
         decision = decide(results, checks, config, smoke)
         record_training(run, data, results, smoke, decision, config)
         run.finish("completed")
-        return TrainingOutcome(run, list(results), smoke, decision)
+        outcome = TrainingOutcome(run, list(results), smoke, decision)
     except BaseException as exc:
         run.finish("failed", error=_detail(exc))
         raise
+    if champion is not None and decision.tagged:  # registers only a completed run
+        outcome.champion = champion.settle(run, data, results, decision)
+    return outcome
 
 
 def train_from_settings(settings: Settings, config: TrainingConfig, *, flow: str | None = None,
@@ -359,9 +371,11 @@ def train_from_settings(settings: Settings, config: TrainingConfig, *, flow: str
                         map_candidates: Callable[..., list[CandidateResult]] | None = None,
                         ) -> TrainingOutcome:
     """:func:`train` against what ``settings`` name: their catalog, their limits, and an S3
-    client when the training, validation or smoke file is on S3. The run is recorded under
-    ``flow`` (default: ``BATCHML_TRAIN_FLOW``)."""
+    client when the training, validation or smoke file is on S3, and their champion policy
+    (``BATCHML_MODEL_NAME``, ``BATCHML_PROMOTION``, ``BATCHML_PROMOTION_MARGIN``). The run is
+    recorded under ``flow`` (default: ``BATCHML_TRAIN_FLOW``)."""
     from .catalog import Catalog
+    from .champion import ChampionPolicy
     from .limits import Limits
 
     s3 = None
@@ -372,7 +386,8 @@ def train_from_settings(settings: Settings, config: TrainingConfig, *, flow: str
         s3 = s3_client(settings.s3_endpoint_url, settings.s3_region)
     return train(Catalog.from_settings(settings), config, flow=flow or settings.train_flow,
                  prefect_flow_run_id=prefect_flow_run_id, s3=s3, map_candidates=map_candidates,
-                 limits=Limits.from_settings(settings))
+                 limits=Limits.from_settings(settings),
+                 champion=ChampionPolicy.from_settings(settings, config.label))
 
 
 CANDIDATE_METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "f1", "threshold", "log_loss",

@@ -48,6 +48,9 @@ def test_train_then_predict_flows(prefect_server, tmp_path: Path) -> None:  # ty
     found = artifacts_of(run.prefect_flow_run_id)
     assert {"candidates", "gate-decision"} <= set(found)
     assert "tagged **deployment candidate**" in str(found["gate-decision"].data)  # type: ignore[attr-defined]
+    # the gate passed: the winner is version 1 of the model named after the label, champion
+    assert result["registry"].startswith("registered labels/1; promoted to champion")
+    assert "## Registry: `labels/1`" in str(found["gate-decision"].data)  # type: ignore[attr-defined]
 
     files = []
     for i in range(3):

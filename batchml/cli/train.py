@@ -60,12 +60,14 @@ def train(
         with prefect_settings(settings):
             result = train_flow(**kwargs, settings=settings)
         run_id, tagged, reasons = result["run_id"], result["tagged"], result["reasons"]
+        registry = result.get("registry")
     else:
         from ..training import TrainingConfig, train_from_settings
 
         outcome = train_from_settings(settings, TrainingConfig(**kwargs, tag=settings.model_tag))
         run_id, tagged = outcome.run.id, outcome.decision.tagged
         reasons = outcome.decision.reasons
+        registry = outcome.champion.summary() if outcome.champion else None
     import pandas as pd
 
     from ..training import recorded_candidates
@@ -74,6 +76,10 @@ def train(
     print_frame(pd.DataFrame(rows), title=f"{run_id} candidates")
     out.print(f"[bold]{run_id}[/]: {'[green]tagged ' + settings.model_tag + '[/]' if tagged else '[yellow]not tagged[/]'}"
               f" - {'; '.join(reasons)}")
+    if registry:
+        from rich.markup import escape
+
+        out.print(f"[bold]{run_id}[/]: {escape(registry)}", highlight=False)
 
 
 @clean_errors

@@ -67,9 +67,14 @@ def train_flow(
                           key="candidates", description=f"Candidates of {run.id}")
     plots = "\n".join(f"- [{name}]({info['uri']})" for name, info in sorted(run.artifacts.items())
                       if info["kind"] == "plot")
-    create_markdown_artifact(tr.decision_markdown(outcome.decision, run.id) + "\n## Plots\n"
-                             + plots + "\n", key="gate-decision")
+    registry = outcome.champion
+    create_markdown_artifact(tr.decision_markdown(outcome.decision, run.id)
+                             + ("\n" + registry.markdown() if registry else "")
+                             + "\n## Plots\n" + plots + "\n", key="gate-decision")
     print(f"{run.id}: {'tagged' if outcome.decision.tagged else 'not tagged'}; "
           + outcome.decision.reasons[0])
+    if registry is not None:
+        print(f"{run.id}: {registry.summary()}")
     return {"run_id": run.id, "tagged": outcome.decision.tagged,
-            "winner": outcome.decision.winner, "reasons": outcome.decision.reasons}
+            "winner": outcome.decision.winner, "reasons": outcome.decision.reasons,
+            "registry": registry.summary() if registry else None}

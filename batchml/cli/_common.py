@@ -90,7 +90,7 @@ def print_frame(frame: Any, fmt: str = "table", title: str | None = None) -> Non
         return
     table = Table(title=title, show_lines=False)
     for col in frame.columns:
-        table.add_column(str(col), overflow="fold", min_width=min(len(str(col)), 12))
+        table.add_column(Text(str(col)), overflow="fold", min_width=min(len(str(col)), 12))
     for row in frame.itertuples(index=False):
         # cells are data, not rich markup: "[Errno 2]" or "a [/b]" print as written
         table.add_row(*(Text("" if _isnull(v) else format_cell(v)) for v in row))

@@ -76,13 +76,8 @@ def _say(text: str) -> None:
 
 
 def _print(frame: Any, fmt: str = "table", title: str | None = None) -> None:
-    """:func:`print_frame`, with the cells and headers of a table escaped (user text such as
-    a reason ``[v2] broke`` or a class label is shown as written, never read as markup)."""
-    if fmt == "table":
-        from rich.markup import escape
-
-        frame = frame.map(lambda v: escape(v) if isinstance(v, str) else v)
-        frame.columns = [escape(str(c)) for c in frame.columns]
+    """:func:`print_frame` (it prints cells and headers as text, never as markup: a reason
+    ``[v2] broke`` or a class label is shown as written)."""
     print_frame(frame, fmt, title=title)
 
 

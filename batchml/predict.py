@@ -47,16 +47,19 @@ def expand_inputs(inputs: list[str]) -> list[str]:
 def predict_files(settings: Settings, inputs: list[str], *, run_id: str | None = None,
                   tag: str | None = None, output: Path | None = None, batch_files: int = 10,
                   on_progress: Callable[[int, int], None] | None = None,
-                  model: str | None = None) -> PredictResult:
+                  model: str | None = None, explain: int = 0) -> PredictResult:
     """Score ``inputs`` (see :func:`expand_inputs`) with the model of ``run_id``, else the one
     ``model`` names (``NAME@ALIAS``, ``NAME/VERSION``, see :mod:`batchml.resolve`), else of the
     latest successful run carrying ``tag`` (default ``BATCHML_MODEL``, then
     ``BATCHML_MODEL_TAG``), writing to
     ``output`` when given, else to the outbox. ``on_progress(done, total)`` is called after
-    each batch.
+    each batch. ``explain`` > 0 adds per row the ``explain`` largest feature contributions
+    (column ``explanation``, see :mod:`batchml.explanations`).
 
-    Raises :class:`~batchml.errors.ModelNotFound` when no run carries the tag and
-    :class:`~batchml.errors.RunCannotScore` when the named run cannot score."""
+    Raises :class:`~batchml.errors.ModelNotFound` when no run carries the tag,
+    :class:`~batchml.errors.RunCannotScore` when the named run cannot score, and
+    :class:`~batchml.errors.ConfigError` (before anything is scored) when ``explain`` is
+    asked of a model without per-row contributions."""
     from .catalog import Catalog
     from .scoring import Outbox
     from .sources import ListSource
@@ -68,7 +71,11 @@ def predict_files(settings: Settings, inputs: list[str], *, run_id: str | None =
     source = ListSource(uris, client=client, max_file_bytes=settings.max_file_bytes)
     outbox = Outbox(str(output), s3=client) if output is not None else None
     worker = Worker(Catalog.from_settings(settings), source, settings, run_id=run_id, tag=tag,
-                    outbox=outbox, model=model)
+                    outbox=outbox, model=model, explain=explain)
+    if explain:
+        from .explanations import check_explainable
+
+        check_explainable(worker.cache.resolve(worker.ref).estimator, explain)
     refs = source.poll()
     worker.ledger.discover(refs)
     ids = [r.file_id for r in refs]

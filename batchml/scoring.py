@@ -374,13 +374,18 @@ def check_file(pf: pq.ParquetFile, model: LoadedModel, uri: str, budget_bytes: i
 
 def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbox,
                batch_id: str, *, batch_rows: int = 65_536, budget_bytes: int = 2**30,
-               reprocess: bool = False, limits: Limits | None = None) -> FileOutcome:
+               reprocess: bool = False, limits: Limits | None = None,
+               explain: int = 0) -> FileOutcome:
     """Score one local parquet file into the outbox; never raises for bad input.
 
     Bad input (unreadable, schema mismatch, zero rows, over the memory budget or a text
     limit) comes back ``quarantined`` with the reason; a vanished file ``failed``. Transient
     errors (the outbox unreachable or full) propagate, so the caller releases the claim and
     retries later. ``limits`` default to ``budget_bytes`` and the documented text limits.
+
+    ``explain`` > 0 adds the column ``explanation``: per row the ``explain`` largest
+    contributions (:mod:`batchml.explanations`; the caller checks first that the model has
+    them, :func:`~batchml.explanations.check_explainable`).
     """
     limits = limits or Limits(memory_bytes=budget_bytes)
     start = time.perf_counter()
@@ -393,7 +398,7 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
                           limits=limits, batch_rows=batch_rows)
         tmp = outbox.temp_path()
         rows, positives, truncated = _stream(pf, model, record, batch_id, tmp, batch_rows,
-                                             plan=plan, limits=limits)
+                                             plan=plan, limits=limits, explain=explain)
         outcome.output_uri = outbox.commit(tmp, output_key(record, model.run_id))
         tmp = None
         outcome.rows, outcome.positives, outcome.truncated = rows, positives, truncated
@@ -439,11 +444,12 @@ def model_columns(model: LoadedModel, batch: pa.RecordBatch, proba: np.ndarray,
 
 def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id: str,
             tmp: Path, batch_rows: int, row_groups: list[int] | None = None, *,
-            plan: ReadPlan | None = None, limits: Limits | None = None
+            plan: ReadPlan | None = None, limits: Limits | None = None, explain: int = 0
             ) -> tuple[int, int, int]:
     """Score ``pf`` into ``tmp``; returns (rows, positives, text values truncated). With a
     ``plan`` batches are sized by bytes (:mod:`batchml.limits`); text inputs are held to
-    ``limits`` (default: the documented limits)."""
+    ``limits`` (default: the documented limits). ``explain``: see :func:`score_file` (the
+    output's metadata then holds the signature it follows, under ``batchml.signature``)."""
     # Arrays are built from their buffers: pa.array()/to_numpy() import pandas (~0.5 s cold)
     from .estimators._arrays import constant, from_numpy
 
@@ -491,13 +497,22 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
                     cols[name] = batch.column(name)
             # the model's own columns (label, proba, proba_<class> unless its flavor says)
             cols.update(model_columns(model, batch, proba, index))
+            if explain:
+                from .explanations import explanation_column
+                from .signature import EXPLANATION_COLUMN
+
+                cols[EXPLANATION_COLUMN] = explanation_column(model.estimator, batch, index,
+                                                              explain)
             for key, value in lineage.items():
                 cols[key] = constant(value, n)
             table = pa.table(cols)
             try:
                 if writer is None:
-                    schema = table.schema.with_metadata(
-                        {b"batchml.lineage": json.dumps(lineage).encode()})
+                    meta = {b"batchml.lineage": json.dumps(lineage).encode()}
+                    if explain:
+                        meta[b"batchml.signature"] = json.dumps(
+                            sig.with_explanation(explain).to_dict()).encode()
+                    schema = table.schema.with_metadata(meta)
                     writer = pq.ParquetWriter(tmp, schema, compression="zstd")
                 writer.write_table(table.cast(writer.schema))
             except OSError as exc:

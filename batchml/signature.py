@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
@@ -22,7 +22,18 @@ if TYPE_CHECKING:  # imported where used: scoring arrow data needs no pandas
     import pandas as pd
 
 TYPES: tuple[str, ...] = ("string", "float64", "int64", "bool")
-"""The column types a signature can name."""
+"""The column types a signature can name for inputs (and plain outputs)."""
+
+EXPLANATION_COLUMN = "explanation"
+"""The output column ``batchml predict --explain K`` adds: per row, the K features with the
+largest absolute contributions to the model's decision value, largest first."""
+EXPLANATION_TYPE = "list<struct<feature: string, contribution: float64>>"
+"""The signature type of :data:`EXPLANATION_COLUMN` (an output only)."""
+EXPLANATION_ARROW_TYPE = pa.list_(pa.struct([pa.field("feature", pa.string()),
+                                             pa.field("contribution", pa.float64())]))
+"""Its Arrow type in the prediction parquet."""
+OUTPUT_TYPES: tuple[str, ...] = (*TYPES, EXPLANATION_TYPE)
+"""The column types an output may have."""
 
 _ARROW_TYPES = {"string": pa.string(), "float64": pa.float64(), "int64": pa.int64(),
                 "bool": pa.bool_()}
@@ -39,9 +50,10 @@ class ColumnSpec:
     required: bool = True
 
     def __post_init__(self) -> None:
-        if self.type not in TYPES:
+        if self.type not in OUTPUT_TYPES:
             raise ValueError(f"Column {self.name!r} has type {self.type!r}; "
-                             f"use one of {', '.join(TYPES)}.")
+                             f"use one of {', '.join(TYPES)} (outputs also "
+                             f"{EXPLANATION_TYPE}).")
 
     def to_dict(self) -> dict[str, Any]:
         """The column as a JSON-safe dict."""
@@ -108,6 +120,12 @@ class Signature:
     classes: tuple[str | int, ...] = ()
     params: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for spec in self.inputs:
+            if spec.type not in TYPES:
+                raise ValueError(f"Input column {spec.name!r} has type {spec.type!r}; inputs "
+                                 f"are one of {', '.join(TYPES)}.")
+
     @property
     def input_names(self) -> list[str]:
         """Names of the input columns, in order."""
@@ -117,6 +135,20 @@ class Signature:
     def output_names(self) -> list[str]:
         """Names of the output columns, in order."""
         return [c.name for c in self.outputs]
+
+    def with_explanation(self, k: int) -> Signature:
+        """This signature as scoring with ``explain=k`` uses it: the output column
+        :data:`EXPLANATION_COLUMN` (:data:`EXPLANATION_TYPE`, ``k`` entries per row, fewer
+        only when the model has fewer features) after the others, and the inference parameter
+        ``explain`` = ``k``. ``k`` = 0 returns the signature unchanged."""
+        if k < 0:
+            raise ValueError(f"explain must be 0 or more, got {k}.")
+        if k == 0:
+            return self
+        outputs = tuple(c for c in self.outputs if c.name != EXPLANATION_COLUMN)
+        return replace(self, outputs=(*outputs, ColumnSpec(EXPLANATION_COLUMN,
+                                                           EXPLANATION_TYPE)),
+                       params={**self.params, "explain": int(k)})
 
     # --- serialisation -----------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from .evaluation import (
     evaluate,
     history_plot,
 )
+from .explanations import record_explanation
 from .gate import (
     BASELINE,
     CheckResult,
@@ -356,6 +357,9 @@ def train(catalog: Catalog, config: TrainingConfig, *, flow: str = "train",
                                       f"the checks could not run: {_detail(exc)}")]
         decision = decide(results, checks, config, smoke)
         record_training(run, data, results, smoke, decision, config)
+        explained = next((r.estimator for r in results if r.name == decision.winner), None)
+        if explained is not None:  # explanation.json / .png (never fails the run)
+            record_explanation(run, explained, data.valid_x, data.valid_y, seed=config.seed)
         run.finish("completed")
         outcome = TrainingOutcome(run, list(results), smoke, decision)
     except BaseException as exc:

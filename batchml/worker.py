@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .catalog import ClaimedBatch, FileRecord, FileRef, Ledger, worker_id
-from .errors import Backoff, BatchMLError, CatalogError, ModelNotFound, is_transient
+from .errors import Backoff, BatchMLError, CatalogError, ConfigError, ModelNotFound, is_transient
 from .limits import Limits
 from .resolve import ModelRef, nothing_resolved
 from .scorer import CommitRefused, ModelSpec, Scorer, ScorerConfig, ScorerDied
@@ -70,7 +70,8 @@ class Worker:
                  outbox: Outbox | None = None, run_id: str | None = None,
                  tag: str | None = None, cache: ModelCache | None = None,
                  name: str | None = None, isolate: bool = False,
-                 health: S3Health | None = None, model: str | None = None) -> None:
+                 health: S3Health | None = None, model: str | None = None,
+                 explain: int = 0) -> None:
         self.catalog = catalog
         self.source = source
         self.settings = settings
@@ -96,6 +97,12 @@ class Worker:
         self.cache = cache or ModelCache(catalog, flow=settings.train_flow,
                                          threshold=settings.decision_threshold)
         self.name = name or worker_id()
+        if explain and isolate:
+            raise ConfigError("Per-row explanations are made when scoring in-process only.",
+                              hint="Use batchml predict --explain K, or BATCHML_ISOLATE_SCORING"
+                                   "=false.")
+        self.explain = explain
+        """Per-row explanations: the ``explain`` largest contributions per row (0: none)."""
         self._view_ready = False
         self._model: LoadedModel | None = None
         self._outer_hold: contextlib.ExitStack | None = None
@@ -335,6 +342,10 @@ class Worker:
         reprocess = (record.error or "") == "reprocess requested"
         outbox = self.outbox if leases is None else self.outbox.guarded(
             leases.commit_guard(record.file_id))
+        if self.explain:  # the model's fault, not the file's: the batch stops, files wait
+            from .explanations import check_explainable
+
+            check_explainable(model.estimator, self.explain)
         try:
             with self.source.fetch(record) as path:
                 if score is not None:
@@ -349,7 +360,8 @@ class Worker:
                                          batch_rows=self.settings.batch_rows,
                                          budget_bytes=self.settings.memory_budget_mb * 2**20,
                                          reprocess=reprocess,
-                                         limits=Limits.from_settings(self.settings))
+                                         limits=Limits.from_settings(self.settings),
+                                         explain=self.explain)
         except _ClaimLost:
             raise
         except CommitRefused:

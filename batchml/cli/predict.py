@@ -48,6 +48,10 @@ def predict(
                                             "tag (default: BATCHML_MODEL_TAG).")] = None,
     output: Annotated[Path | None, typer.Option(help="Write predictions here instead of the "
                                                 "outbox.")] = None,
+    explain: Annotated[int, typer.Option(
+        "--explain", min=0, metavar="K",
+        help="Add the column 'explanation': per row the K features with the largest "
+             "contributions to the model's decision (linear models only).")] = 0,
     home: HomeOpt = None, catalog: CatalogOpt = None,
 ) -> None:
     """Score files now (each file version once; `batchml reprocess` to score again)."""
@@ -59,7 +63,7 @@ def predict(
         task = progress.add_task("scoring", total=None)
         result = predict_files(
             settings_from(home, catalog), inputs, run_id=run, tag=tag, output=output,
-            model=model,
+            model=model, explain=explain,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total))
     _report(result.reports)
     if result.skipped:

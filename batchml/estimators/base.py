@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeAlias
 
 import numpy as np
@@ -29,6 +29,109 @@ def n_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Contributions:
+    """Exact additive contributions of a linear model's features to its decision values.
+
+    A linear model's decision ``d`` (one per class; a binary model has one, the logit of its
+    positive class) is ``intercept[d] + sum_j weight[d, j] * x[i, j]`` over its features ``x``
+    (what its linear part reads: token weights or counts, scaled numbers, one-hot categories).
+    With ``mean[j]`` the feature's mean on the training data, row ``i``'s contribution of
+    feature ``j`` is ``weight[d, j] * (x[i, j] - mean[j])`` and ``base[d] = intercept[d] +
+    weight[d] @ mean``, so ``base[d]`` plus the row's contributions is its decision exactly
+    (:meth:`totals`).
+
+    Stored sparse (a text model has many features, a row few of them): ``offset[d, j] =
+    -weight[d, j] * mean[j]`` is the contribution of a feature that is 0 in the row, and each
+    entry ``e`` (``rows[e]``, ``cols[e]``: one per row and feature whose value is not 0) adds
+    ``values[e, d] = weight[d, j] * x[i, j]`` to it.
+    """
+
+    features: pa.Array | Sequence[str]
+    """The feature names (a string array or a sequence of str), one per feature."""
+    decisions: tuple[Any, ...]
+    """The class each decision belongs to (binary: the positive class only)."""
+    base: np.ndarray  # (n_decisions,)
+    offset: np.ndarray  # (n_decisions, n_features)
+    rows: np.ndarray  # (nnz,) int64
+    cols: np.ndarray  # (nnz,) int64
+    values: np.ndarray  # (nnz, n_decisions)
+    n_rows: int
+
+    @classmethod
+    def linear(cls, features: pa.Array | Sequence[str], decisions: Sequence[Any],
+               weights: np.ndarray, intercept: np.ndarray, mean: np.ndarray,
+               rows: np.ndarray, cols: np.ndarray, x: np.ndarray,
+               n_rows: int) -> Contributions:
+        """The contributions of a linear model with ``weights`` (n_decisions, n_features)
+        and ``intercept`` whose features in these rows are ``x`` at (``rows``, ``cols``) and 0
+        elsewhere, centred on the features' training ``mean``."""
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        b = np.asarray(intercept, dtype=np.float64).reshape(-1)
+        m = np.asarray(mean, dtype=np.float64)
+        cols = np.asarray(cols, dtype=np.int64)
+        return cls(features, tuple(decisions), b + w @ m, -w * m,
+                   np.asarray(rows, dtype=np.int64), cols,
+                   np.asarray(x, dtype=np.float64)[:, None] * w[:, cols].T, int(n_rows))
+
+    @property
+    def n_features(self) -> int:
+        return int(self.offset.shape[1])
+
+    def dense(self, decision: int = 0) -> np.ndarray:
+        """Every contribution to decision ``decision``, shape (n_rows, n_features)."""
+        out = np.tile(self.offset[decision], (self.n_rows, 1))
+        np.add.at(out, (self.rows, self.cols), self.values[:, decision])
+        return out
+
+    def totals(self) -> np.ndarray:
+        """``base`` plus the sum of each row's contributions, shape (n_rows, n_decisions):
+        the model's decision values."""
+        out = np.empty((self.n_rows, len(self.decisions)), dtype=np.float64)
+        for d in range(len(self.decisions)):
+            out[:, d] = self.base[d] + self.offset[d].sum() + np.bincount(
+                self.rows, weights=self.values[:, d], minlength=self.n_rows)
+        return out
+
+
+@dataclass(frozen=True)
+class FeatureScore:
+    """One feature's score in a global explanation (``spread``: its standard deviation over
+    repeats, when the method repeats)."""
+
+    feature: str
+    score: float
+    spread: float | None = None
+
+
+@dataclass(frozen=True)
+class GlobalExplanation:
+    """What drives a model overall: ``groups`` maps a class label (or ``"all"``) to its
+    features, highest score first; ``measure`` says what a score is."""
+
+    method: str
+    measure: str
+    groups: dict[str, list[FeatureScore]]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def linear_explanation(features: Sequence[str], weights: np.ndarray, classes: Sequence[Any], *,
+                       top: int = 20, details: Mapping[str, Any] | None = None
+                       ) -> GlobalExplanation:
+    """The top features per class of a linear model from its ``weights`` (n_decisions,
+    n_features). One decision (binary: the positive class's logit): the largest weights for
+    the positive class, the most negative ones for the other. One per class: each class's
+    weights minus their mean over the classes (what sets the class apart)."""
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    per_class = np.vstack([-w[0], w[0]]) if len(w) == 1 else w - w.mean(axis=0)
+    groups: dict[str, list[FeatureScore]] = {}
+    for label, row in zip(classes, per_class, strict=True):
+        best = np.argsort(-row, kind="stable")[:top]
+        groups[str(label)] = [FeatureScore(str(features[j]), float(row[j])) for j in best]
+    return GlobalExplanation("coefficients", "weight toward the class (per unit of feature)",
+                             groups, {"n_features": int(w.shape[1]), **(details or {})})
 
 
 class Estimator(ABC):
@@ -281,6 +384,43 @@ class Estimator(ABC):
         for i, c in enumerate(self.classes_):
             cols[f"proba_{c}"] = from_numpy(by_class[i])
         return cols
+
+    # --- explanations --------------------------------------------------------------------------
+
+    def no_contributions_reason(self) -> str | None:
+        """Why this model has no exact per-row contributions, or None when it has them (a
+        flavor whose model is linear and knows its features' training means). The default:
+        the flavor has none."""
+        return "its flavor has no per-row contributions"
+
+    @property
+    def explains_rows(self) -> bool:
+        """True when :meth:`contributions` works for this model."""
+        return self.no_contributions_reason() is None
+
+    def contributions(self, frame: Frame) -> Contributions:
+        """Each feature's exact contribution to the model's decision values for every row of
+        ``frame`` (see :class:`Contributions`), when :attr:`explains_rows`; otherwise raises
+        :meth:`cannot_explain_rows` (the default)."""
+        raise self.cannot_explain_rows()
+
+    def cannot_explain_rows(self) -> ConfigError:
+        """The error for asking per-row contributions of a model that has none: it names the
+        model, its flavor, the reason and what to do."""
+        why = self.no_contributions_reason() or "it has no per-row contributions"
+        return ConfigError(f"Model {self.name!r} (flavor {self.flavor!r}) cannot explain single "
+                           f"rows: {why}.",
+                           hint="Score without --explain (the model's training run keeps "
+                                "its global explanation: explanation.json, explanation.png), or "
+                                "train a linear candidate, whose per-row contributions are "
+                                "exact.")
+
+    def global_explanation(self, x: pd.DataFrame, y: Labels, *, top: int = 20,
+                           seed: int = 0) -> GlobalExplanation | None:
+        """What drives the model overall (the top ``top`` features, per class where that
+        means something), measured on validation data ``x`` and ``y`` where the method needs
+        data; None when the flavor has no explanation (the default)."""
+        return None
 
     # --- saving ------------------------------------------------------------------------------
 

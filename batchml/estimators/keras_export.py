@@ -81,6 +81,9 @@ class LinearTextExport:
     weights: np.ndarray  # float64 copy of the float32 kernel, one per vocabulary entry
     bias: float
     output_mode: str
+    means: np.ndarray | None = field(default=None, compare=False)
+    """Each vocabulary entry's mean Dense input (count, or 0/1 for multi_hot) on the training
+    texts: what per-row contributions are centred on (None in exports saved before)."""
     _value_set: pa.Array = field(init=False, repr=False, compare=False)
     _lookup_weights: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -103,6 +106,11 @@ class LinearTextExport:
         if not math.isfinite(self.bias):
             raise ExportError("the bias is not finite")
         object.__setattr__(self, "weights", weights)
+        if self.means is not None:
+            means = np.asarray(self.means, dtype=np.float64)
+            if means.shape != (len(vocab),) or not np.isfinite(means).all():
+                raise ExportError(f"means have shape {means.shape}, expected ({len(vocab)},)")
+            object.__setattr__(self, "means", means)
         # value set: the words, then "" (the empty token Arrow's split yields; weight 0).
         # index_in gives a word's position p in it, null when not found (filled with -1), so
         # the lookup weights are W[1:], then 0.0 for "", then W[0]: index -1 is the OOV slot.
@@ -113,7 +121,7 @@ class LinearTextExport:
     # --- serialisation -----------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
             "standardize": "lower_and_strip_punctuation", "split": "whitespace",
             "ngrams": None, "output_mode": self.output_mode, "oov_token": OOV_TOKEN,
@@ -121,6 +129,9 @@ class LinearTextExport:
             "weights": [float(w) for w in self.weights], "bias": float(self.bias),
             "activation": "sigmoid",
         }
+        if self.means is not None:
+            out["means"] = [float(m) for m in self.means]
+        return out
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json(), ensure_ascii=True).encode("ascii")
@@ -145,8 +156,13 @@ class LinearTextExport:
             raise ExportError("export vocabulary, weights or bias malformed")
         if any(isinstance(w, bool) or not isinstance(w, (int, float)) for w in weights):
             raise ExportError("export weights must be numbers")
+        means = obj.get("means")
+        if means is not None and (not isinstance(means, list) or any(
+                isinstance(m, bool) or not isinstance(m, (int, float)) for m in means)):
+            raise ExportError("export means must be a list of numbers")
         return cls(tuple(vocabulary), np.asarray(weights, dtype=np.float64), float(bias),
-                   str(obj.get("output_mode")))
+                   str(obj.get("output_mode")),
+                   None if means is None else np.asarray(means, dtype=np.float64))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LinearTextExport:
@@ -236,6 +252,49 @@ class LinearTextExport:
             return np.add.reduceat(values, offsets[:-1] - offsets[0]) + self.bias
         row = np.repeat(np.arange(n, dtype=np.int64), counts)
         return np.bincount(row, weights=values, minlength=n) + self.bias
+
+
+    # --- explaining --------------------------------------------------------------------------
+
+    def features(self, texts: pa.Array | pa.ChunkedArray | np.ndarray | Sequence[str]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The Dense layer's non-zero inputs for ``texts`` as (row, vocabulary index, value):
+        a token's count in the row (1 for multi_hot); index 0 counts out-of-vocabulary
+        tokens. The same tokens as :meth:`logits`."""
+        column = _as_arrow(texts)
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        n = len(column)
+        if column.null_count:
+            column = pc.fill_null(column, _EMPTY_STRING)
+        tokens = pc.ascii_split_whitespace(column)
+        encoded = pc.list_flatten(tokens).dictionary_encode()
+        standard = pc.replace_substring_regex(pc.ascii_lower(encoded.dictionary),
+                                              STRIP_PUNCTUATION, "")
+        found = pc.index_in(standard, value_set=self._value_set)
+        slot = _int32s(pc.fill_null(found, _MINUS_ONE)).astype(np.int64)[
+            _int32s(encoded.indices)]
+        offsets = _int32s(tokens, buffer=1, extra=1)
+        row = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
+        # value-set position p: word p (vocabulary index p + 1); len(words): "" (no token,
+        # weight 0); -1: out of vocabulary (index 0)
+        keep = slot != len(self.vocabulary) - 1
+        index = np.where(slot[keep] < 0, 0, slot[keep] + 1)
+        width = len(self.vocabulary)
+        keys, counts = np.unique(row[keep] * width + index, return_counts=True)
+        values = np.ones(len(keys)) if self.output_mode == "multi_hot" else \
+            counts.astype(np.float64)
+        return keys // width, keys % width, values
+
+    def feature_means(self, texts: pa.Array | pa.ChunkedArray | np.ndarray | Sequence[str]
+                      ) -> np.ndarray:
+        """Each vocabulary entry's mean Dense input over ``texts`` (for :attr:`means`)."""
+        column = _as_arrow(texts)
+        total = np.zeros(len(self.vocabulary), dtype=np.float64)
+        for start in range(0, len(column), _SLICE_ROWS):
+            _, index, values = self.features(column.slice(start, _SLICE_ROWS))
+            total += np.bincount(index, weights=values, minlength=len(self.vocabulary))
+        return total / max(1, len(column))
 
 
 # Arrays and scalars are built from buffers and read through them: pa.array(), pa.scalar()

@@ -26,6 +26,7 @@ import logging
 import os
 import tempfile
 import zipfile
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -34,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError, DataError, ModelError
-from .base import Estimator, n_cpus
+from .base import Contributions, Estimator, GlobalExplanation, linear_explanation, n_cpus
 from .keras_export import EXPORT_ENTRY, ExportError, LinearTextExport, export_model
 
 if TYPE_CHECKING:
@@ -173,7 +174,10 @@ class KerasTextEstimator(Estimator):
         )
         self.history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
         self.model = model
-        self._export = _try_export(model)
+        export = _try_export(model)
+        if export is not None:  # centre per-row contributions on the training texts
+            export = replace(export, means=export.feature_means(_texts(x)))
+        self._export = export
 
     # --- predicting --------------------------------------------------------------------------
 
@@ -236,6 +240,38 @@ class KerasTextEstimator(Estimator):
             out = fn(tf.constant(chunk.reshape(-1, 1)))
             positive[start:start + n] = out.numpy()[:n, 0]
         return positive
+
+    # --- explaining ----------------------------------------------------------------------------
+
+    def no_contributions_reason(self) -> str | None:
+        if self._export is None:
+            return "it is scored through TensorFlow (no linear export)"
+        if self._export.means is None:
+            return "it was saved before batchml recorded its tokens' training means; train it again"
+        return None
+
+    def contributions(self, frame: Any) -> Contributions:
+        export = self._export
+        if export is None or export.means is None:
+            raise self.cannot_explain_rows()
+        column = self.signature.coerce(frame, arrow=True).column(0)
+        rows, index, values = export.features(column)
+        return Contributions.linear(export.vocabulary, self.classes_[1:], export.weights[None],
+                                    np.array([export.bias]), export.means, rows, index, values,
+                                    len(column))
+
+    def global_explanation(self, x: pd.DataFrame, y: Any, *, top: int = 20,
+                           seed: int = 0) -> GlobalExplanation | None:
+        """Token importances from the linear part: the Dense weight of each vocabulary
+        entry (the export's, else the Keras layers')."""
+        if self._export is not None:
+            vocabulary, weights = list(self._export.vocabulary), self._export.weights
+        else:
+            _, vec, dense = self.model.layers
+            vocabulary = [str(w) for w in vec.get_vocabulary(include_special_tokens=True)]
+            weights = np.asarray(dense.get_weights()[0], dtype=np.float64)[:, 0]
+        return linear_explanation(vocabulary, weights[None], self.classes_, top=top,
+                                  details={"features": f"token {self.params['output_mode']}"})
 
     # --- saving ------------------------------------------------------------------------------
 

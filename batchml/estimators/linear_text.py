@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ import pyarrow.compute as pc
 
 from ..errors import ModelError
 from ._arrays import to_numpy
+from .base import Contributions
 from .tokenizer import ascii_tokens, supported, unicode_tokens
 
 FORMAT = "batchml-linear-text"
@@ -70,13 +72,15 @@ class LinearTextModel:
     ``kind`` is ``"logistic"`` (probabilities: sigmoid of the one decision for two classes,
     softmax otherwise) or ``"multinomial_nb"`` (softmax of the joint log likelihood).
     ``weights`` has one row per decision (1 for binary logistic regression, else one per
-    class) and one column per feature; ``idf`` is None for raw counts.
+    class) and one column per feature; ``idf`` is None for raw counts. ``mean``: each
+    feature's mean value on the training texts (what per-row contributions are centred on;
+    None for models saved before it was recorded).
     """
 
     def __init__(self, *, kind: str, terms: pa.Array, weights: np.ndarray,
                  intercept: np.ndarray, n_classes: int, ngram_max: int,
                  idf: np.ndarray | None = None, sublinear_tf: bool = False,
-                 norm: str | None = None) -> None:
+                 norm: str | None = None, mean: np.ndarray | None = None) -> None:
         if kind not in ("logistic", "multinomial_nb"):
             raise ModelError(f"Unknown linear text model kind {kind!r}.",
                              hint="Re-train and log the model again.")
@@ -89,6 +93,7 @@ class LinearTextModel:
         expected_rows = 1 if (kind == "logistic" and n_classes == 2) else n_classes
         if weights.shape != (expected_rows, n_features) or intercept.shape != (expected_rows,) \
                 or (idf is not None and np.shape(idf) != (n_features,)) \
+                or (mean is not None and np.shape(mean) != (n_features,)) \
                 or ngram_max not in (1, 2) or n_classes < 2:
             raise ModelError("The linear text model's arrays do not fit together (weights "
                              f"{weights.shape}, intercept {intercept.shape}, {n_features} terms, "
@@ -103,6 +108,7 @@ class LinearTextModel:
         self.sublinear_tf = bool(sublinear_tf)
         self.norm = norm
         self.n_features = n_features
+        self.mean = None if mean is None else np.ascontiguousarray(mean, dtype=np.float64)
         self._build_lookup()
 
     # --- the vocabulary as word ids and integer word-pair keys --------------------------------
@@ -180,6 +186,61 @@ class LinearTextModel:
             dec /= norms
         return dec.T + self.intercept
 
+    # --- explaining ---------------------------------------------------------------------------
+
+    def feature_values(self, column: pa.Array | pa.ChunkedArray | Any
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The vectorizer's output for a string column as (row, feature, value) of its
+        non-zero entries: counts, or sublinear tf x idf, l2-normalised per row."""
+        arr = _as_string_array(column)
+        n = len(arr)
+        if n == 0:
+            empty = np.empty(0, np.int64)
+            return empty, empty, np.empty(0, np.float64)
+        rows, features, counts = _count(*self._features(arr), n, self.n_features)
+        x = counts.astype(np.float64)
+        if self.sublinear_tf:
+            x = np.log(x) + 1.0
+        if self.idf is not None:
+            x *= self.idf[features]
+        if self.norm == "l2":
+            norms = np.sqrt(np.bincount(rows, weights=x * x, minlength=n))
+            norms[norms == 0.0] = 1.0
+            x /= norms[rows]
+        return rows, features, x
+
+    def set_mean(self, column: pa.Array | pa.ChunkedArray | Any) -> None:
+        """Record each feature's mean value over the texts of ``column`` (the training
+        texts), read :data:`SLICE_ROWS` at a time."""
+        arr = _as_string_array(column)
+        total = np.zeros(self.n_features, dtype=np.float64)
+        for start in range(0, len(arr), SLICE_ROWS):
+            _, features, x = self.feature_values(arr.slice(start, SLICE_ROWS))
+            total += np.bincount(features, weights=x, minlength=self.n_features)
+        self.mean = total / max(1, len(arr))
+
+    def decision_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weights, intercept) of the decision values the classes are told apart by: one
+        per class, or for two classes one, the positive class's logit (naive Bayes: the
+        difference of the two classes' joint log likelihoods)."""
+        if self.kind == "multinomial_nb" and self.n_classes == 2:
+            return (self.weights[1:] - self.weights[:1],
+                    self.intercept[1:] - self.intercept[:1])
+        return self.weights, self.intercept
+
+    def contributions(self, column: pa.Array | pa.ChunkedArray | Any,
+                      classes: Sequence[Any]) -> Contributions:
+        """Exact per-row contributions of every term to the decision values (see
+        :class:`~.base.Contributions`); needs :attr:`mean`."""
+        if self.mean is None:
+            raise ModelError("The linear text model has no feature means.",
+                             hint="Train it again to explain single rows.")
+        weights, intercept = self.decision_weights()
+        decisions = classes[1:] if len(weights) == 1 else classes
+        rows, features, x = self.feature_values(column)
+        return Contributions.linear(self.terms, decisions, weights, intercept, self.mean,
+                                    rows, features, x, len(column))
+
     def _proba(self, arr: pa.Array) -> np.ndarray:
         dec = self.decision(arr)
         if self.kind == "logistic" and self.n_classes == 2:
@@ -216,6 +277,8 @@ class LinearTextModel:
             cols["idf"] = pa.array(self.idf)
         for k, w in enumerate(self.weights):
             cols[f"w{k}"] = pa.array(w)
+        if self.mean is not None:
+            cols["mean"] = pa.array(self.mean)
         info = {"format": FORMAT, "version": VERSION, "kind": self.kind,
                 "n_classes": self.n_classes, "ngram_max": self.ngram_max,
                 "sublinear_tf": self.sublinear_tf, "norm": self.norm,
@@ -247,10 +310,12 @@ class LinearTextModel:
             weights = np.vstack([_floats(table.column(f"w{k}"))
                                  for k in range(int(info["n_weights"]))])
             idf = _floats(table.column("idf")) if "idf" in table.column_names else None
+            mean = _floats(table.column("mean")) if "mean" in table.column_names else None
             model = cls(kind=str(info["kind"]), terms=table.column("term").combine_chunks(),
                         weights=weights, intercept=np.asarray(info["intercept"], np.float64),
                         n_classes=int(info["n_classes"]), ngram_max=int(info["ngram_max"]),
-                        idf=idf, sublinear_tf=bool(info["sublinear_tf"]), norm=info["norm"])
+                        idf=idf, sublinear_tf=bool(info["sublinear_tf"]), norm=info["norm"],
+                        mean=mean)
         except ModelError:
             raise
         except (pa.ArrowException, KeyError, TypeError, ValueError, OSError) as exc:
@@ -390,6 +455,11 @@ def _as_string_array(column: Any) -> pa.Array:
         column = column.cast(column.type.value_type)
     if not pa.types.is_string(column.type):
         column = column.cast(pa.string())
+        # the cast of a slice (a large_string batch cut in pieces) keeps the slice's byte
+        # offsets, which Arrow's string kernels misread (ascii_lower returns zero bytes):
+        # a copy starts them at 0
+        if len(column) and np.frombuffer(column.buffers()[1], np.int32)[column.offset] != 0:
+            column = pa.concat_arrays([column])
     if column.null_count:
         column = column.fill_null("")
     return column

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import DataError, ModelError
-from .base import Estimator
+from .base import Contributions, Estimator, FeatureScore, GlobalExplanation, linear_explanation
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -75,6 +75,10 @@ class SklearnEstimator(Estimator):
     linear: LinearTextModel | None = None
     """The text pipeline as arrays (see the module docstring); None for tabular models and
     pipelines it does not reproduce."""
+    feature_means: np.ndarray | None = None
+    """A linear tabular model's features (after imputing, scaling and one-hot encoding) as
+    their means on the training data: what per-row contributions are centred on (saved in
+    the metadata; None for other models and models saved before)."""
 
     @property
     def model(self) -> Pipeline | None:
@@ -99,9 +103,16 @@ class SklearnEstimator(Estimator):
             self.model = self._fit_text(texts, y)
             self.linear = _verified_export(self.model,
                                            [str(t) for t in texts.iloc[:2_000]])
+            if self.linear is not None:
+                self.linear.set_mean(pa.array(texts.to_numpy(dtype=object), pa.string()))
         else:
+            self.feature_means = None
             self.model = self._tabular_pipeline()
-            self.model.fit(self._tabular(x), y)
+            frame = self._tabular(x)
+            self.model.fit(frame, y)
+            if hasattr(self.model[-1], "coef_"):  # linear: contributions are exact
+                self.feature_means = np.asarray(
+                    _dense(self.model[:-1].transform(frame)).mean(axis=0), dtype=np.float64)
 
     def _fit_text(self, texts: pd.Series, y: np.ndarray) -> Pipeline:
         from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
@@ -211,6 +222,105 @@ class SklearnEstimator(Estimator):
                                                                  arr.slice(i, step)))
                                for i in range(0, len(arr), step)])
 
+    # --- explaining ----------------------------------------------------------------------------
+
+    def no_contributions_reason(self) -> str | None:
+        if self.is_text:
+            if self.linear is None:
+                return "its text pipeline has no linear export"
+            if self.linear.mean is None:
+                return ("it was saved before batchml recorded its features' training means; "
+                        "train it again")
+            return None
+        if self.feature_means is not None:
+            return None
+        assert self.model is not None
+        if not hasattr(self.model[-1], "coef_"):
+            return "it is not a linear model"
+        return ("it was saved before batchml recorded its features' training means; train it "
+                "again")
+
+    def contributions(self, frame: Any) -> Contributions:
+        if not self.explains_rows:
+            raise self.cannot_explain_rows()
+        if self.is_text:
+            assert self.linear is not None
+            column = self.signature.coerce(frame, arrow=True).column(0)
+            return self.linear.contributions(column, self.classes_)
+        assert self.model is not None and self.feature_means is not None
+        x = _dense(self.model[:-1].transform(self._tabular(self.signature.coerce(frame))))
+        clf = self.model[-1]
+        rows, cols = np.nonzero(x)
+        decisions = self.classes_[1:] if len(clf.coef_) == 1 else self.classes_
+        return Contributions.linear(self._feature_names(), decisions, clf.coef_,
+                                    clf.intercept_, self.feature_means, rows, cols,
+                                    x[rows, cols], len(x))
+
+    def global_explanation(self, x: pd.DataFrame, y: Any, *, top: int = 20,
+                           seed: int = 0) -> GlobalExplanation | None:
+        if self.is_text:
+            if self.linear is None:
+                return None
+            weights, _ = self.linear.decision_weights()
+            return linear_explanation(self.linear.terms.to_pylist(), weights, self.classes_,
+                                      top=top)
+        assert self.model is not None
+        clf = self.model[-1]
+        if hasattr(clf, "coef_"):
+            return linear_explanation(self._feature_names(), clf.coef_, self.classes_, top=top,
+                                      details={"features": "numbers scaled to unit variance, "
+                                                           "categories one-hot"})
+        return self._permutation_importance(x, y, top=top, seed=seed)
+
+    def _feature_names(self) -> list[str]:
+        """Names of the tabular pipeline's features: a numeric column's name, and
+        ``column=category`` per one-hot category."""
+        assert self.model is not None
+        names: list[str] = []
+        for _, transformer, columns in self.model[0].transformers_:
+            if isinstance(transformer, str):  # "drop" / "passthrough" remainder: no columns
+                names += [] if transformer == "drop" else [str(c) for c in columns]
+                continue
+            onehot = getattr(transformer, "named_steps", {}).get("onehot")
+            if onehot is None:
+                names += [str(c) for c in columns]
+            else:
+                names += [f"{c}={v}" for c, values in zip(columns, onehot.categories_,
+                                                          strict=True) for v in values]
+        return names
+
+    def _permutation_importance(self, x: pd.DataFrame, y: Any, *, top: int,
+                                seed: int) -> GlobalExplanation:
+        """How much the validation balanced accuracy drops when one input column is shuffled
+        (scikit-learn's permutation importance, 5 repeats, at most 5,000 rows; labels by the
+        model's own rule, its decision threshold included)."""
+        from sklearn.inspection import permutation_importance
+        from sklearn.metrics import balanced_accuracy_score
+
+        from .base import _encode, _label_series
+
+        frame = self._tabular(self.signature.coerce(x))
+        codes = _encode(_label_series(y, len(frame)), self.classes_)
+
+        def score(model: Any, data: Any, target: Any) -> float:
+            predicted = self.label_index(np.asarray(model.predict_proba(data)))
+            return float(balanced_accuracy_score(target, predicted))
+
+        rows = min(len(frame), 5_000)
+        repeats = 5
+        found = permutation_importance(self.model, frame, codes, scoring=score,
+                                       n_repeats=repeats, random_state=seed, n_jobs=1,
+                                       max_samples=rows)
+        names = [str(c) for c in frame.columns]
+        best = np.argsort(-found.importances_mean, kind="stable")[:top]
+        return GlobalExplanation(
+            "permutation_importance", "drop of the validation balanced accuracy when the "
+            "column is shuffled", {"all": [FeatureScore(names[j], float(found.importances_mean[j]),
+                                                        float(found.importances_std[j]))
+                                           for j in best]},
+            {"n_repeats": repeats, "rows": rows, "n_features": len(names),
+             "balanced_accuracy": score(self.model, frame, codes)})
+
     # --- saving ------------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
@@ -219,6 +329,8 @@ class SklearnEstimator(Estimator):
         import skops.io as sio
 
         meta = self._meta()  # raises ModelError when not fitted
+        if self.feature_means is not None:
+            meta["feature_means"] = [float(v) for v in self.feature_means]
         data = sio.dumps({"meta": json.dumps(meta), "model": self.model},
                          compression=zipfile.ZIP_DEFLATED)
         if self.linear is None:
@@ -250,6 +362,13 @@ class SklearnEstimator(Estimator):
         meta, pipeline = _load_skops(data)
         estimator = cls._from_meta(meta)
         estimator.model = pipeline
+        means = meta.get("feature_means")
+        if means is not None and not estimator.is_text:
+            try:
+                estimator.feature_means = np.asarray(means, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError) as exc:
+                raise ModelError("The sklearn model's feature means are malformed.",
+                                 hint="Re-train and log the model again.") from exc
         if estimator.is_text:  # saved before the export existed: derive it, checked likewise
             estimator.linear = _verified_export(pipeline, [])
         return estimator
@@ -324,3 +443,9 @@ def _verified_export(pipeline: Pipeline, texts: list[str]) -> LinearTextModel | 
 
 def _texts(x: pd.DataFrame, column: str) -> pd.Series:
     return x[column].fillna("").astype(str)
+
+
+def _dense(x: Any) -> np.ndarray:
+    """A transformer's output as a dense float64 array (the one-hot part may be sparse)."""
+    x = x.toarray() if hasattr(x, "toarray") else x
+    return np.asarray(x, dtype=np.float64)

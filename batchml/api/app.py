@@ -121,6 +121,9 @@ def create_app(settings: Settings, model: str | None = None, *,
                            allow_methods=["GET", "POST"], allow_headers=["*"])
     _mlflow_routes(app, state)
     _v2_routes(app, state)
+    from .page import add_page
+
+    add_page(app, state)
     return app
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import BatchMLError, DataError, ModelNotFound, RunCannotScore
 from ..limits import Limits
@@ -36,10 +39,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("batchml.api")
 
 _ERRORS = {400: {"description": "Bad input: the message names the column and what to do"},
+           404: {"description": "No such model or version (or the reference names a run that "
+                                "cannot score)"},
            413: {"description": "The body or the rows exceed the configured limits"},
            415: {"description": "Unsupported media type"},
            503: {"description": "No model to serve yet (e.g. the alias is not set)"},
            504: {"description": "The request took longer than api_timeout_s"}}
+
+
+def _json(schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    """An OpenAPI response whose body is JSON of ``schema``."""
+    out: dict[str, Any] = {"content": {"application/json": {"schema": schema}}}
+    if description:
+        out["description"] = description
+    return out
+
+
+def _errors(schema: dict[str, Any], *codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error responses ``codes``, each a JSON body of ``schema`` (the protocol's shape)."""
+    return {k: {**_ERRORS[k], **_json(schema)} for k in codes}
+
+
+_TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}}
 
 
 class BodyTooLarge(DataError):
@@ -121,10 +142,42 @@ def create_app(settings: Settings, model: str | None = None, *,
                            allow_methods=["GET", "POST"], allow_headers=["*"])
     _mlflow_routes(app, state)
     _v2_routes(app, state)
+    _openapi_examples(app, state)
     from .page import add_page
 
     add_page(app, state)
     return app
+
+
+def _openapi_examples(app: FastAPI, state: ApiState) -> None:
+    """/openapi.json with request examples for the model served now (its input columns): the
+    documented request scores as it stands."""
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = copy.deepcopy(base())
+        try:
+            sig = state.follower.current().model.signature
+        except BatchMLError:  # no model yet: no example
+            return schema
+        paths = schema.get("paths", {})
+        values = {"name": state.model_name,
+                  "version": state.follower.current().label.rpartition("/")[2]}
+        for path, item in paths.items():
+            if path.startswith("/v2/models/"):
+                for op in item.values():
+                    for param in op.get("parameters", []):
+                        if param.get("name") in values:
+                            param["example"] = values[param["name"]]
+        for path, make in (("/invocations", mlflow.example),
+                           ("/v2/models/{name}/infer", v2.example),
+                           ("/v2/models/{name}/versions/{version}/infer", v2.example)):
+            body = paths.get(path, {}).get("post", {}).get("requestBody")
+            if body:
+                body["content"]["application/json"]["example"] = make(sig)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -168,25 +221,36 @@ async def _scored(state: ApiState, scorer: OnlineScorer, table: pa.Table,
 
 
 def _mlflow_routes(app: FastAPI, state: ApiState) -> None:
+    # The bodies are MLflow's ("\n", the bare version), as text/plain: MLflow labels them
+    # application/json, which they are not; its client reads only the status and the text.
     async def ping() -> Response:
         try:
             await asyncio.to_thread(state.follower.current)
         except BatchMLError:
-            return Response("\n", status_code=503, media_type="application/json")
-        return Response("\n", status_code=200, media_type="application/json")
+            return Response("\n", status_code=503, media_type="text/plain")
+        return Response("\n", status_code=200, media_type="text/plain")
 
-    app.get("/ping", summary="MLflow: is a model loaded", responses={503: _ERRORS[503]})(ping)
-    app.get("/health", summary="MLflow: is a model loaded",
-            responses={503: _ERRORS[503]})(ping)
+    ping_responses: dict[int | str, dict[str, Any]] = {
+        200: {"description": "A model is loaded", **_TEXT},
+        503: {**_ERRORS[503], **_TEXT}}
+    app.get("/ping", summary="MLflow: is a model loaded", response_model=None,
+            responses=ping_responses)(ping)
+    app.get("/health", summary="MLflow: is a model loaded", response_model=None,
+            responses=ping_responses)(ping)
 
-    @app.get("/version", summary="MLflow: the server's version")
+    @app.get("/version", summary="MLflow: the server's version", response_model=None,
+             responses={200: {"description": "The version", **_TEXT}})
     async def version() -> Response:
         from .. import __version__
 
-        return Response(__version__, media_type="application/json")
+        return Response(__version__, media_type="text/plain")
 
-    @app.post("/invocations", summary="MLflow scoring protocol",
-              responses={k: _ERRORS[k] for k in (400, 413, 415, 503, 504)})
+    @app.post("/invocations", summary="MLflow scoring protocol", response_model=None,
+              responses={200: _json(mlflow.PREDICTIONS_SCHEMA, "The predictions, one per row"),
+                         **_errors(mlflow.ERROR_SCHEMA, 400, 404, 413, 415, 503, 504)},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": mlflow.REQUEST_SCHEMA},
+                  "text/csv": {"schema": mlflow.CSV_SCHEMA}}}})
     async def invocations(request: Request) -> Response:
         mime, _, params = (request.headers.get("content-type") or "").partition(";")
         mime = mime.strip().lower()
@@ -236,7 +300,7 @@ def _v2_routes(app: FastAPI, state: ApiState) -> None:
         served = await asyncio.to_thread(state.follower.current)
         if version in (served.label, served.label.rpartition("/")[2], served.model.run_id):
             return state.scorer
-        if not state.ref.registered or not version.isdigit():
+        if not state.ref.registered or not _digits(version):
             raise _UnknownVersion(state.model_name, version)
         number = int(version)
         scorer = state.version_scorers.get(number)
@@ -257,18 +321,36 @@ def _v2_routes(app: FastAPI, state: ApiState) -> None:
             state.version_scorers[number] = scorer
         return scorer
 
-    @app.get("/v2", summary="v2: server metadata")
-    async def server_metadata() -> dict[str, Any]:
+    @app.exception_handler(StarletteHTTPException)
+    async def v2_http_errors(request: Request, exc: StarletteHTTPException) -> Response:
+        """Under /v2 a route not found (a path no v2 endpoint has) or a method not allowed
+        answers in the protocol's error shape, ``{"error": ...}``, which v2 clients read
+        (tritonclient fails to decode FastAPI's ``{"detail": ...}``)."""
+        if request.url.path == "/v2" or request.url.path.startswith("/v2/"):
+            return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
+                                headers=getattr(exc, "headers", None))
+        return await http_exception_handler(request, exc)
+
+    @app.get("/v2", summary="v2: server metadata", response_model=None,
+             responses={200: _json(v2.SERVER_METADATA_SCHEMA)})
+    async def server_metadata() -> JSONResponse:
         from .. import __version__
 
-        return {"name": "batchml", "version": __version__, "extensions": []}
+        return JSONResponse({"name": "batchml", "version": __version__,
+                             "extensions": ["binary_tensor_data"]})
 
-    @app.get("/v2/health/live", summary="v2: the server is live")
-    async def live() -> dict[str, bool]:
-        return {"live": True}
+    live_schema = {"type": "object", "required": ["live"],
+                   "properties": {"live": {"type": "boolean"}}}
+    ready_schema = {"type": "object", "required": ["ready"],
+                    "properties": {"ready": {"type": "boolean"}}}
 
-    @app.get("/v2/health/ready", summary="v2: a model is loaded",
-             responses={503: _ERRORS[503]})
+    @app.get("/v2/health/live", summary="v2: the server is live", response_model=None,
+             responses={200: _json(live_schema)})
+    async def live() -> JSONResponse:
+        return JSONResponse({"live": True})
+
+    @app.get("/v2/health/ready", summary="v2: a model is loaded", response_model=None,
+             responses={200: _json(ready_schema), 503: {**_ERRORS[503], **_json(ready_schema)}})
     async def ready() -> JSONResponse:
         try:
             await asyncio.to_thread(state.follower.current)
@@ -276,20 +358,26 @@ def _v2_routes(app: FastAPI, state: ApiState) -> None:
             return JSONResponse({"ready": False}, status_code=503)
         return JSONResponse({"ready": True})
 
-    @app.get("/v2/models/{name}", summary="v2: model metadata",
-             responses={404: {"description": "No such model"}, 503: _ERRORS[503]})
-    async def model_metadata(name: str) -> JSONResponse:
+    async def model_metadata(name: str, version: str | None = None) -> JSONResponse:
         try:
-            served = await asyncio.to_thread(state.follower.current)
             check_name(name)
+            scorer = await scorer_for(version)
+            served = await asyncio.to_thread(scorer.follower.current)
         except _Unknown as exc:
             return error(str(exc), 404)
         except BatchMLError as exc:
             return error(str(exc), _status(exc))
         sig = served.model.signature
-        probe = await asyncio.to_thread(state.scorer.output_types, served)
+        probe = await asyncio.to_thread(scorer.output_types, served)
         versions = [served.label.rpartition("/")[2]]
         return JSONResponse(v2.metadata(state.model_name, versions, sig, probe))
+
+    metadata_responses = {200: _json(v2.METADATA_SCHEMA, "The model's inputs and outputs"),
+                          **_errors(v2.ERROR_SCHEMA, 400, 404, 503)}
+    app.get("/v2/models/{name}", summary="v2: model metadata", response_model=None,
+            responses=metadata_responses)(model_metadata)
+    app.get("/v2/models/{name}/versions/{version}", summary="v2: model metadata of a version",
+            response_model=None, responses=metadata_responses)(model_metadata)
 
     async def model_ready(name: str, version: str | None = None) -> JSONResponse:
         try:
@@ -303,23 +391,29 @@ def _v2_routes(app: FastAPI, state: ApiState) -> None:
                                 status_code=_status(exc))
         return JSONResponse({"name": name, "ready": True})
 
-    app.get("/v2/models/{name}/ready", summary="v2: the model is ready",
-            responses={404: {"description": "No such model"}, 503: _ERRORS[503]})(model_ready)
+    not_ready = {"anyOf": [v2.ERROR_SCHEMA, v2.READY_SCHEMA]}
+    ready_responses = {200: _json(v2.READY_SCHEMA, "The model is ready"),
+                       **_errors(not_ready, 400, 404, 503)}
+    app.get("/v2/models/{name}/ready", summary="v2: the model is ready", response_model=None,
+            responses=ready_responses)(model_ready)
     app.get("/v2/models/{name}/versions/{version}/ready", summary="v2: the version is ready",
-            responses={404: {"description": "No such model or version"},
-                       503: _ERRORS[503]})(model_ready)
+            response_model=None, responses=ready_responses)(model_ready)
 
-    async def infer(name: str, request: Request, version: str | None = None) -> JSONResponse:
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
         try:
             check_name(name)
             scorer = await scorer_for(version)
             body = await read_body(request, state.max_body)
             length = request.headers.get(v2.HEADER_LENGTH)
-            table, req = v2.parse_infer(body, int(length) if length and length.isdigit()
+            table, req = v2.parse_infer(body, int(length) if length and _digits(length)
                                         else None)
             served, outputs = await _scored(state, scorer, table, "v2")
-            return JSONResponse(v2.infer_response(
+            content, header = v2.encode_response(*v2.infer_response(
                 state.model_name, served.label.rpartition("/")[2], outputs, req))
+            if header is None:
+                return Response(content, media_type="application/json")
+            return Response(content, media_type="application/octet-stream",
+                            headers={v2.HEADER_LENGTH: str(header)})
         except _Unknown as exc:
             return error(str(exc), 404)
         except TimeoutError:
@@ -328,12 +422,24 @@ def _v2_routes(app: FastAPI, state: ApiState) -> None:
         except BatchMLError as exc:
             return error(str(exc), _status(exc))
 
-    app.post("/v2/models/{name}/infer", summary="v2: infer",
-             responses={404: {"description": "No such model"},
-                        **{k: _ERRORS[k] for k in (400, 413, 503, 504)}})(infer)
+    infer_responses = {
+        200: {"description": "One tensor per output; with outputs asked in binary, the JSON "
+                             f"({v2.HEADER_LENGTH} bytes) followed by their bytes",
+              "content": {"application/json": {"schema": v2.RESPONSE_SCHEMA},
+                          "application/octet-stream": {
+                              "schema": {"type": "string", "format": "binary"}}}},
+        **_errors(v2.ERROR_SCHEMA, 400, 404, 413, 503, 504)}
+    infer_body = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": v2.REQUEST_SCHEMA}}}}
+    app.post("/v2/models/{name}/infer", summary="v2: infer", response_model=None,
+             responses=infer_responses, openapi_extra=infer_body)(infer)
     app.post("/v2/models/{name}/versions/{version}/infer", summary="v2: infer with a version",
-             responses={404: {"description": "No such model or version"},
-                        **{k: _ERRORS[k] for k in (400, 413, 503, 504)}})(infer)
+             response_model=None, responses=infer_responses, openapi_extra=infer_body)(infer)
+
+
+def _digits(text: str) -> bool:
+    """Only ASCII digits (str.isdigit() also takes '²', which int() refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 class _Unknown(LookupError):

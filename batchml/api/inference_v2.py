@@ -53,6 +53,16 @@ def parse_infer(body: bytes, header_length: int | None) -> tuple[pa.Table, dict[
     if not isinstance(inputs, list) or not inputs:
         raise BadTensor("The request needs 'inputs': a list of tensors "
                         "({name, shape, datatype, data}).")
+    if "id" in request and not isinstance(request["id"], str):
+        raise BadTensor("The request's 'id' must be a string.")
+    _flag(_parameters(request, "The request"), "binary_data_output", "The request")
+    outputs = request.get("outputs", [])
+    if not isinstance(outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+        raise BadTensor("'outputs' must be a list of objects, each with a 'name'.")
+    for o in outputs:
+        what = f"Output {o['name']!r}"
+        _flag(_parameters(o, what), "binary_data", what)
     columns: dict[str, pa.Array] = {}
     offset = 0
     for tensor in inputs:
@@ -60,19 +70,25 @@ def parse_infer(body: bytes, header_length: int | None) -> tuple[pa.Table, dict[
             raise BadTensor("Each input tensor needs a 'name', 'shape', 'datatype' and 'data'.")
         name, datatype = tensor["name"], str(tensor.get("datatype", ""))
         shape = tensor.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(_size(d) for d in shape):
             raise BadTensor(f"Input {name!r}: 'shape' must be a list of sizes.")
         if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
             raise BadTensor(f"Input {name!r} has shape {shape}; one value per row is "
                             "expected ([N] or [N, 1]).")
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(tensor, f"Input {name!r}").get("binary_data_size")
         if size is not None:
-            raw = binary[offset:offset + int(size)]
-            offset += int(size)
+            if not _size(size):
+                raise BadTensor(f"Input {name!r}: 'binary_data_size' must be a size in bytes.")
+            raw = binary[offset:offset + size]
+            offset += size
             if datatype == "BYTES":
                 values: Any = _bytes_elements(raw)
             elif datatype in _NUMPY:
-                values = np.frombuffer(raw, dtype=np.dtype(_NUMPY[datatype]).newbyteorder("<"))
+                dtype = np.dtype(_NUMPY[datatype]).newbyteorder("<")
+                if len(raw) % dtype.itemsize:
+                    raise BadTensor(f"Input {name!r}: {len(raw)} bytes of binary data are not "
+                                    f"a whole number of {datatype} values.")
+                values = np.frombuffer(raw, dtype=dtype)
             else:
                 raise BadTensor(f"Input {name!r}: datatype {datatype!r} is not supported.")
         else:
@@ -92,12 +108,30 @@ def parse_infer(body: bytes, header_length: int | None) -> tuple[pa.Table, dict[
             else:
                 raise BadTensor(f"Input {name!r}: datatype {datatype!r} is not supported; use "
                                 f"one of BYTES, {', '.join(_NUMPY)}.")
-        except (ValueError, TypeError, pa.ArrowInvalid) as exc:
+        except (ValueError, TypeError, OverflowError, pa.ArrowInvalid) as exc:
             raise BadTensor(f"Input {name!r}: its data is not {datatype}: {exc}.") from exc
     lengths = {len(c) for c in columns.values()}
     if len(lengths) > 1:
         raise BadTensor(f"The input tensors have different lengths ({sorted(lengths)}).")
     return pa.table(columns), request
+
+
+def _size(value: Any) -> bool:
+    """A size: a non-negative JSON integer (not a boolean)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
+    """``obj``'s ``parameters`` object ({} when absent); 400 when it is not an object."""
+    params = obj.get("parameters", {})
+    if not isinstance(params, dict):
+        raise BadTensor(f"{what}: 'parameters' must be an object.")
+    return params
+
+
+def _flag(params: dict[str, Any], key: str, what: str) -> None:
+    if key in params and not isinstance(params[key], bool):
+        raise BadTensor(f"{what}: parameter {key!r} must be true or false.")
 
 
 def _flatten(values: list[Any]) -> list[Any]:
@@ -114,26 +148,78 @@ def _datatype(arrow_type: pa.DataType) -> str:
     return "FP64"
 
 
+def wants_binary(request: dict[str, Any], name: str) -> bool:
+    """Does the request ask for output ``name`` in the binary tensor extension? An output's own
+    ``parameters.binary_data`` decides; else the request's ``parameters.binary_data_output``
+    (what ``tritonclient`` sends when no outputs are named)."""
+    for o in request.get("outputs") or []:
+        if isinstance(o, dict) and o.get("name") == name:
+            own = o.get("parameters")
+            if isinstance(own, dict) and "binary_data" in own:
+                return own["binary_data"] is True
+    params = request.get("parameters")
+    return isinstance(params, dict) and params.get("binary_data_output") is True
+
+
+def _primitive(arrow_type: pa.DataType) -> bool:
+    t = pa.types
+    return (t.is_string(arrow_type) or t.is_large_string(arrow_type) or t.is_boolean(arrow_type)
+            or t.is_integer(arrow_type) or t.is_floating(arrow_type))
+
+
+def _binary(column: pa.ChunkedArray | pa.Array, datatype: str) -> bytes:
+    """A tensor's raw bytes (little-endian; BYTES: a 4-byte length before each element)."""
+    if datatype == "BYTES":
+        parts = []
+        for v in column.to_pylist():
+            raw = v.encode("utf-8") if isinstance(v, str) else bytes(v)
+            parts += [struct.pack("<I", len(raw)), raw]
+        return b"".join(parts)
+    dtype = {"BOOL": np.dtype(np.bool_), "INT64": np.dtype("<i8"),
+             "FP64": np.dtype("<f8")}[datatype]
+    return np.asarray(column.to_numpy(zero_copy_only=False)).astype(dtype).tobytes()
+
+
 def infer_response(model_name: str, version: str, outputs: pa.Table, request: dict[str, Any]
-                   ) -> dict[str, Any]:
-    """The response: one tensor per output column (those the request asked for, else all)."""
-    wanted = [o.get("name") for o in request.get("outputs") or [] if isinstance(o, dict)]
+                   ) -> tuple[dict[str, Any], list[bytes]]:
+    """The response: one tensor per output column (those the request asked for, else all),
+    and the raw bytes of those asked for in binary (see :func:`wants_binary`), in tensor order:
+    such a tensor has ``parameters.binary_data_size`` instead of ``data``. A column holding
+    nulls, or values that are not plain (e.g. an explanation's structs), is always sent as
+    JSON."""
+    wanted = [str(o.get("name")) for o in request.get("outputs") or [] if isinstance(o, dict)]
     unknown = [w for w in wanted if w not in outputs.column_names]
     if unknown:
         raise BadTensor(f"Unknown output(s) {unknown}; the model gives "
                         f"{', '.join(outputs.column_names)}.")
     names = wanted or outputs.column_names
-    tensors = []
+    tensors: list[dict[str, Any]] = []
+    binary: list[bytes] = []
     for name in names:
         column = outputs.column(name)
         datatype = _datatype(column.type)
-        tensors.append({"name": name, "datatype": datatype, "shape": [len(column)],
-                        "data": column.to_pylist()})
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [len(column)]}
+        if wants_binary(request, name) and column.null_count == 0 and _primitive(column.type):
+            raw = _binary(column, datatype)
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            binary.append(raw)
+        else:
+            tensor["data"] = column.to_pylist()
+        tensors.append(tensor)
     body: dict[str, Any] = {"model_name": model_name, "model_version": version,
                             "outputs": tensors}
     if "id" in request:
         body["id"] = request["id"]
-    return body
+    return body, binary
+
+
+def encode_response(body: dict[str, Any], binary: list[bytes]) -> tuple[bytes, int | None]:
+    """The HTTP body of an infer response and, when some outputs are binary, the length of
+    its JSON header (sent as ``Inference-Header-Content-Length``)."""
+    head = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    if not binary:
+        return head, None
+    return head + b"".join(binary), len(head)
 
 
 def metadata(model_name: str, versions: list[str], signature: Any,
@@ -144,3 +230,81 @@ def metadata(model_name: str, versions: list[str], signature: Any,
                        for s in signature.inputs],
             "outputs": [{"name": n, "datatype": _datatype(t), "shape": [-1]}
                         for n, t in outputs.items()]}
+
+
+# --- OpenAPI: what the routes declare --------------------------------------------------------
+
+_PARAMETERS: dict[str, Any] = {"type": "object"}
+TENSOR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "maxItems": 2, "items": {"type": "integer", "minimum": 0},
+                  "description": "[N] or [N, 1]: N rows, one value each"},
+        "datatype": {"type": "string", "enum": ["BYTES", *_NUMPY]},
+        "data": {"type": "array", "description": "N values (absent when binary)"},
+        "parameters": {**_PARAMETERS, "properties": {
+            "binary_data_size": {"type": "integer", "minimum": 0}}},
+    },
+    "anyOf": [{"required": ["data"]},
+              {"required": ["parameters"],
+               "properties": {"parameters": {"required": ["binary_data_size"]}}}],
+}
+REQUEST_SCHEMA: dict[str, Any] = {
+    "title": "Inference request (Open Inference Protocol v2)",
+    "description": "One tensor per model input (see the model's metadata), any order. With "
+                   "the binary tensor extension the JSON is followed by the tensors' bytes and "
+                   f"its length is sent in {HEADER_LENGTH}.",
+    "type": "object", "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {**_PARAMETERS, "properties": {
+            "binary_data_output": {"type": "boolean"}}},
+        "inputs": {"type": "array", "minItems": 1, "items": TENSOR_SCHEMA},
+        "outputs": {"type": "array", "items": {
+            "type": "object", "required": ["name"],
+            "properties": {"name": {"type": "string"}, "parameters": {
+                **_PARAMETERS, "properties": {"binary_data": {"type": "boolean"}}}}}},
+    },
+}
+_OUT_TENSOR: dict[str, Any] = {
+    "type": "object", "required": ["name", "datatype", "shape"],
+    "properties": {"name": {"type": "string"}, "datatype": {"type": "string"},
+                   "shape": {"type": "array", "items": {"type": "integer"}},
+                   "data": {"type": "array"},
+                   "parameters": {"type": "object", "properties": {
+                       "binary_data_size": {"type": "integer"}}}}}
+RESPONSE_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["model_name", "model_version", "outputs"],
+    "properties": {"model_name": {"type": "string"}, "model_version": {"type": "string"},
+                   "id": {"type": "string"}, "outputs": {"type": "array", "items": _OUT_TENSOR}}}
+_META_TENSOR: dict[str, Any] = {
+    "type": "object", "required": ["name", "datatype", "shape"],
+    "properties": {"name": {"type": "string"}, "datatype": {"type": "string"},
+                   "shape": {"type": "array", "items": {"type": "integer"}}}}
+METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"],
+    "properties": {"name": {"type": "string"},
+                   "versions": {"type": "array", "items": {"type": "string"}},
+                   "platform": {"type": "string"},
+                   "inputs": {"type": "array", "items": _META_TENSOR},
+                   "outputs": {"type": "array", "items": _META_TENSOR}}}
+SERVER_METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["name", "version", "extensions"],
+    "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                   "extensions": {"type": "array", "items": {"type": "string"}}}}
+ERROR_SCHEMA: dict[str, Any] = {"type": "object", "required": ["error"],
+                                "properties": {"error": {"type": "string"}}}
+READY_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["name", "ready"],
+    "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"},
+                   "error": {"type": "string"}}}
+_EXAMPLE_VALUES: dict[str, Any] = {"string": "fits well, lovely fabric", "float64": 1.5,
+                                   "int64": 1, "bool": True}
+
+
+def example(signature: Any) -> dict[str, Any]:
+    """A request for ``signature``'s inputs, one row (the OpenAPI example)."""
+    return {"id": "example-1", "inputs": [
+        {"name": s.name, "shape": [1], "datatype": DATATYPES[s.type],
+         "data": [_EXAMPLE_VALUES[s.type]]} for s in signature.inputs]}

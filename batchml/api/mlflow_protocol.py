@@ -25,8 +25,14 @@ class BadRequest(DataError):
 
 
 def _column(name: str, values: list[Any]) -> pa.Array:
+    """One column from JSON values. A NaN is a missing value, as in the pandas DataFrame
+    MLflow's server builds: MLflow's client (``dump_input_data``) writes a missing value of a
+    pandas column, numeric or text, as the bare ``NaN`` token."""
     try:
-        return pa.array(values)
+        return pa.array(values, from_pandas=True)
+    except OverflowError as exc:
+        raise BadRequest(f"column {name!r}: a value is out of range ({exc}).",
+                         hint="Integers must fit in 64 bits.") from exc
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise BadRequest(f"column {name!r}: its values are not of one type ({exc}).",
                          hint=f"Send {name!r} as all numbers or all strings.") from exc
@@ -82,7 +88,9 @@ def parse_json(body: bytes, input_names: list[str]) -> tuple[pa.Table, dict[str,
                          f"(and optionally 'params'); got {sorted(payload)}.",
                          hint='e.g. {"dataframe_split": {"columns": ["review"], '
                               '"data": [["fits well"]]}}')
-    params = payload.get("params") or {}
+    params = payload.get("params")
+    if params is None:  # absent or null, as MLflow's server takes it
+        params = {}
     if not isinstance(params, dict):
         raise BadRequest("'params' must be an object (name -> value).")
     key, data = keys[0], payload[keys[0]]
@@ -90,7 +98,9 @@ def parse_json(body: bytes, input_names: list[str]) -> tuple[pa.Table, dict[str,
         if not isinstance(data, dict) or not isinstance(data.get("data"), list):
             raise BadRequest("'dataframe_split' must be an object with 'columns' and 'data' "
                              "(a list of rows).")
-        columns = data.get("columns") or input_names
+        columns = data.get("columns", input_names)
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            raise BadRequest("'dataframe_split.columns' must be a list of column names.")
         rows = data["data"]
         if any(not isinstance(r, list) or len(r) != len(columns) for r in rows):
             raise BadRequest(f"Each row of dataframe_split.data must hold {len(columns)} "
@@ -130,3 +140,49 @@ def predictions(outputs: pa.Table) -> dict[str, Any]:
 def error(message: str, code: str = "BAD_REQUEST") -> dict[str, str]:
     """An error body in MLflow's shape."""
     return {"error_code": code, "message": message}
+
+
+# --- OpenAPI: what the routes declare --------------------------------------------------------
+
+_ROWS: dict[str, Any] = {"type": "array", "minItems": 1}
+_SHAPES = ("dataframe_split", "dataframe_records", "instances", "inputs")
+REQUEST_SCHEMA: dict[str, Any] = {
+    "title": "MLflow scoring request",
+    "description": "Exactly one of dataframe_split, dataframe_records, instances, inputs, and "
+                   "optionally params (accepted, not used by batchml's models). The rows must "
+                   "hold the model's input columns (see the example); a column the model "
+                   "cannot read is a 400 naming it.",
+    "type": "object",
+    "properties": {
+        "dataframe_split": {
+            "type": "object", "required": ["data"],
+            "properties": {"columns": {"type": "array", "items": {"type": "string"}},
+                           "data": {**_ROWS, "items": {"type": "array"}},
+                           "index": {"description": "ignored (pandas writes it)"}}},
+        "dataframe_records": {**_ROWS, "items": {"type": "object"}},
+        "instances": {"anyOf": [_ROWS, {"type": "object", "minProperties": 1}]},
+        "inputs": {"anyOf": [_ROWS, {"type": "object", "minProperties": 1}]},
+        "params": {"type": ["object", "null"]},
+    },
+    "additionalProperties": False,
+    "oneOf": [{"required": [k]} for k in _SHAPES],
+}
+CSV_SCHEMA: dict[str, Any] = {"type": "string",
+                              "description": "UTF-8 CSV with a header row naming the columns"}
+PREDICTIONS_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["predictions"],
+    "properties": {"predictions": {
+        "type": "array", "description": "one object per input row: the model's output columns",
+        "items": {"type": "object"}}}}
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["error_code", "message"],
+    "properties": {"error_code": {"type": "string"}, "message": {"type": "string"}}}
+
+EXAMPLE_VALUES: dict[str, Any] = {"string": "fits well, lovely fabric", "float64": 1.5,
+                                  "int64": 1, "bool": True}
+
+
+def example(signature: Any) -> dict[str, Any]:
+    """A request for ``signature``'s inputs, one row (the OpenAPI example)."""
+    return {"dataframe_split": {"columns": signature.input_names,
+                                "data": [[EXAMPLE_VALUES[s.type] for s in signature.inputs]]}}

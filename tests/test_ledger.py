@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from batchml import Catalog
@@ -190,6 +190,55 @@ def test_record_files_keeps_only_held_claims_and_ends_the_batch(catalog: Catalog
     # the totals recorded before (3 files, 7 rows) plus what this call recorded
     assert batch == {"status": "completed", "files": 5, "rows": 17, "ended": True}
     assert ledger.record_file(got.batch_id, outcomes[2], "w1") is False  # w2 owns it
+
+
+def test_recent_batches_files_and_hours_for_the_page(catalog: Catalog) -> None:
+    """What the web page reads: the newest batches with their files' outcomes, the files
+    updated last, rows and positives per hour (both backends)."""
+    import pandas as pd
+
+    from batchml.scoring import FileOutcome
+
+    ledger = Ledger(catalog)
+    ledger.discover(refs(5))
+    run_id = _tagged_run(catalog)
+    start = datetime.now(UTC)
+    first = ledger.claim_batch("w", limit=3, lease_s=60, tag="deployment_candidate")
+    outcomes = [FileOutcome(r.file_id, r.source_uri, "scored", run_id,
+                            output_uri=f"/out/{i}.parquet", rows=10, positives=i + 1,
+                            duration_ms=1.0) for i, r in enumerate(first.records)]
+    outcomes[2].status, outcomes[2].error = "quarantined", "bad"
+    outcomes[2].output_uri = outcomes[2].rows = outcomes[2].positives = None
+    ledger.record_files(first.batch_id, outcomes, "w",
+                        end={"files": 0, "rows": 0, "duration_ms": 3.0})
+    second = ledger.claim_batch("w", limit=5, lease_s=60, tag="deployment_candidate")
+    assert second.batch_id is not None and len(second.records) == 2  # still running
+
+    batches = ledger.recent_batches(10)
+    assert list(batches["batch_id"]) == [second.batch_id, first.batch_id]
+    done = batches.iloc[1].to_dict()
+    assert {k: done[k] for k in ("model_run_id", "status", "files", "rows", "scored",
+                                 "quarantined", "failed", "positives")} == {
+        "model_run_id": run_id, "status": "completed", "files": 3, "rows": 20, "scored": 2,
+        "quarantined": 1, "failed": 0, "positives": 3}
+    running = batches.iloc[0].to_dict()
+    assert running["status"] == "running" and running["scored"] == 0
+    assert pd.isna(running["positives"])
+    assert list(ledger.recent_batches(1)["batch_id"]) == [second.batch_id]
+
+    hours = ledger.scored_by_hour(start - timedelta(hours=1))
+    assert (int(hours["files"].sum()), int(hours["rows"].sum()),
+            int(hours["positives"].sum())) == (2, 20, 3)
+    now = datetime.now(UTC)
+    floors = {t.replace(minute=0, second=0, microsecond=0) for t in (start, now)}
+    assert {pd.Timestamp(h).tz_convert("UTC").to_pydatetime() for h in hours["hour"]} <= floors
+    assert ledger.scored_by_hour(now + timedelta(seconds=1)).empty
+
+    newest = ledger.files(limit=2)
+    assert len(newest) == 2
+    assert list(newest["updated_at"]) == sorted(ledger.files()["updated_at"],
+                                                reverse=True)[:2]
+    assert len(ledger.files("quarantined", limit=5)) == 1
 
 
 def test_a_batch_whose_worker_vanished_is_closed_by_the_next_claim(catalog: Catalog) -> None:

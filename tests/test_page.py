@@ -194,15 +194,34 @@ def test_api_batches_lists_files_with_state_and_reason(reader: TestClient,
     assert "parquet" in files["not-parquet.parquet"]["error"]
     stamps = [f["updated_at"] for f in body["files"]]
     assert stamps == sorted(stamps, reverse=True)
+    (batch,) = body["batches"]  # predict_files scored the four files in one batch
+    assert {k: batch[k] for k in ("model_run_id", "status", "files", "scored", "quarantined",
+                                  "failed", "rows", "positives")} == {
+        "model_run_id": "train/1", "status": "completed", "files": 4, "scored": 2,
+        "quarantined": 2, "failed": 0, "rows": sum(GOOD_ROWS),
+        "positives": _positives(page_home)}
 
 
-def test_api_hourly_counts_the_rows_scored(reader: TestClient) -> None:
+def _positives(settings: Settings) -> int:
+    """The positives the scored files recorded (read here with SQL, as a person would)."""
+    frame = Catalog.from_settings(settings).sql(
+        "SELECT sum(positives) AS n FROM batch_files WHERE status = 'scored'")
+    return int(frame["n"].iloc[0])
+
+
+def test_api_hourly_counts_the_rows_scored(reader: TestClient, page_home: Settings) -> None:
     body = reader.get("/api/stats/hourly").json()
     assert body["hours"] == 24 and len(body["buckets"]) == 24
     hours = [b["hour"] for b in body["buckets"]]
     assert hours == sorted(hours) and len(set(hours)) == 24
     assert sum(b["rows"] for b in body["buckets"]) == sum(GOOD_ROWS)
     assert body["buckets"][-1]["rows"] + body["buckets"][-2]["rows"] == sum(GOOD_ROWS)
+    assert sum(b["positives"] or 0 for b in body["buckets"]) == _positives(page_home)
+    for b in body["buckets"]:
+        if b["rows"]:
+            assert b["positive_rate"] == pytest.approx(b["positives"] / b["rows"])
+        else:
+            assert b["positive_rate"] is None and b["positives"] is None
     assert len(reader.get("/api/stats/hourly", params={"hours": 3}).json()["buckets"]) == 3
 
 
@@ -357,7 +376,8 @@ def test_the_page_renders_every_section(writer: TestClient, page_home: Settings)
     page = writer.get("/").text
     for anchor in ('id="runs-table"', 'id="metric-picker"', 'data-model="reviews"',
                    'id="move-dialog"', 'id="api-token"', 'id="try-form"',
-                   'data-column="review"', 'id="files-table"', 'id="hourly-chart"'):
+                   'data-column="review"', 'id="files-table"', 'id="batches-table"',
+                   'id="hourly-chart"', 'class="rate-dot"'):
         assert anchor in page, anchor
     assert page.count('class="bar"') == 24
     assert '<tr data-run-id="train/3" class="best">' in page
@@ -557,6 +577,11 @@ def test_the_page_end_to_end_in_chromium(page_home: Settings, artifacts: Path) -
             expect(quarantined).to_have_count(2)
             expect(page.locator("#files-table")).to_contain_text(
                 "column 'review' is missing")
+            batches = page.locator("#batches-table tbody tr")
+            expect(batches).to_have_count(1)
+            expect(batches.first).to_contain_text("completed")
+            rate = page.locator("#hourly-chart circle.rate-dot")
+            expect(rate).not_to_have_count(0)
             bars = page.locator("#hourly-chart rect.bar")
             expect(bars).to_have_count(24)
             assert sum(int(x) for x in bars.evaluate_all(

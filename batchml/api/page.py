@@ -18,9 +18,8 @@ model or version, 409 a stale ``expect``) with ``{"error_code": ..., "message": 
 
 Reads go through the catalog's object API only (no SQL here, see
 ``tests/test_catalog_backend.py``): the runs from :meth:`Catalog.search_runs`, the files from
-:meth:`Ledger.files` (the ``file_status`` view; rows per hour are the scored files' rows by the
-hour they were recorded). The catalog has no read of ``prediction_batches`` or of the
-positives per file yet, so the page has no batch list and no positive rate until it does.
+:meth:`Ledger.files`, the batches from :meth:`Ledger.recent_batches`, rows and positives per
+hour from :meth:`Ledger.scored_by_hour`.
 """
 
 from __future__ import annotations
@@ -46,6 +45,7 @@ from ..errors import AliasConflict, BatchMLError, RegistryError
 HERE = Path(__file__).resolve().parent
 RUNS_LIMIT = 200
 FILES_LIMIT = 50
+BATCHES_LIMIT = 20
 HOURS_DEFAULT, HOURS_MAX = 24, 168
 MOVE_BODY_LIMIT = 16 * 1024
 REASON_MAX = 500
@@ -195,45 +195,49 @@ def models_view(catalog: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _file_rows(catalog: Any) -> Any:
-    frame = Ledger(catalog).files()
-    if len(frame):
-        frame = frame.sort_values("updated_at", ascending=False)
-    return frame
-
-
 def activity_view(catalog: Any) -> dict[str, Any]:
-    """Files per state and the most recent files (at most :data:`FILES_LIMIT`) with their
+    """Files per state, the most recent batches (at most :data:`BATCHES_LIMIT`) with their
+    files' outcomes, and the most recent files (at most :data:`FILES_LIMIT`) with their
     state, rows, model run and error (a quarantined file's reason)."""
-    counts = Ledger(catalog).counts()
+    ledger = Ledger(catalog)
+    counts = ledger.counts()
     files = [{"file_id": r["file_id"], "source_uri": r["source_uri"],
               "name": str(r["source_uri"]).rstrip("/").rpartition("/")[2] or r["source_uri"],
               "state": r["state"], "attempts": _int(r.get("attempts")) or 0,
               "rows": _int(r.get("rows")), "model_run_id": _text(r.get("model_run_id")),
               "output_uri": _text(r.get("output_uri")), "error": _text(r.get("error")),
               "updated_at": _iso(r.get("updated_at"))}
-             for r in _file_rows(catalog).head(FILES_LIMIT).to_dict("records")]
-    return {"counts": counts, "files": files, "batches": None}
+             for r in ledger.files(limit=FILES_LIMIT).to_dict("records")]
+    batches = [{"batch_id": r["batch_id"], "model_run_id": _text(r.get("model_run_id")),
+                "status": r["status"], "started_at": _iso(r.get("started_at")),
+                "ended_at": _iso(r.get("ended_at")), "files": _int(r.get("files")) or 0,
+                "rows": _int(r.get("rows")) or 0,
+                "duration_ms": _number(r.get("duration_ms")), "error": _text(r.get("error")),
+                "scored": _int(r.get("scored")) or 0,
+                "quarantined": _int(r.get("quarantined")) or 0,
+                "failed": _int(r.get("failed")) or 0, "positives": _int(r.get("positives"))}
+               for r in ledger.recent_batches(BATCHES_LIMIT).to_dict("records")]
+    return {"counts": counts, "files": files, "batches": batches}
 
 
 def hourly_view(catalog: Any, hours: int, *, now: datetime | None = None) -> dict[str, Any]:
     """Rows scored per hour over the last ``hours`` hours (UTC, oldest first, empty hours
-    included): the scored files' rows by the hour they were recorded. Positives are not in
-    the catalog's object API yet, so ``positives`` and ``positive_rate`` are None."""
+    included), the positives among them and the positive rate (None for an hour without
+    rows or whose files recorded no positives)."""
     end = (now or datetime.now(UTC)).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     start = end - timedelta(hours=hours - 1)
-    buckets: dict[datetime, int] = {start + timedelta(hours=i): 0 for i in range(hours)}
-    frame = Ledger(catalog).files("scored")
-    for row in frame.to_dict("records"):
-        stamp = _iso(row.get("updated_at"))
-        if stamp is None:
-            continue
-        hour = datetime.fromisoformat(stamp).replace(minute=0, second=0, microsecond=0)
-        if hour in buckets:
-            buckets[hour] += _int(row.get("rows")) or 0
-    return {"hours": hours, "positives_recorded": False,
-            "buckets": [{"hour": _iso(h), "rows": n, "positives": None, "positive_rate": None}
-                        for h, n in buckets.items()]}
+    buckets: dict[str, dict[str, Any]] = {
+        _iso(start + timedelta(hours=i)) or "": {"rows": 0, "positives": None}
+        for i in range(hours)}
+    for row in Ledger(catalog).scored_by_hour(start).to_dict("records"):
+        bucket = buckets.get(_iso(row.get("hour")) or "")
+        if bucket is not None:
+            bucket["rows"] = _int(row.get("rows")) or 0
+            bucket["positives"] = _int(row.get("positives"))
+    return {"hours": hours,
+            "buckets": [{"hour": h, "rows": b["rows"], "positives": b["positives"],
+                         "positive_rate": None if b["positives"] is None or not b["rows"]
+                         else b["positives"] / b["rows"]} for h, b in buckets.items()]}
 
 
 def serving_view(state: PageState) -> dict[str, Any]:
@@ -249,7 +253,7 @@ def serving_view(state: PageState) -> dict[str, Any]:
             "classes": [c if isinstance(c, int | str) else str(c) for c in sig.classes]}
 
 
-def chart(hourly: dict[str, Any], *, width: int = 720, height: int = 200) -> dict[str, Any]:
+def chart(hourly: dict[str, Any], *, width: int = 1100, height: int = 220) -> dict[str, Any]:
     """The geometry of the rows-per-hour chart (bars) and the positive rate (a line on its
     own 0-100 % axis), drawn as SVG by the template: no script, no library."""
     left, right, top, bottom = 48, 44, 12, 28
@@ -258,7 +262,7 @@ def chart(hourly: dict[str, Any], *, width: int = 720, height: int = 200) -> dic
     peak = max((b["rows"] for b in buckets), default=0)
     scale = _nice(peak)
     slot = plot_w / max(len(buckets), 1)
-    bars, points = [], []
+    bars, points, dots = [], [], []
     for i, b in enumerate(buckets):
         h = 0.0 if not scale else plot_h * b["rows"] / scale
         x = left + i * slot
@@ -267,7 +271,9 @@ def chart(hourly: dict[str, Any], *, width: int = 720, height: int = 200) -> dic
                      "w": round(slot * 0.8, 1), "h": round(h, 1), "rows": b["rows"],
                      "hour": label, "rate": b["positive_rate"]})
         if b["positive_rate"] is not None:
-            points.append(f"{x + slot / 2:.1f},{top + plot_h * (1 - b['positive_rate']):.1f}")
+            cx, cy = round(x + slot / 2, 1), round(top + plot_h * (1 - b["positive_rate"]), 1)
+            points.append(f"{cx},{cy}")
+            dots.append({"x": cx, "y": cy, "rate": b["positive_rate"], "hour": label})
     ticks = [{"y": round(top + plot_h * (1 - f), 1), "label": f"{scale * f:,.0f}"}
              for f in (0, 0.5, 1)] if scale else [{"y": top + plot_h, "label": "0"}]
     hours_shown = [{"x": round(left + i * slot + slot / 2, 1),
@@ -275,8 +281,8 @@ def chart(hourly: dict[str, Any], *, width: int = 720, height: int = 200) -> dic
                    for i, b in enumerate(buckets) if i % max(1, len(buckets) // 8) == 0]
     return {"width": width, "height": height, "left": left, "right": width - right,
             "top": top, "bottom": top + plot_h, "bars": bars, "line": " ".join(points),
-            "ticks": ticks, "hours": hours_shown, "total": sum(b["rows"] for b in buckets),
-            "positives_recorded": hourly["positives_recorded"]}
+            "dots": dots,
+            "ticks": ticks, "hours": hours_shown, "total": sum(b["rows"] for b in buckets)}
 
 
 def _nice(peak: float) -> float:

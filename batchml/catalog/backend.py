@@ -231,8 +231,9 @@ class CatalogBackend(ABC):
         """One ledger row."""
 
     @abstractmethod
-    def files(self, state: str | None = None) -> pd.DataFrame:
-        """The ``file_status`` view, optionally one state."""
+    def files(self, state: str | None = None, *, limit: int | None = None) -> pd.DataFrame:
+        """The ``file_status`` view, optionally one state; with ``limit`` only the files
+        updated last (newest first)."""
 
     @abstractmethod
     def file_counts(self) -> dict[str, int]:
@@ -280,6 +281,19 @@ class CatalogBackend(ABC):
     @abstractmethod
     def recent_file_errors(self, window_s: float = 3600) -> dict[str, int]:
         """Files of batches that ended ``failed`` / ``quarantined`` in the last ``window_s``."""
+
+    @abstractmethod
+    def recent_batches(self, limit: int) -> pd.DataFrame:
+        """The ``limit`` prediction batches started last, newest first: ``batch_id``,
+        ``model_run_id``, ``status``, ``started_at``, ``ended_at``, ``files``, ``rows``,
+        ``duration_ms``, ``error``, and from the batch's files ``scored``, ``quarantined``,
+        ``failed`` (counts) and ``positives`` (their sum; NULL when none recorded any)."""
+
+    @abstractmethod
+    def scored_by_hour(self, since: datetime) -> pd.DataFrame:
+        """The files scored since ``since`` per hour (``hour``: its start, UTC; hours without
+        any left out), oldest first: ``files``, ``rows``, ``positives`` (NULL when no file of
+        the hour recorded them)."""
 
     # --- the model registry (SQL shared by both dialects: registry_sql.py) --------------------
 

@@ -24,6 +24,20 @@ if TYPE_CHECKING:
 _COLUMNS = "file_id, source_uri, etag, size, mtime, state, attempts, error, claimed_by"
 
 
+# the newest batches with their files' outcomes (both dialects: %s placeholders)
+_RECENT_BATCHES = (
+    "SELECT b.batch_id, b.model_run_id, b.status, b.started_at, b.ended_at, b.files, b.rows,"
+    " b.duration_ms, b.error,"
+    " count(f.file_id) FILTER (WHERE f.status = 'scored') AS scored,"
+    " count(f.file_id) FILTER (WHERE f.status = 'quarantined') AS quarantined,"
+    " count(f.file_id) FILTER (WHERE f.status = 'failed') AS failed,"
+    " sum(f.positives) AS positives"
+    " FROM (SELECT * FROM prediction_batches ORDER BY started_at DESC, batch_id LIMIT %s) b"
+    " LEFT JOIN batch_files f ON f.batch_id = b.batch_id"
+    " GROUP BY b.batch_id, b.model_run_id, b.status, b.started_at, b.ended_at, b.files,"
+    " b.rows, b.duration_ms, b.error ORDER BY b.started_at DESC, b.batch_id")
+
+
 def batch_id_for(now: datetime) -> str:
     """A new batch id, readable and unique: ``batch-<UTC time>-<random>``."""
     return f"batch-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -224,10 +238,14 @@ class DuckDBLedger:
                               [file_id]).fetchone()
         return FileRecord(*row) if row else None
 
-    def files(self, state: str | None = None) -> pd.DataFrame:
+    def files(self, state: str | None = None, *, limit: int | None = None) -> pd.DataFrame:
         sql = "SELECT * FROM file_status" + (" WHERE state = ?" if state else "")
+        args: list[Any] = [state] if state else []
+        if limit is not None:
+            sql += " ORDER BY updated_at DESC, file_id LIMIT ?"
+            args.append(int(limit))
         with self.db.read(read_only=True) as con:
-            return con.execute(sql, [state] if state else None).df()
+            return con.execute(sql, args or None).df()
 
     def file_counts(self) -> dict[str, int]:
         with self.db.read() as con:
@@ -325,6 +343,18 @@ class DuckDBLedger:
                     " rows = ?, duration_ms = ?, error = ? WHERE batch_id = ?",
                     ["failed" if error else "completed", now, files, rows, duration_ms,
                      error, batch_id])
+
+    def recent_batches(self, limit: int) -> pd.DataFrame:
+        with self.db.read(read_only=True) as con:
+            return con.execute(_RECENT_BATCHES.replace("%s", "?"), [int(limit)]).df()
+
+    def scored_by_hour(self, since: datetime) -> pd.DataFrame:
+        with self.db.read(read_only=True) as con:
+            return con.execute(
+                "SELECT to_timestamp(floor(epoch(finished_at) / 3600) * 3600) AS hour,"
+                " count(*) AS files, sum(rows) AS rows, sum(positives) AS positives"
+                " FROM batch_files WHERE status = 'scored' AND finished_at >= ?"
+                " GROUP BY 1 ORDER BY 1", [since]).df()
 
     def recent_file_errors(self, window_s: float = 3600) -> dict[str, int]:
         with self.db.read() as con:

@@ -124,11 +124,15 @@ class Ledger:
         """One ledger row."""
         return self.catalog.backend.get_file(file_id)
 
-    def files(self, state: str | None = None) -> pd.DataFrame:
-        """The ``file_status`` view, optionally one state."""
+    def files(self, state: str | None = None, *, limit: int | None = None) -> pd.DataFrame:
+        """The ``file_status`` view, optionally one state; with ``limit`` only the files
+        updated last (newest first)."""
         if state is not None and state not in STATES:
             raise ValueError(f"Unknown state {state!r}; use one of {', '.join(STATES)}.")
-        return self.catalog.backend.files(state)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 0):
+            raise ValueError(f"limit must be a whole number >= 0, not {limit!r}.")
+        return self.catalog.backend.files(state, limit=limit)
 
     def counts(self) -> dict[str, int]:
         """Files per state."""
@@ -163,6 +167,16 @@ class Ledger:
         """Close a batch with its totals (retried through a transient catalog error)."""
         _retrying(lambda: self.catalog.backend.end_batch(
             batch_id, files=files, rows=rows, duration_ms=duration_ms, error=error))
+
+    def recent_batches(self, limit: int = 20) -> pd.DataFrame:
+        """The ``limit`` prediction batches started last, newest first, with their totals and
+        their files' outcomes (``scored``, ``quarantined``, ``failed``, ``positives``)."""
+        return self.catalog.backend.recent_batches(max(0, int(limit)))
+
+    def scored_by_hour(self, since: datetime) -> pd.DataFrame:
+        """Files, rows and positives scored per hour (UTC) since ``since``, oldest first;
+        hours without a scored file are left out."""
+        return self.catalog.backend.scored_by_hour(since)
 
     def record_rejected_event(self, source: str, message_id: str, body: str,
                               error: str) -> None:

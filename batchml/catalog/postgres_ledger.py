@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ._db import utcnow
-from .duckdb_ledger import batch_id_for
+from .duckdb_ledger import _RECENT_BATCHES, batch_id_for
 from .records import ClaimedBatch, FileRecord
 
 if TYPE_CHECKING:
@@ -232,10 +232,14 @@ class PostgresLedger:
                               [file_id]).fetchone()
         return FileRecord(*row) if row else None
 
-    def files(self, state: str | None = None) -> pd.DataFrame:
+    def files(self, state: str | None = None, *, limit: int | None = None) -> pd.DataFrame:
         sql = "SELECT * FROM file_status" + (" WHERE state = %s" if state else "")
+        args: list[Any] = [state] if state else []
+        if limit is not None:
+            sql += " ORDER BY updated_at DESC, file_id LIMIT %s"
+            args.append(int(limit))
         with self.pg.read() as con:
-            return frame(con.execute(sql, [state] if state else None))
+            return frame(con.execute(sql, args or None))
 
     def file_counts(self) -> dict[str, int]:
         with self.pg.read() as con:
@@ -333,6 +337,18 @@ class PostgresLedger:
                     " rows = %s, duration_ms = %s, error = %s WHERE batch_id = %s",
                     ["failed" if error else "completed", now, files, rows, duration_ms,
                      error, batch_id])
+
+    def recent_batches(self, limit: int) -> pd.DataFrame:
+        with self.pg.read() as con:
+            return frame(con.execute(_RECENT_BATCHES, [int(limit)]))
+
+    def scored_by_hour(self, since: datetime) -> pd.DataFrame:
+        with self.pg.read() as con:
+            return frame(con.execute(
+                "SELECT to_timestamp(floor(extract(epoch FROM finished_at) / 3600) * 3600)"
+                " AS hour, count(*) AS files, sum(rows) AS rows, sum(positives) AS positives"
+                " FROM batch_files WHERE status = 'scored' AND finished_at >= %s"
+                " GROUP BY 1 ORDER BY 1", [since]))
 
     def recent_file_errors(self, window_s: float = 3600) -> dict[str, int]:
         with self.pg.read() as con:

@@ -8,8 +8,9 @@ versions and none waits for a load.
 
 :class:`OnlineScorer` validates a request against the signature (the batch rules: missing
 columns, types, nulls, text limits; column-level messages) before it joins a batch, then
-coalesces concurrent requests into one model call (at most ``batch_rows`` rows, waiting at most
-``batch_wait_ms`` for company) and hands each request its rows back. The HTTP protocols
+coalesces concurrent requests into one model call (at most ``batch_rows`` rows: every request
+that queued while the last call ran, and, under load, up to ``batch_wait_ms`` more for company;
+a lone request is scored at once) and hands each request its rows back. The HTTP protocols
 (:mod:`batchml.api`) only translate payloads to and from Arrow tables.
 """
 
@@ -148,6 +149,7 @@ class OnlineScorer:
         self.batch_rows = batch_rows
         self.batch_wait_s = batch_wait_ms / 1000
         self._queue: asyncio.Queue[_Pending] | None = None
+        self._busy = False  # the last model call coalesced several requests
         self._task: asyncio.Task[None] | None = None
         self.model_calls = 0
 
@@ -214,7 +216,13 @@ class OnlineScorer:
         while True:
             first = await self._queue.get()
             batch, rows = [first], first.table.num_rows
-            deadline = time.perf_counter() + self.batch_wait_s
+            while rows < self.batch_rows and not self._queue.empty():
+                item = self._queue.get_nowait()  # whoever queued during the last call
+                batch.append(item)
+                rows += item.table.num_rows
+            # Wait for company only under load (the last call coalesced requests): a lone
+            # client is answered at once instead of paying batch_wait_ms on every request.
+            deadline = time.perf_counter() + (self.batch_wait_s if self._busy else 0.0)
             while rows < self.batch_rows:
                 timeout = deadline - time.perf_counter()
                 if timeout <= 0:
@@ -225,6 +233,7 @@ class OnlineScorer:
                     break
                 batch.append(item)
                 rows += item.table.num_rows
+            self._busy = len(batch) > 1
             served = self.follower.current()  # one model for the whole call
             try:
                 outs = await asyncio.to_thread(self._call, served,

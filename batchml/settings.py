@@ -209,8 +209,9 @@ class Settings(BaseSettings):
                                  "may take (then 504).")
     api_batch_rows: int = Field(default=256, ge=0, description="Micro-batching: most rows "
                                 "coalesced into one model call (0: one call per request).")
-    api_batch_wait_ms: float = Field(default=2.0, ge=0, description="Micro-batching: how long "
-                                     "a request waits for others to join its model call.")
+    api_batch_wait_ms: float = Field(default=2.0, ge=0, description="Micro-batching: under "
+                                     "load, how long a model call waits for more requests to "
+                                     "join (a lone request is scored at once).")
     api_token: SecretStr | None = Field(default=None, exclude=True, description="Bearer token that state "
                                         "changes need (moving an alias, reprocessing); unset: "
                                         "the web page and API are read-only.")

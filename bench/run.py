@@ -1,6 +1,6 @@
 """Run the batchml benchmarks: ``python -m bench.run [--quick] [--only B1,B4] [--out FILE]``.
 
-Generates its own synthetic data in a temp dir, runs B1..B8 (see ``bench/README.md``), prints a
+Generates its own synthetic data in a temp dir, runs B1..B9 (see ``bench/README.md``), prints a
 markdown table and writes the same figures as JSON with machine info, package versions and the
 date. Every figure is the median over its repetitions with min and max; throughput and latency
 carry their ratio to a floor measured in the same run; peak memory comes from the kernel.
@@ -36,6 +36,7 @@ from . import (
     b6_training,
     b7_coldstart,
     b8_claims,
+    b9_online,
 )
 from .common import (
     ROOT,
@@ -58,6 +59,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], list[Figure]]]] = {
     "B6": ("training", b6_training.run),
     "B7": ("cold start", b7_coldstart.run),
     "B8": ("claims from several workers", b8_claims.run),
+    "B9": ("online scoring over HTTP", b9_online.run),
 }
 NEEDS_MODELS = {"B1", "B2", "B2S", "B3", "B5", "B7"}
 # server mode starts a Prefect server and a worker (~2-3 min): full runs or --only B2S
@@ -76,6 +78,8 @@ SPEC_FULL: dict[str, Any] = {
     "b7_reps": 5,
     "b8_files": 2_000, "b8_workers": [1, 2, 4, 8], "b8_batch": 20, "b8_work_ms": 1.0,
     "b8_reps": 2,
+    "b9_train_rows": 4_000, "b9_clients": [1, 32], "b9_requests": {"1": 2_000, "32": 8_000},
+    "b9_max_s": 20.0, "b9_warmup": 200, "b9_mlflow": True,
 }
 SPEC_QUICK: dict[str, Any] = {
     "model_train_rows": 2_000, "calibrate_rows": 2_000,
@@ -88,6 +92,8 @@ SPEC_QUICK: dict[str, Any] = {
     "b6_rows": [1_000, 250], "b6_reps": 1,
     "b7_reps": 1,
     "b8_files": 200, "b8_workers": [1, 4], "b8_batch": 20, "b8_work_ms": 1.0, "b8_reps": 1,
+    "b9_train_rows": 1_000, "b9_clients": [1, 32], "b9_requests": {"1": 200, "32": 640},
+    "b9_max_s": 4.0, "b9_warmup": 32, "b9_mlflow": True,
 }
 
 
@@ -133,6 +139,12 @@ def estimate(sizes: dict[str, Any], thr: dict[str, float], selected: set[str]) -
         f = sizes["b8_files"]
         cost["B8"] = 2 + sizes["b8_reps"] * sum(
             f / (300 if n == 1 else 60) + f / 500 + 2 + 0.5 * n for n in sizes["b8_workers"])
+    if "B9" in selected:  # training both models; per model 2-3 servers (~5 s to start), each
+        # loaded at every client count until its request count or b9_max_s (the slow cells,
+        # the tabular model and the MLflow server, hit the time bound)
+        servers = 2 + bool(sizes["b9_mlflow"])
+        cost["B9"] = 20 + 2 * servers * (5 + len(sizes["b9_clients"])
+                                         * (0.8 * sizes["b9_max_s"] + 2))
     return cost
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-IDS = [f"B{i}" for i in range(1, 9)]
+IDS = [f"B{i}" for i in range(1, 10)]
 
 
 @pytest.mark.slow
@@ -45,3 +45,14 @@ def test_quick_benchmark_reports_every_id(tmp_path: Path) -> None:
             assert f["met"] in (True, False, None)
 
     assert "| id | what | value | unit | ratio to floor | target | met |" in proc.stdout
+
+    # B9: both models, with and without micro-batching, at 1 and 32 clients, each from real
+    # requests (the 1-client rows carry every request's latency), the ratio at 32 clients
+    b9 = {f["key"]: f for f in data["figures"] if f["id"] == "B9"}
+    for model in ("text", "tabular"):
+        for mode in ("batching", "plain"):
+            assert b9[f"{model}.{mode}.c1.p50"]["n"] >= 100, b9[f"{model}.{mode}.c1.p50"]
+            assert b9[f"{model}.{mode}.c32.rps"]["value"] > 0
+            assert b9[f"{model}.{mode}.c32.p99"]["value"] > 0
+        ratio = b9[f"{model}.batching_ratio.c32"]
+        assert ratio["target"] == ">= 5x" and ratio["value"] > 0

@@ -197,6 +197,26 @@ class Settings(BaseSettings):
         description="Test hook: the scorer process allocates memory until killed on an input "
         "whose file name contains this string (exercises the memory guard).")
 
+    # --- late labels and shadow scoring (batchml/labels.py, batchml/shadow.py) ---------------
+    id_column: str | None = Field(
+        default=None, description="The input column that identifies a row (your data's id). "
+        "Carried through to every prediction output, even when it is a model input, so late "
+        "labels can be joined to predictions. Default: none (late labels are off).")
+    labels_inbox: str | None = Field(
+        default=None, description="Where label files land (a directory or s3://bucket/prefix):"
+        " parquet with BATCHML_ID_COLUMN and BATCHML_LABEL_COLUMN, ingested exactly once by "
+        "batchml serve / watch. Default: none (batchml labels ingest PATH still works).")
+    labels_lookback_days: float = Field(
+        default=30.0, gt=0, description="Labels are looked up in the prediction outputs of "
+        "this many days back.")
+    shadow: bool = Field(
+        default=True, description="When scoring with NAME@ALIAS and NAME@challenger is another "
+        "version, also score each file with the challenger into the shadow area and record "
+        "the comparison (shadow_comparisons, shadow_batches).")
+    shadow_outbox: str | None = Field(
+        default=None, description="The shadow area (a directory or s3://bucket/prefix), never "
+        "read as outputs. Default: beside the outbox, OUTBOX-shadow.")
+
     # --- online scoring (batchml serve-api) ---------------------------------------------------
     api_host: str = Field(default="127.0.0.1", description="Address `batchml serve-api` "
                           "binds (loopback by default; 0.0.0.0 to serve other hosts).")

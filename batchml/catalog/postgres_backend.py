@@ -21,6 +21,7 @@ from ..errors import ConfigError, RunNotFound
 from ._db import utcnow
 from ._pg import PgConnections, display_url
 from .backend import CatalogBackend
+from .labels_sql import LabelsSQL
 from .migrations import migrations
 from .postgres_ledger import PostgresLedger, frame
 from .registry_sql import RegistrySQL
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
-class PostgresBackend(PostgresLedger, RegistrySQL, CatalogBackend):
+class PostgresBackend(PostgresLedger, RegistrySQL, LabelsSQL, CatalogBackend):
     """A catalog in a PostgreSQL database, shared by every host that can reach it."""
 
     def __init__(self, location: str, *, lock_timeout_s: float = 60.0,
@@ -468,7 +469,7 @@ def _placeholders(query: str) -> str:
 _ARROW_TYPES: dict[str, str] = {
     "character varying": "string", "text": "string", "bigint": "int64", "integer": "int32",
     "smallint": "int16", "double precision": "float64", "real": "float32", "boolean": "bool",
-    "timestamp with time zone": "timestamp[us, tz=UTC]"}
+    "timestamp with time zone": "timestamp[us, tz=UTC]", "date": "date32"}
 _TEXT = {"character varying", "text"}
 
 

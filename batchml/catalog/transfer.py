@@ -32,6 +32,11 @@ TABLES: dict[str, tuple[str, ...]] = {
     "model_versions": ("name", "version"),
     "model_aliases": ("name", "alias"),
     "alias_moves": ("name", "alias", "seq"),
+    "label_files": ("file_id",),
+    "label_matches": ("file_id", "model_run_id", "role", "day"),
+    "label_score_bins": ("file_id", "model_run_id", "role", "day", "class", "bin"),
+    "shadow_comparisons": ("batch_id", "file_id"),
+    "shadow_bins": ("batch_id", "file_id", "bin"),
 }
 """The tables a catalog transfer moves, in load order, each with the columns that identify a
 row (a dump lists rows in that order). Not moved: ``schema_migrations`` (each catalog records

@@ -74,6 +74,18 @@ class RunCannotScore(BatchMLError, LookupError):
         self.status = status
 
 
+class InvalidParams(BatchMLError, ValueError):
+    """An inference parameter was refused (:mod:`batchml.params`): an unknown name, a wrong
+    type, a value out of range. Terminal. ``param`` names it and ``layer`` says where the
+    value came from (``request``, ``batch``, ``inbox settings`` ...)."""
+
+    def __init__(self, message: str, *, hint: str | None = None, param: str | None = None,
+                 layer: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.param = param
+        self.layer = layer
+
+
 class RegistryError(BatchMLError, ValueError):
     """The model registry refused a change: no such model or version, a version whose run did
     not complete, deleting a version an alias holds, an invalid name. Terminal."""

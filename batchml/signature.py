@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import DataError, ModelError, SchemaMismatch
+from .params import EXPLAIN, ParamSpec, specs_from_json, specs_to_list
 
 if TYPE_CHECKING:  # imported where used: scoring arrow data needs no pandas
     import pandas as pd
@@ -112,15 +113,21 @@ class Signature:
     ``inputs`` are the columns it reads (extra columns in the data are ignored), ``outputs``
     the columns scoring writes, ``classes`` the labels in the order of ``predict_proba``'s
     columns (the last one is the positive class of a binary model), and ``params`` the
-    inference parameters with their defaults (``{"threshold": 0.5}`` for a binary model).
+    inference parameters the model accepts (:class:`~batchml.params.ParamSpec`, with their
+    defaults: ``threshold`` for a binary model, ``explain``, ``batch_size`` and the flavor's
+    own; see :mod:`batchml.params`).
     """
 
     inputs: tuple[ColumnSpec, ...]
     outputs: tuple[ColumnSpec, ...] = ()
     classes: tuple[str | int, ...] = ()
-    params: dict[str, Any] = field(default_factory=dict)
+    params: tuple[ParamSpec, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "params", tuple(self.params))
+        for param in self.params:
+            if not isinstance(param, ParamSpec):
+                raise ValueError(f"Signature params are ParamSpec values, got {param!r}.")
         for spec in self.inputs:
             if spec.type not in TYPES:
                 raise ValueError(f"Input column {spec.name!r} has type {spec.type!r}; inputs "
@@ -136,19 +143,42 @@ class Signature:
         """Names of the output columns, in order."""
         return [c.name for c in self.outputs]
 
+    @property
+    def param_defaults(self) -> dict[str, Any]:
+        """Each inference parameter's default, by name."""
+        return {p.name: p.default for p in self.params}
+
+    def param(self, name: str) -> ParamSpec | None:
+        """The inference parameter ``name``, or None when the model has none of that name."""
+        return next((p for p in self.params if p.name == name), None)
+
+    def with_param_default(self, name: str, default: Any) -> Signature:
+        """This signature with parameter ``name``'s default set to ``default`` (checked
+        against the spec; raises ``InvalidParams``); a parameter it lacks is added from the
+        built-ins (``explain``) or raises ``KeyError``."""
+        spec = self.param(name)
+        if spec is None:
+            if name != EXPLAIN.name:
+                raise KeyError(name)
+            spec = EXPLAIN
+        new = replace(spec, default=spec.check(default, layer="default"))
+        if self.param(name) is None:
+            return replace(self, params=(*self.params, new))
+        return replace(self, params=tuple(new if p.name == name else p for p in self.params))
+
     def with_explanation(self, k: int) -> Signature:
         """This signature as scoring with ``explain=k`` uses it: the output column
         :data:`EXPLANATION_COLUMN` (:data:`EXPLANATION_TYPE`, ``k`` entries per row, fewer
         only when the model has fewer features) after the others, and the inference parameter
-        ``explain`` = ``k``. ``k`` = 0 returns the signature unchanged."""
+        ``explain`` defaulting to ``k``. ``k`` = 0 returns the signature unchanged."""
         if k < 0:
             raise ValueError(f"explain must be 0 or more, got {k}.")
         if k == 0:
             return self
         outputs = tuple(c for c in self.outputs if c.name != EXPLANATION_COLUMN)
         return replace(self, outputs=(*outputs, ColumnSpec(EXPLANATION_COLUMN,
-                                                           EXPLANATION_TYPE)),
-                       params={**self.params, "explain": int(k)})
+                                                           EXPLANATION_TYPE))
+                       ).with_param_default("explain", int(k))
 
     # --- serialisation -----------------------------------------------------------------------
 
@@ -159,7 +189,7 @@ class Signature:
             "inputs": [c.to_dict() for c in self.inputs],
             "outputs": [c.to_dict() for c in self.outputs],
             "classes": [_plain(c) for c in self.classes],
-            "params": _json_safe(self.params),
+            "params": _json_safe(specs_to_list(self.params)),
         }
 
     @classmethod
@@ -175,7 +205,7 @@ class Signature:
                 inputs=tuple(ColumnSpec.from_dict(c) for c in data["inputs"]),
                 outputs=tuple(ColumnSpec.from_dict(c) for c in data.get("outputs", ())),
                 classes=tuple(data.get("classes", ())),
-                params=dict(data.get("params") or {}),
+                params=specs_from_json(data.get("params")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"The model's signature is malformed ({exc!r}).",
@@ -436,7 +466,7 @@ def _label_type(classes: Sequence[str | int]) -> str:
 
 
 def infer_signature(frame: pd.DataFrame, input_columns: Sequence[str],
-                    classes: Iterable[Any], params: Mapping[str, Any] | None = None
+                    classes: Iterable[Any], params: Iterable[ParamSpec] = ()
                     ) -> Signature:
     """The signature of a model trained on ``frame[input_columns]`` to predict ``classes``.
 
@@ -457,4 +487,4 @@ def infer_signature(frame: pd.DataFrame, input_columns: Sequence[str],
     if len(distinct) == 2:
         outputs.append(ColumnSpec("proba", "float64"))
     return Signature(inputs=inputs, outputs=tuple(outputs), classes=distinct,
-                     params=dict(params or {}))
+                     params=tuple(params))

@@ -204,7 +204,7 @@ def test_keras_threshold_and_validation_split(reviews: dict[str, pd.DataFrame]) 
     train = reviews["train"].iloc[:300]
     est = make_estimator("keras_nbow", text_column="review", epochs=2, threshold=0.9,
                          output_mode="multi_hot").fit(train, train["labels"])
-    assert est.signature.params == {"threshold": 0.9}
+    assert est.signature.param_defaults == {"threshold": 0.9, "explain": 0, "batch_size": 0}
     assert set(est.history) == {"loss", "val_loss"}  # 10% of the rows held out
     proba = est.predict_proba(train)
     np.testing.assert_array_equal(est.predict(train), np.where(proba[:, 1] >= 0.9, 1, 0))
@@ -250,7 +250,7 @@ def test_tabular_candidates_multiclass(tabular: dict[str, tuple[pd.DataFrame, np
     assert est.classes_ == ["high", "low", "red-ish"]
     assert est.signature.input_names == ["size", "visits", "colour", "member"]
     assert [c.required for c in est.signature.inputs] == [False, True, True, True]
-    assert est.signature.params == {}
+    assert est.signature.param_defaults == {"explain": 0, "batch_size": 0}  # no threshold
     proba = est.predict_proba(vx)
     assert_probabilities(proba, len(vx), 3)
     accuracy = float((est.predict(vx) == vy).mean())

@@ -30,6 +30,7 @@ from batchml.explanations import (
     global_explanation,
     top_contributions,
 )
+from batchml.params import threshold_param
 from batchml.signature import (
     EXPLANATION_ARROW_TYPE,
     EXPLANATION_COLUMN,
@@ -222,12 +223,12 @@ def test_keras_token_importances_and_contributions() -> None:
 def test_the_signature_describes_the_explanation_column() -> None:
     base = Signature(inputs=(ColumnSpec("body", "string"),),
                      outputs=(ColumnSpec("label", "int64"), ColumnSpec("proba", "float64")),
-                     classes=(0, 1), params={"threshold": 0.5})
+                     classes=(0, 1), params=(threshold_param(0.5),))
     assert base.with_explanation(0) is base
     sig = base.with_explanation(4)
     assert sig.output_names == ["label", "proba", EXPLANATION_COLUMN]
     assert sig.outputs[-1] == ColumnSpec("explanation", EXPLANATION_TYPE)
-    assert sig.params == {"threshold": 0.5, "explain": 4}
+    assert sig.param_defaults == {"threshold": 0.5, "explain": 4}
     assert Signature.from_dict(sig.to_dict()) == sig
     assert sig.with_explanation(2).output_names.count(EXPLANATION_COLUMN) == 1
     with pytest.raises(ValueError, match="inputs are one of string, float64, int64, bool"):
@@ -309,7 +310,7 @@ def test_predict_explain_adds_k_contributions_per_row(trained: dict[str, Any]) -
     signature = json.loads(scored.schema.metadata[b"batchml.signature"])
     assert signature["outputs"][-1] == {"name": "explanation", "type": EXPLANATION_TYPE,
                                         "required": True}
-    assert signature["params"]["explain"] == 3
+    assert {p["name"]: p["default"] for p in signature["params"]}["explain"] == 3
     # the entries are the row's three largest contributions, largest first
     model = Catalog.from_settings(trained["settings"]).run(trained["text"]).load_model()
     contrib = model.contributions(pd.read_parquet(source))

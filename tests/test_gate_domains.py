@@ -128,7 +128,7 @@ def test_imbalanced_threshold_beats_the_baseline(logs_run) -> None:  # type: ign
     # the threshold travels with the model
     model = run.load_model()
     assert model.threshold == pytest.approx(threshold)
-    assert model.signature.params["threshold"] == pytest.approx(threshold)
+    assert model.signature.param_defaults["threshold"] == pytest.approx(threshold)
 
 
 def score_with_cli(settings: Settings, path: Path) -> pd.DataFrame:

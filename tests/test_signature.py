@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from batchml.errors import DataError, ModelError, SchemaMismatch
+from batchml.params import threshold_param
 from batchml.signature import ColumnSpec, Signature, infer_signature
 
 
@@ -23,7 +24,7 @@ def sig() -> Signature:
         outputs=(ColumnSpec("label", "int64"), ColumnSpec("proba_0", "float64"),
                  ColumnSpec("proba_1", "float64"), ColumnSpec("proba", "float64")),
         classes=(0, 1),
-        params={"threshold": 0.5},
+        params=(threshold_param(0.5),),
     )
 
 
@@ -169,10 +170,20 @@ def test_numpy_values_become_plain_json() -> None:
     # Labels straight from a numpy array, against the annotation: to_dict() must cope.
     numpy_classes: tuple[Any, ...] = (np.int64(0), np.int64(1))
     sig = Signature(inputs=(ColumnSpec("x", "float64"),), classes=numpy_classes,
-                    params={"threshold": np.float64(0.25)})
+                    params=(threshold_param(np.float64(0.25)),))
     data = json.loads(json.dumps(sig.to_dict()))
     assert data["classes"] == [0, 1]
-    assert data["params"] == {"threshold": 0.25}
+    assert [(p["name"], p["default"]) for p in data["params"]] == [("threshold", 0.25)]
+
+
+def test_signatures_stored_before_params_load() -> None:
+    # before inference parameters the signature held name -> value (or nothing)
+    base = {"inputs": [{"name": "x", "type": "float64"}], "classes": [0, 1]}
+    assert Signature.from_dict(base).params == ()
+    old = Signature.from_dict({**base, "params": {"threshold": 0.3}})
+    assert old.param_defaults == {"threshold": 0.3}
+    assert old.params[0].maximum == 1.0
+    assert Signature.from_dict(old.to_dict()) == old
 
 
 @pytest.mark.parametrize("bad", [{}, {"inputs": [{"type": "string"}]},
@@ -193,7 +204,7 @@ def test_infer_signature_from_pandas_dtypes() -> None:
         "nullable": pd.array([1, None, 3], dtype="Int64"),
         "flag": [True, False, True],
     })
-    sig = infer_signature(frame, list(frame.columns), ["neg", "pos"], {"threshold": 0.5})
+    sig = infer_signature(frame, list(frame.columns), ["neg", "pos"], [threshold_param(0.5)])
     types = {c.name: (c.type, c.required) for c in sig.inputs}
     assert types == {"text": ("string", True), "obj": ("string", True),
                      "cat": ("string", True), "f32": ("float64", False),
@@ -201,7 +212,7 @@ def test_infer_signature_from_pandas_dtypes() -> None:
                      "flag": ("bool", True)}
     assert sig.output_names == ["label", "proba_neg", "proba_pos", "proba"]
     assert sig.outputs[0].type == "string"
-    assert sig.params == {"threshold": 0.5}
+    assert sig.param_defaults == {"threshold": 0.5}
     # The inferred signature accepts its own training frame.
     assert sig.coerce(frame).shape == (3, 7)
 

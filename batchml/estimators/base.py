@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -12,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError, DataError, ModelError
+from ..params import ParamLayer, ParamSpec, builtin_params, merge_specs, resolve_params
 from ..signature import Signature, infer_signature, normalise_classes
 
 if TYPE_CHECKING:  # pandas is imported only where a DataFrame is built (not when scoring arrow)
@@ -144,7 +146,11 @@ class Estimator(ABC):
 
     ``predict_proba`` columns follow ``classes_`` (sorted labels); for a binary model the last
     class is the positive one and ``predict`` compares its probability with the ``threshold``
-    inference parameter (default 0.5).
+    inference parameter (default: the threshold chosen in training, else 0.5).
+
+    Inference parameters (:mod:`batchml.params`): :meth:`inference_params` declares them (the
+    built-ins plus ``flavor_params``), the signature carries them, and ``predict_proba``,
+    ``predict`` and ``output_columns`` take the resolved dict as ``params=`` (None: defaults).
     """
 
     flavor: ClassVar[str]
@@ -154,6 +160,10 @@ class Estimator(ABC):
     """Candidates that read a single text column."""
 
     common_params: ClassVar[dict[str, Any]] = {"threshold": 0.5}
+
+    flavor_params: ClassVar[tuple[ParamSpec, ...]] = ()
+    """The flavor's own inference parameters, after the built-ins (``threshold`` for binary
+    models, ``explain``, ``batch_size``); one with a built-in's name replaces it."""
 
     def __init__(self, name: str, *, text_column: str | None = None,
                  feature_columns: Sequence[str] | None = None, seed: int = 0,
@@ -237,8 +247,7 @@ class Estimator(ABC):
             raise DataError(f"training labels have a single class ({classes[0]!r}): need at "
                             "least two.",
                             hint="Train on data that contains every class to be predicted.")
-        params = {"threshold": float(self.params["threshold"])} if len(classes) == 2 else {}
-        signature = infer_signature(frame, columns, classes, params)
+        signature = infer_signature(frame, columns, classes)
         self._check_signature(signature)
         x = signature.coerce(frame)
         y = _encode(labels_, classes)
@@ -248,7 +257,7 @@ class Estimator(ABC):
             valid = (signature.coerce(vframe),
                      _encode(_label_series(vlabels, len(vframe)), classes))
         self.classes_ = list(classes)
-        self._signature = signature
+        self._signature = replace(signature, params=self.inference_params())
         self.history = {}
         try:
             self._fit(x, y, valid)
@@ -274,26 +283,72 @@ class Estimator(ABC):
 
     # --- predicting --------------------------------------------------------------------------
 
-    def predict_proba(self, frame: Frame) -> np.ndarray:
+    # --- inference parameters ----------------------------------------------------------------
+
+    def inference_params(self) -> tuple[ParamSpec, ...]:
+        """The inference parameters this model accepts (:class:`~batchml.params.ParamSpec`):
+        the built-ins (``threshold`` for a binary model, defaulting to its trained threshold;
+        ``explain``; ``batch_size``) then :attr:`flavor_params`. Training stores them in the
+        signature. A flavor may override this (call ``super()`` and add to it)."""
+        binary = len(self.classes_) == 2
+        return merge_specs(builtin_params(binary=binary,
+                                          threshold=float(self.params.get("threshold", 0.5))),
+                           self.flavor_params)
+
+    def resolve_params(self, params: Mapping[str, Any] | None = None, *,
+                       layer: str = "call") -> dict[str, Any]:
+        """Every inference parameter of this model with its value: the signature's defaults
+        overridden by ``params`` (checked; ``layer`` names them in messages). Raises
+        :class:`~batchml.params.InvalidParams`."""
+        return resolve_params(self.signature.params, [ParamLayer(layer, params)])
+
+    # --- predicting --------------------------------------------------------------------------
+
+    def predict_proba(self, frame: Frame, *,
+                      params: Mapping[str, Any] | None = None) -> np.ndarray:
         """Class probabilities, shape (n_rows, n_classes), columns in ``classes_`` order.
 
         ``frame`` may be a DataFrame or arrow data; it is checked and coerced with the
         signature first, so a missing column or wrong type raises :class:`SchemaMismatch`.
+        ``params`` are inference parameters (checked against the signature first: an unknown
+        name or a bad value raises :class:`~batchml.params.InvalidParams`; None = defaults);
+        ``batch_size`` > 0 calls the model on that many rows at a time.
 
         Arrow data for a text model goes to :meth:`_predict_proba_arrow` first (no pandas);
-        the DataFrame hook :meth:`_predict_proba` serves when that returns None.
+        the DataFrame hook :meth:`_predict_proba` serves when that returns None. Either hook
+        receives the resolved parameters when it takes a ``params`` keyword.
         """
+        resolved = self.resolve_params(params)
+        step = int(resolved.get("batch_size") or 0)
         if self.is_text and isinstance(frame, pa.Table | pa.RecordBatch):
             table = self.signature.coerce(frame, arrow=True)
             if table.num_rows == 0:
                 return np.zeros((0, len(self.classes_)), dtype=np.float64)
-            arrow_proba = self._predict_proba_arrow(table.column(0))
-            if arrow_proba is not None:
-                return self._checked(np.asarray(arrow_proba, dtype=np.float64), table.num_rows)
+            hook = self._predict_proba_arrow
+            kw = {"params": resolved} if _takes_params(type(self)._predict_proba_arrow) else {}
+            parts = []
+            for start in _starts(table.num_rows, step):
+                part = table.slice(start, step) if step else table
+                arrow_proba = hook(part.column(0), **kw)
+                if arrow_proba is None:
+                    break
+                parts.append(self._checked(np.asarray(arrow_proba, dtype=np.float64),
+                                           part.num_rows))
+            else:
+                return parts[0] if len(parts) == 1 else np.vstack(parts)
         x = self.signature.coerce(frame)
         if len(x) == 0:
             return np.zeros((0, len(self.classes_)), dtype=np.float64)
-        return self._checked(np.asarray(self._predict_proba(x), dtype=np.float64), len(x))
+        kw = {"params": resolved} if _takes_params(type(self)._predict_proba) else {}
+        if not step or step >= len(x):
+            return self._checked(np.asarray(self._predict_proba(x, **kw), dtype=np.float64),
+                                 len(x))
+        chunks = []
+        for start in _starts(len(x), step):
+            part = x.iloc[start:start + step].reset_index(drop=True)
+            chunks.append(self._checked(np.asarray(self._predict_proba(part, **kw),
+                                                   dtype=np.float64), len(part)))
+        return np.vstack(chunks)
 
     def _checked(self, proba: np.ndarray, rows: int) -> np.ndarray:
         if proba.shape != (rows, len(self.classes_)):
@@ -316,11 +371,17 @@ class Estimator(ABC):
         """
         return None
 
-    def predict(self, frame: Frame, *, threshold: float | None = None) -> np.ndarray:
+    def predict(self, frame: Frame, *, threshold: float | None = None,
+                params: Mapping[str, Any] | None = None) -> np.ndarray:
         """Predicted labels. Binary: positive class when its probability >= ``threshold``
-        (default: the signature's ``threshold`` param); otherwise the most probable class,
-        ties going to the later (larger) label."""
-        return self.labels_from_proba(self.predict_proba(frame), threshold=threshold)
+        (default: the ``threshold`` inference parameter of ``params``, else the signature's);
+        otherwise the most probable class, ties going to the later (larger) label.
+        ``params``: inference parameters, as for :meth:`predict_proba`."""
+        resolved = self.resolve_params(params)
+        if threshold is None and "threshold" in resolved:
+            threshold = float(resolved["threshold"])
+        return self.labels_from_proba(self.predict_proba(frame, params=resolved),
+                                      threshold=threshold)
 
     def labels_from_proba(self, proba: np.ndarray, *,
                           threshold: float | None = None) -> np.ndarray:
@@ -334,7 +395,9 @@ class Estimator(ABC):
         """The binary decision threshold saved with the model (None for multi-class)."""
         if len(self.classes_) != 2:
             return None
-        return float(self.signature.params.get("threshold", 0.5))
+        spec = self.signature.param("threshold")
+        return float(spec.default) if spec is not None else float(
+            self.params.get("threshold", 0.5))
 
     def set_threshold(self, threshold: float) -> None:
         """Record the binary decision threshold in the signature, so it is saved with the model
@@ -347,22 +410,31 @@ class Estimator(ABC):
             raise ConfigError(f"A decision threshold must lie in [0, 1], got {threshold!r}.",
                               hint="Pass a probability.")
         self.params["threshold"] = float(threshold)
-        self._signature = replace(self.signature, params={**self.signature.params,
-                                                          "threshold": float(threshold)})
+        signature = self.signature
+        if signature.param("threshold") is None:
+            signature = replace(signature, params=merge_specs(
+                builtin_params(binary=True, threshold=float(threshold)), signature.params))
+        self._signature = signature.with_param_default("threshold", float(threshold))
 
-    def label_index(self, proba: np.ndarray, *, threshold: float | None = None) -> np.ndarray:
-        """Positions in ``classes_`` of the labels :meth:`labels_from_proba` returns."""
+    def label_index(self, proba: np.ndarray, *, threshold: float | None = None,
+                    params: Mapping[str, Any] | None = None) -> np.ndarray:
+        """Positions in ``classes_`` of the labels :meth:`labels_from_proba` returns
+        (binary: at ``threshold``, else the ``threshold`` of resolved ``params``, else the
+        model's)."""
         k = len(self.classes_)
         if k == 2:
+            if threshold is None and params is not None and "threshold" in params:
+                threshold = float(params["threshold"])
             if threshold is None:
-                threshold = float(self.signature.params.get("threshold", 0.5))
+                threshold = self.threshold
             return (proba[:, 1] >= threshold).astype(np.intp)
         return k - 1 - np.argmax(proba[:, ::-1], axis=1)
 
     # --- prediction outputs ------------------------------------------------------------------
 
     def output_columns(self, batch: pa.RecordBatch | pa.Table, proba: np.ndarray,
-                       index: np.ndarray) -> dict[str, pa.Array]:
+                       index: np.ndarray, *, params: Mapping[str, Any] | None = None
+                       ) -> dict[str, pa.Array]:
         """The columns this model adds to a prediction output for one ``batch`` of input, in
         order: by default ``label`` (the class at ``index``), for a binary model ``proba``
         (the positive class's probability), then ``proba_<class>`` per class.
@@ -373,6 +445,9 @@ class Estimator(ABC):
         after ``row_index`` and the carried-through columns and before the lineage columns; a
         flavor may override this to add or replace columns (one value per row each). Build
         arrays with :mod:`batchml.estimators._arrays` to keep pandas out of the scoring path.
+        ``params`` are the resolved inference parameters of the batch (None: the defaults);
+        an override written before parameters existed (no ``params`` keyword) still works:
+        scoring calls it through :func:`call_output_columns`.
         """
         from ._arrays import class_values, from_numpy
 
@@ -463,14 +538,41 @@ class Estimator(ABC):
             estimator = cls(meta["name"], text_column=meta.get("text_column"),
                             feature_columns=meta.get("feature_columns"),
                             seed=int(meta.get("seed", 0)), params=params)
-            estimator._signature = Signature.from_dict(meta["signature"])
-        except (KeyError, TypeError, AttributeError, ConfigError) as exc:
+            signature = Signature.from_dict(meta["signature"])
+            estimator.classes_ = list(signature.classes)
+            # Saved specs win; built-ins a model saved before them lacks are filled in.
+            estimator._signature = replace(signature, params=merge_specs(
+                estimator.inference_params(), signature.params))
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ModelError(f"The {cls.flavor} model's metadata is malformed ({exc}).",
                              hint="Re-train and log the model again.") from exc
-        estimator.classes_ = list(estimator._signature.classes)
         estimator.history = {str(k): [float(v) for v in vals]
                              for k, vals in (meta.get("history") or {}).items()}
         return estimator
+
+
+def call_output_columns(estimator: Estimator, batch: pa.RecordBatch | pa.Table,
+                        proba: np.ndarray, index: np.ndarray,
+                        params: Mapping[str, Any] | None) -> dict[str, pa.Array]:
+    """``estimator.output_columns(batch, proba, index, params=params)``, without ``params``
+    for a flavor whose override predates inference parameters."""
+    if _takes_params(type(estimator).output_columns):
+        return estimator.output_columns(batch, proba, index, params=params)
+    return estimator.output_columns(batch, proba, index)
+
+
+def _takes_params(func: Any) -> bool:
+    """True when ``func`` accepts a ``params`` keyword (or ``**kwargs``); about 10 µs."""
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "params" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+               or p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def _starts(rows: int, step: int) -> range:
+    return range(0, rows, step) if step else range(0, 1)
 
 
 def _json_params(params: Mapping[str, Any]) -> dict[str, Any]:

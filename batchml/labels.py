@@ -261,7 +261,7 @@ def _lookup(wanted: pa.Array, outputs: list[dict[str, Any]],
     parts: list[pd.DataFrame] = []
     for out in outputs:
         try:
-            pf = _open_output(out["uri"], config)
+            pf = open_output(out["uri"], config.s3_endpoint_url, config.s3_region)
         except FileNotFoundError:
             log.warning("prediction output %s is gone; its labels cannot be matched",
                         out["uri"])
@@ -307,17 +307,19 @@ def _lookup(wanted: pa.Array, outputs: list[dict[str, Any]],
     return found.reset_index(drop=True)
 
 
-def _open_output(uri: str, config: LabelConfig) -> pq.ParquetFile:
+def open_output(uri: str, endpoint_url: str | None = None,
+                region: str | None = None) -> pq.ParquetFile:
+    """A prediction output (a local path or ``s3://``) opened for reading columns."""
     if not uri.startswith("s3://"):
         return pq.ParquetFile(uri, memory_map=False)
     from urllib.parse import urlparse
 
     from pyarrow import fs
 
-    kwargs: dict[str, Any] = {"region": config.s3_region} if config.s3_region else {}
-    if config.s3_endpoint_url:
-        parsed = urlparse(config.s3_endpoint_url)
-        kwargs.update(endpoint_override=parsed.netloc or config.s3_endpoint_url,
+    kwargs: dict[str, Any] = {"region": region} if region else {}
+    if endpoint_url:
+        parsed = urlparse(endpoint_url)
+        kwargs.update(endpoint_override=parsed.netloc or endpoint_url,
                       scheme=parsed.scheme or "https")
     s3fs = fs.S3FileSystem(**kwargs)
     return pq.ParquetFile(s3fs.open_input_file(uri[len("s3://"):]))

@@ -81,6 +81,7 @@ class ScorerConfig:
     fault_alloc_marker: str | None = None
     s3_health_dir: str | None = None  # where the child's S3 call counts go (batchml status)
     limits: Limits | None = None  # memory budget and text limits (None: the budget above)
+    id_column: str | None = None  # carried through to outputs (BATCHML_ID_COLUMN)
 
     @classmethod
     def from_settings(cls, settings: Settings, outbox: str) -> ScorerConfig:
@@ -98,7 +99,7 @@ class ScorerConfig:
                    fault_kill_marker=settings.fault_kill_marker or None,
                    fault_alloc_marker=settings.fault_alloc_marker or None,
                    s3_health_dir=str(settings.home / HEALTH_DIR),
-                   limits=Limits.from_settings(settings))
+                   limits=Limits.from_settings(settings), id_column=settings.id_column)
 
 
 @dataclass(frozen=True)

@@ -375,7 +375,7 @@ def check_file(pf: pq.ParquetFile, model: LoadedModel, uri: str, budget_bytes: i
 def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbox,
                batch_id: str, *, batch_rows: int = 65_536, budget_bytes: int = 2**30,
                reprocess: bool = False, limits: Limits | None = None,
-               explain: int = 0) -> FileOutcome:
+               explain: int = 0, carry: tuple[str, ...] = ()) -> FileOutcome:
     """Score one local parquet file into the outbox; never raises for bad input.
 
     Bad input (unreadable, schema mismatch, zero rows, over the memory budget or a text
@@ -386,6 +386,10 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
     ``explain`` > 0 adds the column ``explanation``: per row the ``explain`` largest
     contributions (:mod:`batchml.explanations`; the caller checks first that the model has
     them, :func:`~batchml.explanations.check_explainable`).
+
+    ``carry``: input columns copied to the output even when they are model inputs (the id
+    column, ``BATCHML_ID_COLUMN``, so late labels can be joined); other non-model columns
+    are always carried.
     """
     limits = limits or Limits(memory_bytes=budget_bytes)
     start = time.perf_counter()
@@ -398,7 +402,8 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
                           limits=limits, batch_rows=batch_rows)
         tmp = outbox.temp_path()
         rows, positives, truncated = _stream(pf, model, record, batch_id, tmp, batch_rows,
-                                             plan=plan, limits=limits, explain=explain)
+                                             plan=plan, limits=limits, explain=explain,
+                                             carry=carry)
         outcome.output_uri = outbox.commit(tmp, output_key(record, model.run_id))
         tmp = None
         outcome.rows, outcome.positives, outcome.truncated = rows, positives, truncated
@@ -444,8 +449,8 @@ def model_columns(model: LoadedModel, batch: pa.RecordBatch, proba: np.ndarray,
 
 def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id: str,
             tmp: Path, batch_rows: int, row_groups: list[int] | None = None, *,
-            plan: ReadPlan | None = None, limits: Limits | None = None, explain: int = 0
-            ) -> tuple[int, int, int]:
+            plan: ReadPlan | None = None, limits: Limits | None = None, explain: int = 0,
+            carry: tuple[str, ...] = ()) -> tuple[int, int, int]:
     """Score ``pf`` into ``tmp``; returns (rows, positives, text values truncated). With a
     ``plan`` batches are sized by bytes (:mod:`batchml.limits`); text inputs are held to
     ``limits`` (default: the documented limits). ``explain``: see :func:`score_file` (the
@@ -493,7 +498,7 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
                 "row_index": from_numpy(np.arange(first + rows, first + rows + n,
                                                   dtype=np.int64))}
             for name in batch.schema.names:
-                if name not in inputs and name not in cols:
+                if (name not in inputs or name in carry) and name not in cols:
                     cols[name] = batch.column(name)
             # the model's own columns (label, proba, proba_<class> unless its flavor says)
             cols.update(model_columns(model, batch, proba, index))

@@ -112,6 +112,11 @@ class Worker:
         self.scorer = Scorer(ScorerConfig.from_settings(settings, self.outbox.root),
                              self.model_spec) if isolate else None
         self._specs: dict[str, ModelSpec] = {}
+        from .shadow import Shadow
+
+        self.shadow = Shadow.for_worker(catalog, settings, self.cache, self.outbox, self.ref)
+        """Scores each file again with NAME@challenger (see :mod:`batchml.shadow`), or None."""
+        self._pairing: Any = None
 
     @classmethod
     def for_source(cls, settings: Settings, uri: str | None = None, *,
@@ -222,6 +227,7 @@ class Worker:
             report.model_version = f"{claim.model_name}/{claim.model_version}" + (
                 f"@{claim.model_alias}" if claim.model_alias else "")
         leases = _Leases(self, [r.file_id for r in claimed], claim.lease_expires_at)
+        self._pairing = self._shadow_pairing(claim)
         if on_claimed is not None:
             on_claimed(claimed)
         start = time.perf_counter()
@@ -277,6 +283,17 @@ class Worker:
             except Exception:  # a convenience view must never fail a batch
                 log.warning("could not create the predictions view", exc_info=True)
         return report
+
+    def _shadow_pairing(self, claim: ClaimedBatch) -> Any:
+        """The challenger that shadows this batch's champion (None: no shadow)."""
+        if self.shadow is None:
+            return None
+        try:
+            return self.shadow.pairing(claim.model_name, claim.model_version,
+                                       claim.model_run_id)
+        except Exception as exc:  # shadow trouble never stops the champion
+            log.warning("no shadow scoring for this batch: %s", exc)
+            return None
 
     def leases(self, claim: ClaimedBatch) -> _Leases:
         """A context that renews ``claim``'s leases every ``lease_s / 3`` while it is open
@@ -361,7 +378,11 @@ class Worker:
                                          budget_bytes=self.settings.memory_budget_mb * 2**20,
                                          reprocess=reprocess,
                                          limits=Limits.from_settings(self.settings),
-                                         explain=self.explain)
+                                         explain=self.explain,
+                                         carry=_carry(self.settings))
+                if self._pairing is not None and self.shadow is not None \
+                        and outcome.status == "scored" and score is None:
+                    self.shadow.score(self._pairing, path, record, outcome, batch_id)
         except _ClaimLost:
             raise
         except CommitRefused:
@@ -464,6 +485,11 @@ class Worker:
                 on_batch(report)
             if not report.outcomes and not report.retried:
                 self.source.wait(idle_s)
+
+
+def _carry(settings: Settings) -> tuple[str, ...]:
+    """Input columns every output carries (the id column, for late labels)."""
+    return (settings.id_column,) if settings.id_column else ()
 
 
 class _ClaimLost(Exception):

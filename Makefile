@@ -25,7 +25,7 @@ demo: $(STAMP)
 
 ## The whole test suite.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 ## Lint and type checks.
 lint: $(STAMP)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -248,6 +249,71 @@ class ApiThread:
             self._sock.close()
 
 
+class FlowThread:
+    """Prefect flow runs in a thread of their own, on its own event loop, with one Prefect
+    client of each kind for every flow run (without them each flow run builds new clients: an
+    SSL context, a version check, new connections; ~0.3 s before the flow's body starts,
+    measured).
+
+    Why a thread: Prefect's flow engine swaps in its own SIGTERM handler while a flow runs in
+    the main thread, and that handler crashes the flow run and exits the process (status 1) in
+    the middle of a batch. Off the main thread it cannot install one, so SIGTERM stays the
+    service's: the batch in flight finishes and is recorded, then the service stops."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._jobs: asyncio.Queue[tuple[Any, dict[str, Any], Any] | None] | None = None
+        self._ready = threading.Event()
+        # the caller's context: Prefect's settings (which API, which home) are context variables
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._main,),
+                                        name="batchml-flows", daemon=True)
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise BatchMLError(f"Prefect's clients did not start within {timeout_s:.0f} s; "
+                               "check that the Prefect API answers (`batchml doctor`).")
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        finally:
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        from prefect.context import AsyncClientContext, SyncClientContext
+
+        self._jobs = asyncio.Queue()
+        with SyncClientContext.get_or_create():
+            async with AsyncClientContext.get_or_create():
+                self._ready.set()
+                while (job := await self._jobs.get()) is not None:
+                    flow, kwargs, future = job
+                    try:  # inline, not a new task: the flow sees the client contexts
+                        future.set_result(await flow(**kwargs))
+                    except BaseException as exc:  # handed to the caller, who decides
+                        future.set_exception(exc)
+
+    async def run(self, flow: Any, **kwargs: Any) -> Any:
+        """Run ``flow(**kwargs)`` (an async flow) on the flow thread and wait for its end."""
+        import concurrent.futures
+
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._loop.call_soon_threadsafe(self._put, (flow, kwargs, future))
+        return await asyncio.wrap_future(future)
+
+    def _put(self, job: tuple[Any, dict[str, Any], Any] | None) -> None:
+        assert self._jobs is not None
+        self._jobs.put_nowait(job)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._put, None)
+            self._thread.join(timeout_s)
+
+
 class Service:
     """The embedded service: a watcher feeding the prediction flow plus a nightly trainer,
     and with ``api=True`` the HTTP API beside them (:class:`ApiThread`)."""
@@ -286,9 +352,9 @@ class Service:
             await asyncio.to_thread(worker.scorer.wait_ready)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
-        from prefect.context import AsyncClientContext, SyncClientContext
-
+        flows = FlowThread()
         try:
+            await asyncio.to_thread(flows.start)
             if self.api is not None:
                 await asyncio.to_thread(self.api.start)
                 log.info("HTTP API on %s", self.api.url)
@@ -296,14 +362,9 @@ class Service:
                                  outbox=self.settings.outbox, prefect_api_url=api_url,
                                  api_url=self.api_url, batches=0, files=0)
             log.info("serving %s -> %s", source.uri, self.settings.outbox)
-            # One Prefect client of each kind for every flow run: without them each flow run
-            # builds new clients (an SSL context, a version check, new connections; ~0.3 s
-            # before the flow's body starts, measured), the sync one to read the server's
-            # default result storage.
-            with SyncClientContext.get_or_create():
-                async with AsyncClientContext.get_or_create():
-                    await self._loop(worker, batch_flow, source, api_url)
+            await self._loop(worker, flows, batch_flow, source, api_url)
         finally:
+            await asyncio.to_thread(flows.stop)
             if self.api is not None:  # first: no new requests; the log flushed
                 await asyncio.to_thread(self.api.stop)
             source.close()
@@ -319,7 +380,7 @@ class Service:
         """Where the HTTP API answers (``serve --api``), else None."""
         return self.api.url if self.api is not None else None
 
-    async def _loop(self, worker: Worker, batch_flow: Any, source: Source,
+    async def _loop(self, worker: Worker, flows: FlowThread, batch_flow: Any, source: Source,
                     api_url: str | None) -> None:
         """Discover, score a micro-batch (one flow run; up to ``batch_limit`` files, so a
         burst is a handful of flow runs), report, and idle when there is nothing to do."""
@@ -340,7 +401,7 @@ class Service:
                     if worker.model is None:
                         # resolve first: no flow run while there is no model to score with
                         await asyncio.to_thread(worker.cache.resolve, worker.ref)
-                    result = await batch_flow(limit=self.batch_limit)
+                    result = await flows.run(batch_flow, limit=self.batch_limit)
             except BatchMLError as exc:
                 if not exc.transient:
                     raise

@@ -85,6 +85,14 @@ def test_a_batch_in_flight_finishes_on_its_version(tagged_home: Settings,
                        ) == {version.run_id}
 
 
+def _land(frame: pd.DataFrame, path: Path) -> None:
+    """Land a file whole (written aside, then renamed in), as a producer should: a file
+    written in place can be discovered half-written and then again as a new version."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp)
+    tmp.rename(path)
+
+
 def test_watch_follows_the_alias_without_a_restart(tagged_home: Settings) -> None:
     """`batchml watch --model reviews@champion` while files keep landing: the files scored
     before the move are version 1's and every batch started after it is version 2's (the
@@ -100,12 +108,12 @@ def test_watch_follows_the_alias_without_a_restart(tagged_home: Settings) -> Non
     frames = [synthetic_reviews(40, seed=i) for i in range(4)]
     try:
         for i in range(5):  # one at a time, each scored before the next lands
-            frames[i % 4].to_parquet(inbox / f"a-{i}.parquet")
+            _land(frames[i % 4], inbox / f"a-{i}.parquet")
             _wait_for(lambda n=i + 1: len(_outputs(outbox)) >= n)
         move = Catalog.from_settings(tagged_home).model("reviews").set_alias(
             "champion", v2, expect=v1, reason="the service must follow")
         for i in range(15):  # a steady stream after the move, not waiting for outputs
-            frames[i % 4].to_parquet(inbox / f"b-{i}.parquet")
+            _land(frames[i % 4], inbox / f"b-{i}.parquet")
             time.sleep(0.05)  # the landing rate of the stream, not a wait for a result
         _wait_for(lambda: len(_outputs(outbox)) >= 20)
     finally:

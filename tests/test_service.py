@@ -190,3 +190,62 @@ def test_train_with_prefect_keeps_prefect_under_the_home_without_os_environ(
     assert dict(os.environ) == before
     assert (home / "prefect" / "prefect.db").exists()
     assert Catalog.from_settings(Settings(home=home)).runs("train")[0].status == "completed"
+
+
+@pytest.mark.slow
+def test_sigterm_mid_batch_finishes_the_batch_and_exits_0(tagged_home: Settings,
+                                                          tmp_path: Path) -> None:
+    """SIGTERM while a batch (a Prefect flow run) is being scored: the service finishes that
+    batch (every claimed file scored and recorded) and exits 0; Prefect's own SIGTERM handler
+    (which would crash the flow run mid-batch) never sees it. The signal is sent while the
+    service's process tree is frozen between two outputs of the batch, so it lands mid-batch
+    however fast the machine is."""
+    sys.path.insert(0, str(Path(__file__).parent / "reliability"))
+    from relhelp import descendants
+
+    settings = tagged_home
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["BATCHML_HOME"] = str(settings.home)
+    inbox, outbox = Path(settings.inbox), Path(settings.outbox)
+    inbox.mkdir(parents=True, exist_ok=True)
+    files = 8
+    for i in range(files):  # all there before the service starts: one batch takes them all
+        synthetic_reviews(20_000, seed=60 + i).to_parquet(inbox / f"big-{i}.parquet")
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([str(BIN / "batchml"), "serve"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    outputs = lambda: len(list(outbox.rglob("*.parquet")))  # noqa: E731
+    sent = False
+    try:
+        deadline = time.monotonic() + 240
+        while not sent:
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "no batch caught between two outputs"
+            if not 1 <= outputs() < files:
+                time.sleep(0.002)
+                continue
+            tree = [proc.pid, *descendants(proc.pid)]
+            for pid in tree:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                if 1 <= outputs() < files:
+                    proc.send_signal(signal.SIGTERM)
+                    sent = True
+            finally:
+                for pid in tree:
+                    os.kill(pid, signal.SIGCONT)
+        code = proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert code == 0, text
+    assert "Traceback" not in text and "TerminationSignal" not in text, text
+    assert outputs() == files  # the batch in flight finished
+    cat = Catalog(settings.catalog_file)
+    states = cat.sql("SELECT state, count(*) AS n FROM files GROUP BY state")
+    assert dict(zip(states["state"], states["n"], strict=True)) == {"scored": files}
+    batches = cat.sql("SELECT status FROM prediction_batches")
+    assert set(batches["status"]) == {"completed"}, batches

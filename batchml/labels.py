@@ -157,6 +157,53 @@ class LabelInbox:
         return self.backend.label_outputs(since)
 
 
+class LabelPoller:
+    """The labels inbox of a long-running worker (``batchml serve`` / ``watch``): polled
+    between batches, at most every ``interval_s``; its trouble is logged, never raised, so
+    labels never stop scoring."""
+
+    def __init__(self, inbox: LabelInbox, source: Source, *, interval_s: float = 2.0) -> None:
+        self.inbox = inbox
+        self.source = source
+        self.interval_s = interval_s
+        self._last = float("-inf")
+
+    @classmethod
+    def from_settings(cls, catalog: Catalog, settings: Settings) -> LabelPoller | None:
+        """The poller of ``BATCHML_LABELS_INBOX`` (None when unset)."""
+        if not settings.labels_inbox:
+            return None
+        from .sources import open_source
+
+        config = LabelConfig.from_settings(settings)
+        return cls(LabelInbox(catalog, config), open_source(settings.labels_inbox,
+                                                            settings=settings))
+
+    def poll(self) -> list[LabelReport]:
+        """Ingest the label files that landed since the last poll (none when polled again
+        within ``interval_s``)."""
+        import time
+
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return []
+        self._last = now
+        try:
+            reports = self.inbox.run_once(self.source)
+        except Exception as exc:  # a transient error: the claims went back, next poll retries
+            log.warning("labels inbox %s: %s", self.source.uri, exc)
+            return []
+        for r in reports:
+            log.info("label file %s %s: %d matched, %d unknown ids, %d duplicate ids, %d bad "
+                     "labels%s", r.source_uri, r.state, r.matched, r.unknown_ids,
+                     r.duplicate_ids, r.bad_labels, f" ({r.error})" if r.error else "")
+        return reports
+
+    def close(self) -> None:
+        """Stop watching the labels inbox."""
+        self.source.close()
+
+
 def compute(path: Path, uri: str, outputs: list[dict[str, Any]],
             config: LabelConfig) -> dict[str, Any]:
     """Join the label file at ``path`` to ``outputs``; return counts, reasons, per-version
@@ -402,3 +449,4 @@ def live_performance(catalog: Catalog, name: str | None = None) -> list[dict[str
 def label_files(catalog: Catalog) -> list[dict[str, Any]]:
     """Every label file with its state, counts and reasons, newest first."""
     return cast("LabelsSQL", catalog.backend).label_files()
+

@@ -172,3 +172,10 @@ def _binned(table: pa.Table) -> np.ndarray:
     probas = np.column_stack([table.column(n).to_numpy(zero_copy_only=False)
                               for n in table.column_names if n.startswith("proba_")])
     return np.asarray(probas.argmax(axis=1), dtype=np.int64)
+
+
+def shadow_batches(catalog: Catalog, name: str | None = None,
+                   limit: int = 20) -> list[dict[str, Any]]:
+    """The ``shadow_batches`` view (of registered model ``name``), newest first: per batch the
+    champion and challenger versions, files, rows, agreement and PSI."""
+    return cast("LabelsSQL", catalog.backend).shadow_batches(name, limit)

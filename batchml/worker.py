@@ -117,6 +117,8 @@ class Worker:
         self.shadow = Shadow.for_worker(catalog, settings, self.cache, self.outbox, self.ref)
         """Scores each file again with NAME@challenger (see :mod:`batchml.shadow`), or None."""
         self._pairing: Any = None
+        self.labels: Any = None
+        """The labels inbox this worker polls between batches (a :class:`LabelPoller`)."""
 
     @classmethod
     def for_source(cls, settings: Settings, uri: str | None = None, *,
@@ -147,8 +149,12 @@ class Worker:
         health = S3Health.for_home(settings.home)
         source = open_source(uri or str(settings.inbox), settings=settings,
                              on_rejected=Ledger(catalog).record_rejected_event, health=health)
-        return cls(catalog, source, settings, run_id=run_id, tag=tag, model=model,
-                   isolate=settings.isolate_scoring, health=health)
+        worker = cls(catalog, source, settings, run_id=run_id, tag=tag, model=model,
+                     isolate=settings.isolate_scoring, health=health)
+        from .labels import LabelPoller
+
+        worker.labels = LabelPoller.from_settings(catalog, settings)
+        return worker
 
     def model_spec(self, model: LoadedModel) -> ModelSpec:
         """Where the scorer process finds ``model``'s bytes (read from the catalog here, so
@@ -166,6 +172,8 @@ class Worker:
         """Stop the scorer process, if any (the source is the caller's to close)."""
         if self.scorer is not None:
             self.scorer.close()
+        if self.labels is not None:
+            self.labels.close()
 
     def hold_catalog(self) -> None:
         """Keep the catalog connection from now until the end of the next batch (or
@@ -194,6 +202,8 @@ class Worker:
         refs = self.source.poll()
         new = set(self.ledger.discover(refs))
         self.source.ack()  # only now are the files safely in the ledger
+        if self.labels is not None:  # late labels (at most every few seconds; never raises)
+            self.labels.poll()
         return [r for r in refs if r.file_id in new]
 
     def run_batch(self, *, limit: int = 50, file_ids: list[str] | None = None,

@@ -184,3 +184,55 @@ def test_a_file_that_is_not_a_label_file_is_quarantined(
     assert error in (reports["broken.parquet"].error or "")
     assert not path.exists()  # moved to the quarantine directory
     assert reports["good.parquet"].matched == 1
+
+
+def test_the_command_line_ingests_once_and_shows_live_performance(
+        catalog: Any, catalog_url: str, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from batchml.cli import app
+
+    _scored(catalog, tmp_path, ROWS)
+    path = _labels(tmp_path / "drop" / "day1.parquet", [r[0] for r in ROWS] + ["zz"],
+                   [r[2] for r in ROWS] + [1])
+    runner = CliRunner()
+    common = ["--catalog", catalog_url, "--home", str(tmp_path / "home")]
+    first = runner.invoke(app, ["labels", "ingest", str(path), "--id-column", "rid",
+                                "--label-column", "y", *common])
+    assert first.exit_code == 0, first.output
+    assert "unknown id (never predicted in the lookback window): 1" in first.output
+    again = runner.invoke(app, ["labels", "ingest", str(path), "--id-column", "rid",
+                                "--label-column", "y", *common])
+    assert again.exit_code == 0 and "no new label files" in again.output
+    perf = runner.invoke(app, ["labels", "performance", "reviews", "--format", "json", *common])
+    assert perf.exit_code == 0, perf.output
+    [row] = [json.loads(line) for line in perf.output.splitlines() if line.strip()]
+    assert (row["n"], row["accuracy"], row["auc"]) == (10, ACCURACY, pytest.approx(AUC))
+    show = runner.invoke(app, ["models", "show", "reviews", *common], env={"COLUMNS": "200"})
+    assert show.exit_code == 0 and "live performance (late labels)" in show.output
+    missing = runner.invoke(app, ["labels", "ingest", str(path), *common],
+                            env={"BATCHML_ID_COLUMN": ""})
+    assert missing.exit_code == 1 and "BATCHML_ID_COLUMN" in missing.output
+
+
+def test_a_worker_polls_the_labels_inbox(catalog: Any, catalog_url: str,
+                                         tmp_path: Path) -> None:
+    from batchml import Settings
+    from batchml.worker import Worker
+
+    _scored(catalog, tmp_path, ROWS)
+    settings = Settings(home=tmp_path / "home", catalog_url=catalog_url,
+                        labels_inbox=str(tmp_path / "labels"), id_column="rid",
+                        label_column="y", isolate_scoring=False)
+    _labels(tmp_path / "labels" / "day1.parquet", [r[0] for r in ROWS], [r[2] for r in ROWS])
+    worker = Worker.for_source(settings)
+    try:
+        assert worker.labels is not None
+        worker.run_once()  # nothing to score (no tagged run): the labels are ingested anyway
+    finally:
+        worker.close()
+        worker.source.close()
+    [perf] = live_performance(catalog, "reviews")
+    assert perf["n"] == 10 and perf["accuracy"] == pytest.approx(ACCURACY)

@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from ._db import utcnow
@@ -27,6 +28,17 @@ _BIN_COLS = ("file_id", "model_run_id", "role", "day", "class", "bin", "positive
 _SHADOW_COLS = ("batch_id", "file_id", "source_uri", "model_name", "champion_version",
                 "champion_run_id", "challenger_version", "challenger_run_id", "status", "rows",
                 "agreed", "output_uri", "shadow_uri", "error", "recorded_at")
+
+
+def _plain(value: Any) -> Any:
+    """PostgreSQL's sums are numeric (Decimal): whole ones as int, others as float."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+def _records(cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    return [{c: _plain(v) for c, v in zip(cols, r, strict=True)} for r in rows]
 
 
 def _insert(table: str, cols: Sequence[str]) -> str:
@@ -59,6 +71,14 @@ class LabelsSQL:
 
     def label_discover(self, refs: Sequence[FileRef]) -> list[str]:
         """Record label files not seen before; return the ids that are new."""
+        if not refs:
+            return []
+        ids = [r.file_id for r in refs]
+        with self._registry_read() as con:  # a poll that finds only known files writes nothing
+            known = {r[0] for r in con.execute(self._q(
+                f"SELECT file_id FROM label_files WHERE file_id IN "
+                f"({', '.join('?' for _ in ids)})"), ids).fetchall()}
+        refs = [r for r in refs if r.file_id not in known]
         if not refs:
             return []
         now = utcnow()
@@ -184,7 +204,7 @@ class LabelsSQL:
                 f"SELECT {', '.join(cols)} FROM live_performance{where}"
                 " ORDER BY day DESC, model_version DESC, role"),
                 [name] if name is not None else []).fetchall()
-        return [dict(zip(cols, r, strict=True)) for r in rows]
+        return _records(cols, rows)
 
     # --- shadow scoring ---------------------------------------------------------------------
 
@@ -213,7 +233,7 @@ class LabelsSQL:
                 f"SELECT {', '.join(cols)} FROM shadow_batches{where}"
                 " ORDER BY recorded_at DESC LIMIT ?"),
                 [*([name] if name is not None else []), int(limit)]).fetchall()
-        return [dict(zip(cols, r, strict=True)) for r in rows]
+        return _records(cols, rows)
 
     def shadow_comparisons(self, batch_id: str) -> list[dict[str, Any]]:
         """One batch's comparisons, one row per file."""

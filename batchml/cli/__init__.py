@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from . import api, catalog, models, predict, runs, serve, train
+from . import api, catalog, labels, models, predict, runs, serve, train
 
 app = typer.Typer(
     help="batchml: train, tag, and score every file that lands, exactly once, queryable in SQL.",
@@ -24,6 +24,7 @@ app.add_typer(run_app, name="run")
 app.add_typer(tag_app, name="tag")
 app.add_typer(catalog.catalog_app, name="catalog")
 app.add_typer(models.models_app, name="models")
+app.add_typer(labels.labels_app, name="labels")
 
 # the order of registration is the order of `batchml --help`
 app.command()(catalog.init)
@@ -45,6 +46,9 @@ app.command()(serve.status)
 app.command()(serve.bridge)
 app.command("serve-api")(api.serve_api)
 app.command("demo-data")(train.demo_data)
+labels.labels_app.command("ingest")(labels.ingest)
+labels.labels_app.command("files")(labels.files)
+labels.labels_app.command("performance")(labels.performance)
 
 __all__ = ["app", "main"]
 

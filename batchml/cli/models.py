@@ -124,6 +124,19 @@ def show(name: NameArg, home: HomeOpt = None, catalog: CatalogOpt = None) -> Non
         _say("no versions")
         return
     _print(frame.dropna(axis=1, how="all"), title="versions")
+    from ..labels import live_performance
+    from ..shadow import shadow_batches
+
+    live = live_performance(model.catalog, model.name)[:30]
+    if live:
+        _print(pd.DataFrame(live, columns=["model_version", "role", "day", "n", "accuracy",
+                                           "auc", "calibration_error"]),
+               title="live performance (late labels)")
+    shadow = shadow_batches(model.catalog, model.name, limit=10)
+    if shadow:
+        _print(pd.DataFrame(shadow, columns=["batch_id", "champion_version",
+                                             "challenger_version", "files", "failed", "rows",
+                                             "agreement", "psi"]), title="shadow batches")
 
 
 @clean_errors

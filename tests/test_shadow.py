@@ -54,7 +54,7 @@ def _worker(catalog: Any, tmp: Path, **extra: Any) -> Worker:
 
 
 def test_the_challenger_shadows_the_champion_with_the_exact_agreement(
-        catalog: Any, tmp_path: Path, two_versions: tuple[Any, Any]) -> None:
+        catalog: Any, catalog_url: str, tmp_path: Path, two_versions: tuple[Any, Any]) -> None:
     est1, est2 = two_versions
     x = np.linspace(-3, 3, 40)
     frame = pd.DataFrame({"x": x, "rid": [f"r{i}" for i in range(40)]})
@@ -98,6 +98,20 @@ def test_the_challenger_shadows_the_champion_with_the_exact_agreement(
     assert perf[(2, "shadow")]["accuracy"] == pytest.approx(
         float((est2.predict(frame[["x"]]) == truth).mean()))
     assert perf[(1, "output")]["auc"] == pytest.approx(perf[(2, "shadow")]["auc"])
+    # the web page shows both
+    from fastapi.testclient import TestClient
+
+    from batchml.api.app import create_app
+
+    settings = Settings(home=tmp_path / "home", catalog_url=catalog_url,
+                        artifact_root=str(tmp_path / "artifacts"), api_log_predictions=False)
+    with TestClient(create_app(settings, "reviews@champion")) as client:
+        html = client.get("/").text
+        [model] = client.get("/api/models").json()["models"]
+    assert "Live performance from late labels" in html and "Shadow scoring" in html
+    assert {(r["model_version"], r["role"]) for r in model["live"]} == {(1, "output"),
+                                                                       (2, "shadow")}
+    assert model["shadow"][0]["agreement"] == pytest.approx((40 - between) / 40)
 
 
 def test_shadow_is_off_without_a_challenger_or_when_turned_off(

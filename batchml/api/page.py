@@ -191,8 +191,31 @@ def models_view(catalog: Any) -> list[dict[str, Any]]:
                    for m in reversed(model.history())]
         out.append({"name": model.name, "description": model.description,
                     "aliases": dict(sorted(aliases.items())), "versions": versions,
-                    "history": history})
+                    "history": history, **live_view(catalog, model.name)})
     return out
+
+
+def live_view(catalog: Any, name: str) -> dict[str, Any]:
+    """A registered model's live performance from late labels (per version, role and day, the
+    last :data:`LIVE_LIMIT` rows) and its latest shadow batches (champion against
+    challenger)."""
+    from ..labels import live_performance
+    from ..shadow import shadow_batches
+
+    live = [{**r, "day": _iso(r["day"]), "n": _int(r["n"]), "accuracy": _number(r["accuracy"]),
+             "auc": _number(r["auc"]), "calibration_error": _number(r["calibration_error"])}
+            for r in live_performance(catalog, name)[:LIVE_LIMIT]]
+    shadow = [{"batch_id": r["batch_id"], "champion_version": _int(r["champion_version"]),
+               "challenger_version": _int(r["challenger_version"]), "files": _int(r["files"]),
+               "failed": _int(r["failed"]), "rows": _int(r["rows"]),
+               "agreement": _number(r["agreement"]), "psi": _number(r["psi"]),
+               "recorded_at": _iso(r["recorded_at"])}
+              for r in shadow_batches(catalog, name, limit=SHADOW_LIMIT)]
+    return {"live": live, "shadow": shadow}
+
+
+LIVE_LIMIT = 30
+SHADOW_LIMIT = 10
 
 
 def activity_view(catalog: Any) -> dict[str, Any]:

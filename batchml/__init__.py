@@ -21,6 +21,7 @@ from .errors import (
 )
 from .settings import Settings
 from .store import open_store
+from .user_model import PythonModel, PythonModelContext
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,8 @@ __all__ = [
     "DataError",
     "ModelNotFound",
     "ModelVersion",
+    "PythonModel",
+    "PythonModelContext",
     "RegisteredModel",
     "RegistryError",
     "Run",

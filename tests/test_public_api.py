@@ -18,6 +18,8 @@ CURATED = [
     "DataError",
     "ModelNotFound",
     "ModelVersion",
+    "PythonModel",
+    "PythonModelContext",
     "RegisteredModel",
     "RegistryError",
     "Run",

@@ -149,6 +149,22 @@ class Catalog:
             model.update(description=description, tags=tags)
         return model
 
+    def log_model(self, *, name: str, python_model: Any, code: str | Path,
+                  input_example: Any, artifacts: Mapping[str, str | Path] | None = None,
+                  **options: Any) -> Any:
+        """Log a :class:`~batchml.PythonModel` (its class, ``"module:Class"``, or an
+        instance without state) whose code is ``code`` (a .py file or a package folder), with
+        ``artifacts`` (name -> file or folder), as a run and the next version of registered
+        model ``name``. ``input_example`` (a DataFrame or parquet path) gives the input
+        columns; options: ``classes``, ``params``, ``requirements``, ``signature``,
+        ``validation``, ``label_column``, ``alias``, ``description``. Returns a
+        :class:`~batchml.custom_model.LoggedModel` (``.run``, ``.version``, ``.gate``).
+        See docs/custom-models.md."""
+        from ..custom_model import log_python_model
+
+        return log_python_model(self, name=name, python_model=python_model, code=code,
+                                input_example=input_example, artifacts=artifacts, **options)
+
     # --- runs ------------------------------------------------------------------------------
 
     def create_run(self, flow: str, *, params: Mapping[str, Any] | None = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from . import api, catalog, labels, models, predict, runs, serve, train
+from . import api, catalog, labels, log_model, models, predict, runs, serve, train
 
 app = typer.Typer(
     help="batchml: train, tag, and score every file that lands, exactly once, queryable in SQL.",
@@ -37,6 +37,7 @@ catalog.catalog_app.command("migrate")(catalog.migrate)
 app.command()(serve.doctor)
 app.command()(train.train)
 app.command()(runs.compare)
+app.command("log-model")(log_model.log_model)
 app.command()(predict.predict)
 app.command()(predict.watch)
 app.command()(predict.files)

@@ -286,10 +286,15 @@ def _keras() -> object:
     return import_module(".keras_text", __package__).KerasTextEstimator
 
 
+def _python() -> object:
+    return import_module(".python_model", __package__).PythonEstimator
+
+
 def builtin_registry(*, discover: Callable[[], Iterable[EntryPoint]] | None = None
                      ) -> FlavorRegistry:
-    """A new registry of the built-in flavors: baseline, keras (imported on first use) and
-    sklearn; plus the entry points ``discover`` returns, if given."""
+    """A new registry of the built-in flavors: baseline, keras (imported on first use),
+    sklearn and python (user code, :mod:`.python_model`, imported on first use); plus the
+    entry points ``discover`` returns, if given."""
     from .baseline import BaselineEstimator
     from .sklearn_models import SklearnEstimator
 
@@ -298,6 +303,8 @@ def builtin_registry(*, discover: Callable[[], Iterable[EntryPoint]] | None = No
     registry.register_lazy("keras", _keras, source="the built-in keras flavor",
                            candidates=("keras_nbow",))
     registry.register(SklearnEstimator)
+    registry.register_lazy("python", _python, source="the built-in python flavor",
+                           candidates=("python_model",))
     return registry
 
 

@@ -17,6 +17,7 @@ logs a run of the training flow with the bundle as its primary model. Then:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -140,13 +141,14 @@ def gate_checks(est: PythonEstimator, frame: pd.DataFrame, labels: pd.Series
     from .gate import holdout_check, prediction_checks, probability_checks
     from .training import TrainingConfig
 
-    config = TrainingConfig()
+    # training's documented defaults for these checks (TrainingConfig needs training data)
+    default: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainingConfig)}
     proba = est.predict_proba(frame)
     predicted = np.asarray(est.labels_from_proba(proba))
     checks = probability_checks(proba)
-    checks += prediction_checks(predicted, labels, est.classes_, config.min_class_rows)
-    checks.append(holdout_check(predicted, labels, est.classes_, config.holdout_margin,
-                                config.threshold_folds))
+    checks += prediction_checks(predicted, labels, est.classes_, default['min_class_rows'])
+    checks.append(holdout_check(predicted, labels, est.classes_, default['holdout_margin'],
+                                default['threshold_folds']))
     metrics = {k: float(v) for k, v in evaluate(labels, proba, est.classes_,
                                                 threshold=est.threshold).items()
                if isinstance(v, int | float)}

@@ -25,7 +25,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import BatchMLError, DataError, ModelNotFound, RunCannotScore
+from ..errors import BatchMLError, DataError, ModelError, ModelNotFound, RunCannotScore
 from ..limits import Limits
 from ..online import ModelFollower, OnlineScorer, RequestTooLarge, Served
 from ..resolve import ModelRef
@@ -203,6 +203,8 @@ def _status(exc: Exception) -> int:
         return 503
     if isinstance(exc, RunCannotScore):
         return 404
+    if isinstance(exc, ModelError):  # the model's own failure (a Python model's predict)
+        return 500
     if isinstance(exc, DataError | BatchMLError):
         return 400
     return 500

@@ -275,8 +275,10 @@ def open_bundle(data: bytes) -> BundleFiles:
     if extra or missing or len(members) != len(set(members)):
         raise ChecksumMismatch(
             "The Python model's bundle does not match its manifest ("
-            + "; ".join(filter(None, [extra and f"unlisted: {', '.join(extra)}",
-                                      missing and f"missing: {', '.join(missing)}"]))
+            + "; ".join(([f"unlisted: {', '.join(extra)}"] if extra else [])
+                        + ([f"missing: {', '.join(missing)}"] if missing else [])
+                        + (["a member appears twice"] if len(members) != len(set(members))
+                           else []))
             + "). Nothing of it was loaded.", hint="Log the model again from its source.")
     files: dict[str, bytes] = {}
     for member, info in expected.items():

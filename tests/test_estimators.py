@@ -81,14 +81,16 @@ def assert_probabilities(proba: np.ndarray, rows: int, classes: int) -> None:
 
 
 def test_registry_and_candidates() -> None:
-    assert set(FLAVORS) == {"baseline", "keras", "sklearn"}
+    assert set(FLAVORS) == {"baseline", "keras", "sklearn", "python"}
     assert candidate_names(text=True) == ["baseline", "keras_nbow", "sklearn_text",
                                           "sklearn_text_nb"]
     assert candidate_names(text=False) == ["baseline", "tabular_logreg", "tabular_rf",
                                            "tabular_gb"]
     assert "keras_nbow" not in candidate_names(text=True, n_classes=3)
-    assert set(candidate_names(True) + candidate_names(False)) == set(CANDIDATES)
-    assert {FLAVORS[f].file_suffix for f in FLAVORS} == {".json", ".keras", ".skops"}
+    # python_model is logged (batchml log-model), never a training candidate
+    assert set(candidate_names(True) + candidate_names(False)) == set(CANDIDATES) - {
+        "python_model"}
+    assert {FLAVORS[f].file_suffix for f in FLAVORS} == {".json", ".keras", ".skops", ".pymodel.zip"}
 
 
 def test_unknown_names_and_params() -> None:

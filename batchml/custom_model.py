@@ -33,6 +33,7 @@ from .estimators.python_model import (
     as_proba,
     infer_outputs,
 )
+from .params import ParamSpec, merge_specs
 from .signature import Signature, infer_signature, normalise_classes
 
 if TYPE_CHECKING:
@@ -85,6 +86,33 @@ def class_ref(python_model: Any, top: str) -> str:
     return ref
 
 
+_TYPES = {bool: "bool", int: "int", float: "float", str: "str"}
+
+
+def param_specs(params: Mapping[str, Any] | Iterable[ParamSpec] | None) -> list[ParamSpec]:
+    """The model's own inference parameters: :class:`~batchml.params.ParamSpec` values, or a
+    mapping of name -> default (the type read from the default: bool, int, float or str)."""
+    if params is None:
+        return []
+    if isinstance(params, Mapping):
+        specs = []
+        for name, default in params.items():
+            kind = _TYPES.get(type(default))
+            if kind is None:
+                raise ConfigError(f"Parameter {name!r} has default {default!r} "
+                                  f"({type(default).__name__}).",
+                                  hint="Give a bool, int, float or str default, or a "
+                                       "batchml.params.ParamSpec.")
+            specs.append(ParamSpec(str(name), kind, default))
+        return specs
+    specs = list(params)
+    for spec in specs:
+        if not isinstance(spec, ParamSpec):
+            raise ConfigError(f"{spec!r} is not a ParamSpec.",
+                              hint="Pass params={name: default} or [ParamSpec(...), ...].")
+    return specs
+
+
 def _frame(data: Any, what: str) -> pd.DataFrame:
     import pandas as pd
 
@@ -98,7 +126,8 @@ def _frame(data: Any, what: str) -> pd.DataFrame:
 
 def build(code: str | Path, python_model: Any, *, input_example: Any,
           artifacts: Mapping[str, str | Path] | None = None, classes: Iterable[Any] = (),
-          params: Mapping[str, Any] | None = None, requirements: Sequence[str] = (),
+          params: Mapping[str, Any] | Iterable[ParamSpec] | None = None,
+          requirements: Sequence[str] = (),
           signature: Signature | None = None) -> PythonEstimator:
     """The model, loaded here as scoring will load it, with its signature and bundle."""
     files = python_bundle.collect(code, artifacts)
@@ -110,16 +139,16 @@ def build(code: str | Path, python_model: Any, *, input_example: Any,
     example = _frame(input_example, "input example")
     est = PythonEstimator.activate(files, strict=True)
     known = tuple(normalise_classes(classes)) if classes else ()
-    declared = dict(params or {})
-    if known and len(known) == 2:
-        declared.setdefault("threshold", 0.5)
     base = signature or infer_signature(example, [str(c) for c in example.columns], known or
-                                        ["_"], declared)
-    if est._context is not None:
-        est._context.params = dict(declared)
+                                        ["_"])
+    est.classes_ = list(known)
+    declared = merge_specs(est.inference_params(), base.params if signature else (),
+                           param_specs(params))
     draft = Signature(inputs=base.inputs, outputs=base.outputs if known else (),
                       classes=known, params=declared)
-    est._signature, est.classes_ = draft, list(known)
+    est._signature = draft
+    if est._context is not None:
+        est._context.params = draft.param_defaults
     result = est.call(example)
     if known:
         as_proba(result, len(example), list(known), ref)
@@ -157,7 +186,8 @@ def gate_checks(est: PythonEstimator, frame: pd.DataFrame, labels: pd.Series
 
 def log_python_model(catalog: Catalog, *, name: str, code: str | Path, python_model: Any,
                      input_example: Any, artifacts: Mapping[str, str | Path] | None = None,
-                     classes: Iterable[Any] = (), params: Mapping[str, Any] | None = None,
+                     classes: Iterable[Any] = (),
+                     params: Mapping[str, Any] | Iterable[ParamSpec] | None = None,
                      requirements: Sequence[str] = (), signature: Signature | None = None,
                      validation: Any = None, label_column: str = "label",
                      alias: str | None = None, flow: str = "train",

@@ -321,6 +321,27 @@ def test_package_folder_with_relative_imports(tmp_path: Path, model_dir: Path) -
     assert outputs(est, EXAMPLE) == {"prediction": [1, 1, 0]}
 
 
+def test_params_reach_predict_and_are_checked(tmp_path: Path, model_dir: Path) -> None:
+    from batchml.params import InvalidParams, ParamSpec
+
+    cat = Catalog(tmp_path / "c.duckdb", store=open_store(str(tmp_path / "artifacts")))
+    spec = ParamSpec("threshold", "int", 1, minimum=0, maximum=5, description="hits needed")
+    est = log_kw(cat, model_dir, params=[spec]).version.load()
+    assert est.signature.param("threshold") == spec
+    assert {p.name for p in est.signature.params} == {"threshold", "explain", "batch_size"}
+    import pyarrow as pa
+
+    batch = pa.RecordBatch.from_pandas(pd.DataFrame({"review": ["great", "meh"]}))
+    proba = est.predict_proba(batch)
+    index = est.label_index(proba)
+    cols = est.output_columns(batch, proba, index, params={"threshold": 0})
+    assert cols["flagged"].to_pylist() == [True, True]
+    with pytest.raises(InvalidParams, match="threshold"):
+        est.output_columns(batch, proba, index, params={"threshold": 9})
+    with pytest.raises(ConfigError, match=r"Parameter 'words' has default \['a'\] \(list\)"):
+        log_kw(cat, model_dir, params={"threshold": 1, "words": ["a"]})
+
+
 # --- gate ------------------------------------------------------------------------------------
 
 

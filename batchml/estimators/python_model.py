@@ -110,7 +110,7 @@ class PythonEstimator(Estimator):
                              f"raised {type(exc).__name__}: {exc}).",
                              hint="batchml builds the class with no arguments; fix it and log "
                                   "the model again.") from exc
-        params = dict(self._signature.params) if self._signature is not None else {}
+        params = self._signature.param_defaults if self._signature is not None else {}
         context = PythonModelContext(artifacts, params, str(code))
         try:
             model.load_context(context)
@@ -143,12 +143,12 @@ class PythonEstimator(Estimator):
         """Fix the signature and write the final bundle (what :meth:`to_bytes` returns)."""
         self._signature = signature
         self.classes_ = list(signature.classes)
-        self.params = {k: v for k, v in signature.params.items() if k == "threshold"} or \
-            self.params
+        if signature.param("threshold") is not None:
+            self.params["threshold"] = float(signature.param_defaults["threshold"])
         files.manifest["estimator"] = self._meta()
         self._manifest = files.manifest
         if self._context is not None:
-            self._context.params = dict(signature.params)
+            self._context.params = signature.param_defaults
         self._bundle = python_bundle.write(files)
 
     # --- the user's code -------------------------------------------------------------------
@@ -167,13 +167,14 @@ class PythonEstimator(Estimator):
         return bool(self.classes_)
 
     def call(self, frame: Frame | pd.DataFrame, params: Mapping[str, Any] | None = None) -> Any:
-        """The user's ``predict`` on the coerced inputs of ``frame``: any failure is a
-        :class:`ModelError` naming the model and what it raised."""
+        """The user's ``predict`` on the coerced inputs of ``frame`` with every inference
+        parameter resolved (defaults overridden by ``params``, checked): any failure of the
+        model is a :class:`ModelError` naming the model and what it raised."""
         if self._load_error is not None:
             raise self._load_error
         assert self._model is not None and self._context is not None
-        df = self.signature.coerce(frame) if self._signature is not None else frame
-        resolved = {**self._context.params, **dict(params or {})}
+        df = self.signature.coerce(frame)
+        resolved = self.resolve_params(params)
         try:
             return self._model.predict(self._context, df, resolved)
         except BatchMLError:
@@ -193,7 +194,7 @@ class PythonEstimator(Estimator):
     def _fit(self, x: pd.DataFrame, y: np.ndarray, validation: Any) -> None:
         raise ModelError("A Python model is not trained by batchml.")
 
-    def predict_proba(self, frame: Frame, params: Mapping[str, Any] | None = None
+    def predict_proba(self, frame: Frame, *, params: Mapping[str, Any] | None = None
                       ) -> np.ndarray:
         """Classifier: the user's probabilities, checked. Otherwise an empty (rows, 0) array
         (the outputs come from :meth:`output_columns`)."""
@@ -209,16 +210,17 @@ class PythonEstimator(Estimator):
     def _predict_proba(self, x: pd.DataFrame) -> np.ndarray:
         return self.predict_proba(x)
 
-    def label_index(self, proba: np.ndarray, *, threshold: float | None = None) -> np.ndarray:
+    def label_index(self, proba: np.ndarray, *, threshold: float | None = None,
+                    params: Mapping[str, Any] | None = None) -> np.ndarray:
         if not self.is_classifier:
             return np.zeros(len(proba), dtype=np.intp)
-        return super().label_index(proba, threshold=threshold)
+        return super().label_index(proba, threshold=threshold, params=params)
 
     def output_columns(self, batch: pa.RecordBatch | pa.Table, proba: np.ndarray,
-                       index: np.ndarray, params: Mapping[str, Any] | None = None
+                       index: np.ndarray, *, params: Mapping[str, Any] | None = None
                        ) -> dict[str, pa.Array]:
         if self.is_classifier:
-            return super().output_columns(batch, proba, index)
+            return super().output_columns(batch, proba, index, params=params)
         frame = as_frame(self.call(batch, params), batch.num_rows, self.model_class)
         return arrow_outputs(frame, self.signature.outputs, self.model_class)
 

@@ -86,6 +86,10 @@ class InvalidParams(BatchMLError, ValueError):
         self.layer = layer
 
 
+class BackfillNotFound(BatchMLError, LookupError):
+    """No backfill has the id given to resume. Terminal."""
+
+
 class RegistryError(BatchMLError, ValueError):
     """The model registry refused a change: no such model or version, a version whose run did
     not complete, deleting a version an alias holds, an invalid name. Terminal."""

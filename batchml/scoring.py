@@ -375,7 +375,8 @@ def check_file(pf: pq.ParquetFile, model: LoadedModel, uri: str, budget_bytes: i
 def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbox,
                batch_id: str, *, batch_rows: int = 65_536, budget_bytes: int = 2**30,
                reprocess: bool = False, limits: Limits | None = None,
-               explain: int = 0, carry: tuple[str, ...] = ()) -> FileOutcome:
+               explain: int = 0, carry: tuple[str, ...] = (),
+               key: str | None = None) -> FileOutcome:
     """Score one local parquet file into the outbox; never raises for bad input.
 
     Bad input (unreadable, schema mismatch, zero rows, over the memory budget or a text
@@ -390,6 +391,9 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
     ``carry``: input columns copied to the output even when they are model inputs (the id
     column, ``BATCHML_ID_COLUMN``, so late labels can be joined); other non-model columns
     are always carried.
+
+    ``key`` puts the output elsewhere in the outbox than :func:`output_key` (a backfill's
+    version of it).
     """
     limits = limits or Limits(memory_bytes=budget_bytes)
     start = time.perf_counter()
@@ -404,7 +408,7 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
         rows, positives, truncated = _stream(pf, model, record, batch_id, tmp, batch_rows,
                                              plan=plan, limits=limits, explain=explain,
                                              carry=carry)
-        outcome.output_uri = outbox.commit(tmp, output_key(record, model.run_id))
+        outcome.output_uri = outbox.commit(tmp, key or output_key(record, model.run_id))
         tmp = None
         outcome.rows, outcome.positives, outcome.truncated = rows, positives, truncated
     except FileNotFoundError:

@@ -25,7 +25,8 @@ SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|CHECKPOINT|A
 SQL_HOMES = {"catalog/_db.py", "catalog/duckdb_backend.py", "catalog/duckdb_ledger.py",
              "catalog/duckdb_init.py", "catalog/migrations/__init__.py", "catalog/_pg.py",
              "catalog/postgres_backend.py", "catalog/postgres_ledger.py",
-             "catalog/registry_sql.py", "catalog/labels_sql.py"}
+             "catalog/registry_sql.py", "catalog/labels_sql.py",
+             "catalog/backfill_sql.py"}
 
 
 def _sql_strings(path: Path) -> list[str]:

@@ -295,6 +295,54 @@ class CatalogBackend(ABC):
         any left out), oldest first: ``files``, ``rows``, ``positives`` (NULL when no file of
         the hour recorded them)."""
 
+    # --- backfills (SQL shared by both dialects: backfill_sql.py) -----------------------------
+
+    @abstractmethod
+    def start_backfill(self, *, model_ref: str, model_run_id: str, model_name: str | None,
+                       model_version: int | None, since: datetime, until: datetime | None,
+                       source: str, created_by: str) -> tuple[str, bool]:
+        """Open a backfill of the scored files discovered in [since, until) under ``source``
+        (a URI prefix, '' for any) with its inputs, in one transaction; ``(id, created)``:
+        an unfinished backfill of the same reference, window and source is returned instead."""
+
+    @abstractmethod
+    def backfills(self, backfill_id: str | None = None) -> list[dict[str, Any]]:
+        """Backfill rows (all, newest first, or the one named)."""
+
+    @abstractmethod
+    def backfill_files(self, backfill_id: str) -> list[dict[str, Any]]:
+        """The inputs of a backfill with their state, output and error."""
+
+    @abstractmethod
+    def claim_backfill(self, backfill_id: str, worker: str, *, limit: int, lease_s: float,
+                       model_run_id: str, prefect_flow_run_id: str | None
+                       ) -> tuple[str | None, list[FileRecord], datetime]:
+        """Claim up to ``limit`` unfinished inputs of a backfill (pending, or their lease
+        expired) and open their prediction batch, in one transaction: (batch id or None,
+        records, lease expiry)."""
+
+    @abstractmethod
+    def renew_backfill(self, backfill_id: str, batch_id: str, worker: str, *,
+                       lease_s: float) -> tuple[set[str], datetime]:
+        """Extend the leases ``worker`` holds in the backfill; the ids still held."""
+
+    @abstractmethod
+    def release_backfill(self, backfill_id: str, file_ids: Sequence[str], worker: str,
+                         reason: str | None) -> int:
+        """Give claimed inputs back (a transient error); how many were given back."""
+
+    @abstractmethod
+    def record_backfill(self, backfill_id: str, batch_id: str, outcomes: Sequence[Any],
+                        worker: str, *, end: Mapping[str, Any] | None = None) -> set[str]:
+        """Record outcomes (scored, missing, quarantined, failed) of inputs ``worker`` still
+        holds, their ``batch_files`` rows and the current output in ``files``; with ``end``
+        close the batch; update the backfill's counts (closing it when none is left). The ids
+        recorded."""
+
+    @abstractmethod
+    def backfill_open(self, backfill_id: str) -> tuple[int, datetime | None]:
+        """Inputs of the backfill not finished, and the earliest lease among claimed ones."""
+
     # --- the model registry (SQL shared by both dialects: registry_sql.py) --------------------
 
     @abstractmethod

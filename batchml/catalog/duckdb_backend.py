@@ -20,6 +20,7 @@ import duckdb
 from ..errors import QueryRefused, RunNotFound
 from ._db import PROCESS_DATABASES, Database, Databases, utcnow
 from .backend import CatalogBackend
+from .backfill_sql import BackfillSQL
 from .duckdb_ledger import DuckDBLedger
 from .labels_sql import LabelsSQL
 from .migrations import migrations
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 _ORDER = re.compile(r"^\s*(?:(metrics|params)\.)?([A-Za-z0-9_.]+)\s*(ASC|DESC)?\s*$", re.I)
 
 
-class DuckDBBackend(DuckDBLedger, RegistrySQL, LabelsSQL, CatalogBackend):
+class DuckDBBackend(DuckDBLedger, RegistrySQL, LabelsSQL, BackfillSQL, CatalogBackend):
     """A catalog in one DuckDB file (``path``), shared by this process's catalogs of it."""
 
     def __init__(self, location: str | Path, *, lock_timeout_s: float = 60.0,

@@ -264,12 +264,21 @@ class DuckDBLedger:
         with self.db.read() as con:
             row = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'predictions'"
                               ).fetchone()
-        return bool(row and pattern.replace("'", "''") in row[0])
+        # the view of current outputs only (superseded_outputs, migration 0010)
+        return bool(row and pattern.replace("'", "''") in row[0]
+                    and "superseded_outputs" in row[0])
 
     def create_predictions_view(self, pattern: str) -> None:
+        """``predictions``: the rows of each input's current output (an output a backfill
+        superseded is left out); ``predictions_history``: the rows of every output."""
         quoted = pattern.replace("'", "''")
         with self.db.write() as con:
-            con.execute(f"CREATE OR REPLACE VIEW predictions AS SELECT * FROM"
+            con.execute(f"CREATE OR REPLACE VIEW predictions AS SELECT * EXCLUDE"
+                        f" (batchml_output_file) FROM read_parquet('{quoted}', union_by_name"
+                        f" = true, filename = 'batchml_output_file') WHERE"
+                        f" regexp_extract(batchml_output_file, '[^/]+/[^/]+$') NOT IN"
+                        f" (SELECT output_key FROM superseded_outputs)")
+            con.execute(f"CREATE OR REPLACE VIEW predictions_history AS SELECT * FROM"
                         f" read_parquet('{quoted}', union_by_name = true)")
 
     # --- batches -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from ..errors import ConfigError, RunNotFound
 from ._db import utcnow
 from ._pg import PgConnections, display_url
 from .backend import CatalogBackend
+from .backfill_sql import BackfillSQL
 from .labels_sql import LabelsSQL
 from .migrations import migrations
 from .postgres_ledger import PostgresLedger, frame
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
-class PostgresBackend(PostgresLedger, RegistrySQL, LabelsSQL, CatalogBackend):
+class PostgresBackend(PostgresLedger, RegistrySQL, LabelsSQL, BackfillSQL, CatalogBackend):
     """A catalog in a PostgreSQL database, shared by every host that can reach it."""
 
     def __init__(self, location: str, *, lock_timeout_s: float = 60.0,

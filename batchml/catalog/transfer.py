@@ -37,6 +37,8 @@ TABLES: dict[str, tuple[str, ...]] = {
     "label_score_bins": ("file_id", "model_run_id", "role", "day", "class", "bin"),
     "shadow_comparisons": ("batch_id", "file_id"),
     "shadow_bins": ("batch_id", "file_id", "bin"),
+    "backfills": ("backfill_id",),
+    "backfill_files": ("backfill_id", "file_id"),
 }
 """The tables a catalog transfer moves, in load order, each with the columns that identify a
 row (a dump lists rows in that order). Not moved: ``schema_migrations`` (each catalog records

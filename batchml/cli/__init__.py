@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from . import api, catalog, labels, log_model, models, predict, runs, serve, train
+from . import api, backfill, catalog, labels, log_model, models, predict, runs, serve, train
 
 app = typer.Typer(
     help="batchml: train, tag, and score every file that lands, exactly once, queryable in SQL.",
@@ -42,6 +42,7 @@ app.command()(predict.predict)
 app.command()(predict.watch)
 app.command()(predict.files)
 app.command()(predict.reprocess)
+app.command()(backfill.backfill)
 app.command()(serve.serve)
 app.command()(serve.status)
 app.command()(serve.bridge)

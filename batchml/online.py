@@ -277,6 +277,11 @@ class OnlineScorer:
         sig = served.model.signature
         row = pa.table({s.name: pa.array([probe[s.type]], _CANONICAL[s.type])
                         for s in sig.inputs})
-        out = self._call(served, [row])[0]
-        self.model_calls -= 1  # not a request
+        try:
+            out = self._call(served, [row])[0]
+        except BatchMLError:  # a model that cannot score the neutral row (a Python model's
+            # rule, or one broken here): the outputs its signature declares
+            return {s.name: _CANONICAL.get(s.type, pa.string()) for s in sig.outputs}
+        finally:
+            self.model_calls -= 1  # not a request
         return {f.name: f.type for f in out.schema}

@@ -497,6 +497,28 @@ def test_online_scoring_and_model_errors(tmp_path: Path, model_dir: Path) -> Non
         assert [o["name"] for o in meta["outputs"]][:2] == ["hits", "flagged"]
 
 
+def test_online_with_a_model_broken_here(tmp_path: Path, model_dir: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Code that does not import where it is served: metadata still answers (from the
+    signature), every request gets the model's error, the server stays up."""
+    from batchml.api import create_app
+
+    settings = Settings(home=tmp_path / "home", api_log_predictions=False)
+    log_kw(Catalog.from_settings(settings), model_dir)
+    monkeypatch.setenv("KW_BREAK_IMPORT", "1")
+    with TestClient(create_app(settings, "kw@champion")) as client:
+        meta = client.get("/v2/models/kw")
+        assert meta.status_code == 200, meta.text
+        assert [(o["name"], o["datatype"]) for o in meta.json()["outputs"]] == [
+            ("hits", "INT64"), ("flagged", "BOOL")]
+        for _ in range(2):
+            answer = client.post("/invocations", json={"instances": ["great"]})
+            assert answer.status_code == 500
+            assert "failed to import: ImportError: no module named 'fancy_tokenizer'" in \
+                answer.json()["message"]
+        assert client.get("/ping").status_code == 200
+
+
 # --- the docs page ------------------------------------------------------------------------------
 
 

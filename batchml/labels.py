@@ -306,12 +306,12 @@ def _lookup(wanted: pa.Array, outputs: list[dict[str, Any]],
     import pandas as pd
 
     parts: list[pd.DataFrame] = []
-    for out in outputs:
+    for out, uri in ((o, u) for o in outputs for u in _output_files(o["uri"], config)):
         try:
-            pf = open_output(out["uri"], config.s3_endpoint_url, config.s3_region)
-        except FileNotFoundError:
-            log.warning("prediction output %s is gone; its labels cannot be matched",
-                        out["uri"])
+            pf = open_output(uri, config.s3_endpoint_url, config.s3_region)
+        except (OSError, pa.ArrowException) as exc:  # gone, or not parquet: not the labels'
+            log.warning("prediction output %s cannot be read (%s); its labels cannot be "
+                        "matched", uri, exc)
             continue
         names = pf.schema_arrow.names
         probas = [n for n in names if n.startswith("proba_")]
@@ -354,11 +354,23 @@ def _lookup(wanted: pa.Array, outputs: list[dict[str, Any]],
     return found.reset_index(drop=True)
 
 
-def open_output(uri: str, endpoint_url: str | None = None,
-                region: str | None = None) -> pq.ParquetFile:
-    """A prediction output (a local path or ``s3://``) opened for reading columns."""
-    if not uri.startswith("s3://"):
-        return pq.ParquetFile(uri, memory_map=False)
+def _output_files(uri: str, config: LabelConfig) -> list[str]:
+    """The parquet files of an output: itself, or the parts beside a file scored in pieces
+    (its output is the pieces' ``_manifest.json``)."""
+    if not uri.endswith("_manifest.json"):
+        return [uri]
+    base = uri.rsplit("/", 1)[0]
+    if not base.startswith("s3://"):
+        return sorted(str(p) for p in Path(base).glob("part-*.parquet"))
+    from pyarrow import fs
+
+    s3fs = _s3fs(config.s3_endpoint_url, config.s3_region)
+    infos = s3fs.get_file_info(fs.FileSelector(base[len("s3://"):], allow_not_found=True))
+    return sorted("s3://" + i.path for i in infos
+                  if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
+
+
+def _s3fs(endpoint_url: str | None, region: str | None) -> Any:
     from urllib.parse import urlparse
 
     from pyarrow import fs
@@ -368,8 +380,15 @@ def open_output(uri: str, endpoint_url: str | None = None,
         parsed = urlparse(endpoint_url)
         kwargs.update(endpoint_override=parsed.netloc or endpoint_url,
                       scheme=parsed.scheme or "https")
-    s3fs = fs.S3FileSystem(**kwargs)
-    return pq.ParquetFile(s3fs.open_input_file(uri[len("s3://"):]))
+    return fs.S3FileSystem(**kwargs)
+
+
+def open_output(uri: str, endpoint_url: str | None = None,
+                region: str | None = None) -> pq.ParquetFile:
+    """A prediction output (a local path or ``s3://``) opened for reading columns."""
+    if not uri.startswith("s3://"):
+        return pq.ParquetFile(uri, memory_map=False)
+    return pq.ParquetFile(_s3fs(endpoint_url, region).open_input_file(uri[len("s3://"):]))
 
 
 def _class_value(name: str, class_type: str) -> Any:

@@ -236,3 +236,82 @@ def test_a_worker_polls_the_labels_inbox(catalog: Any, catalog_url: str,
         worker.source.close()
     [perf] = live_performance(catalog, "reviews")
     assert perf["n"] == 10 and perf["accuracy"] == pytest.approx(ACCURACY)
+
+
+def test_labels_from_an_s3_prefix_join_outputs_on_s3(catalog: Any, tmp_path: Path,
+                                                     aws_env: str, s3_bucket: str) -> None:
+    from batchml import Settings
+    from batchml.sources import open_source
+    from batchml.store import s3_client
+
+    client = s3_client(aws_env, "us-east-1")
+    _, local = _scored(catalog, tmp_path, ROWS)
+    # the same output on S3: the catalog lists it there
+    catalog.backend.sql(f"UPDATE batch_files SET output_uri = 's3://{s3_bucket}/out/x.parquet'",
+                        write=True)
+    client.upload_file(local, s3_bucket, "out/x.parquet")
+    Path(local).unlink()
+    labels = _labels(tmp_path / "l" / "day1.parquet", [r[0] for r in ROWS], [r[2] for r in ROWS])
+    client.upload_file(str(labels), s3_bucket, "labels/day1.parquet")
+    settings = Settings(home=tmp_path / "home", s3_endpoint_url=aws_env, s3_region="us-east-1",
+                        id_column="rid", label_column="y")
+    inbox = LabelInbox(catalog, LabelConfig.from_settings(settings))
+    source = open_source(f"s3://{s3_bucket}/labels", settings=settings)
+    try:
+        [report] = inbox.run_once(source)
+        assert (report.state, report.matched) == ("ingested", 10)
+        assert inbox.run_once(source) == []  # exactly once
+    finally:
+        source.close()
+    [perf] = live_performance(catalog)
+    assert (perf["n"], perf["accuracy"], perf["auc"]) == (10, ACCURACY, pytest.approx(AUC))
+
+
+def test_several_classes_by_hand(catalog: Any, tmp_path: Path) -> None:
+    """Three string classes: AUC one class against the rest and calibration per class,
+    averaged over the classes."""
+    rows = [("1", (0.7, 0.2, 0.1), "a"), ("2", (0.1, 0.8, 0.1), "b"),
+            ("3", (0.2, 0.2, 0.6), "c"), ("4", (0.5, 0.4, 0.1), "b"),
+            ("5", (0.3, 0.3, 0.4), "a"), ("6", (0.2, 0.6, 0.2), "b")]
+    # predicted: a b c a c b -> rows 4 and 5 wrong: accuracy 4/6.
+    # AUC a: positives 0.7, 0.3 vs negatives 0.1, 0.2, 0.5, 0.2: 4 + 3 = 7/8; b: 9/9; c: 5/5.
+    # Calibration (sum |scores - positives| per tenth, over 6 rows): a 2.0, b 1.9, c 1.3.
+    _scored(catalog, tmp_path, ROWS[:1])  # the model and a batch; its output is replaced
+    [out] = [r["output_uri"] for r in catalog.sql(
+        "SELECT output_uri FROM batch_files").to_dict("records")]
+    p = [r[1] for r in rows]
+    classes = ["a", "b", "c"]
+    pq.write_table(pa.table({
+        "rid": [r[0] for r in rows],
+        "label": [classes[max(range(3), key=lambda k, q=q: q[k])] for q in p],
+        **{f"proba_{c}": [q[k] for q in p] for k, c in enumerate(classes)},
+        "scored_at": [DAY.isoformat()] * len(rows)}), out)
+    inbox, source = _inbox(catalog, tmp_path)
+    _labels(tmp_path / "labels" / "t.parquet", [r[0] for r in rows], [r[2] for r in rows])
+    [report] = inbox.run_once(source)
+    assert (report.matched, report.reasons) == (6, {})
+    [perf] = live_performance(catalog)
+    assert perf["accuracy"] == pytest.approx(4 / 6)
+    assert perf["auc"] == pytest.approx((7 / 8 + 1 + 1) / 3)
+    assert perf["calibration_error"] == pytest.approx((2.0 + 1.9 + 1.3) / 18)
+
+
+def test_outputs_in_pieces_are_read_and_unreadable_ones_skipped(catalog: Any,
+                                                                tmp_path: Path) -> None:
+    _, one = _scored(catalog, tmp_path, ROWS[:6], name="one")
+    _, two = _scored(catalog, tmp_path, ROWS[6:], name="two")
+    # "one" as a file scored in pieces: parts beside a manifest, the output is the manifest
+    pieces = Path(one).with_suffix("")
+    pieces.mkdir()
+    table = pq.read_table(one)
+    pq.write_table(table.slice(0, 3), pieces / "part-00000.parquet")
+    pq.write_table(table.slice(3), pieces / "part-00001.parquet")
+    (pieces / "_manifest.json").write_text("{}")
+    Path(one).unlink()
+    catalog.backend.sql(f"UPDATE batch_files SET output_uri = '{pieces}/_manifest.json'"
+                        f" WHERE output_uri = '{one}'", write=True)
+    Path(two).write_bytes(b"not parquet")  # an output that cannot be read
+    inbox, source = _inbox(catalog, tmp_path)
+    _labels(tmp_path / "labels" / "t.parquet", [r[0] for r in ROWS], [r[2] for r in ROWS])
+    [report] = inbox.run_once(source)
+    assert (report.state, report.matched, report.unknown_ids) == ("ingested", 6, 4)

@@ -50,6 +50,8 @@ class Keyword(batchml.PythonModel):
 
     def predict(self, context, df, params):
         text = df["review"].str.lower()
+        if (text == "die").any():
+            os._exit(3)  # a crash in native code, say: the scorer process dies
         if (text == "boom").any():
             raise ValueError("cannot score 'boom'")
         if (text == "short").any():
@@ -467,6 +469,32 @@ def test_bad_model_fails_its_file_and_the_worker_goes_on(
             assert outcome.status == "scored", outcome.error
             out = pd.read_parquet(outcome.output_uri)
             assert out["hits"].tolist() == [1, 0]
+    finally:
+        worker.close()
+
+
+def test_a_model_that_kills_its_scorer_is_retried_then_quarantined(
+        tmp_path: Path, model_dir: Path) -> None:
+    settings = Settings(home=tmp_path / "home", isolate_scoring=True, model="kw@champion",
+                        poison_attempts=2)
+    cat = Catalog.from_settings(settings)
+    log_kw(cat, model_dir)
+    src = DirectorySource(settings.inbox, quarantine_dir=settings.quarantine, use_events=False)
+    worker = Worker(cat, src, settings, model=settings.model, isolate=True)
+    try:
+        _drop(settings.inbox, "die", ["great", "die"])
+        worker.discover()
+        first = worker.run_batch(limit=1)
+        assert first.retried == 1 and not first.outcomes  # given back for another attempt
+        second = worker.run_batch(limit=1)
+        [outcome] = second.outcomes
+        assert outcome.status == "quarantined"
+        assert re.search(r"die\.parquet is poison: the scorer process died .*exited with code 3",
+                         outcome.error or ""), outcome.error
+        _drop(settings.inbox, "good", ["love"])
+        worker.discover()
+        [good] = worker.run_batch(limit=1).outcomes  # a new scorer process scores on
+        assert good.status == "scored", good.error
     finally:
         worker.close()
 

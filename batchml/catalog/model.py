@@ -28,6 +28,7 @@ from .registry import RegisteredModel
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..custom_model import LoggedModel
     from ..estimators import Estimator
     from ..store import ArtifactStore
     from ._db import Database
@@ -151,7 +152,7 @@ class Catalog:
 
     def log_model(self, *, name: str, python_model: Any, code: str | Path,
                   input_example: Any, artifacts: Mapping[str, str | Path] | None = None,
-                  **options: Any) -> Any:
+                  **options: Any) -> LoggedModel:
         """Log a :class:`~batchml.PythonModel` (its class, ``"module:Class"``, or an
         instance without state) whose code is ``code`` (a .py file or a package folder), with
         ``artifacts`` (name -> file or folder), as a run and the next version of registered

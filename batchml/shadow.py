@@ -12,6 +12,7 @@ the champion's output. ``BATCHML_SHADOW=false`` turns it off.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .errors import ConfigError
 from .labels import open_output
@@ -141,26 +143,56 @@ class Shadow:
     def compare(self, champion_uri: str, shadow_uri: str
                 ) -> tuple[int, int, list[tuple[int, int, int]]]:
         """Rows, rows whose predicted labels agree, and the score bins
-        ``(bin, champion, challenger)`` of two outputs of the same input."""
-        a = self._read(champion_uri)
-        b = self._read(shadow_uri)
-        if a.num_rows != b.num_rows:
-            raise ValueError(f"the outputs have {a.num_rows} and {b.num_rows} rows")
-        agreed = int(pc.sum(pc.equal(pc.cast(a.column("label"), pa.string()),
-                                     pc.cast(b.column("label"), pa.string()))).as_py() or 0)
-        ca, cb = _binned(a), _binned(b)
-        k = int(max(ca.max(initial=0), cb.max(initial=0))) + 1
-        ha = np.bincount(ca, minlength=k)
-        hb = np.bincount(cb, minlength=k)
-        bins = [(i, int(ha[i]), int(hb[i])) for i in range(k) if ha[i] or hb[i]]
-        return a.num_rows, agreed, bins
+        ``(bin, champion, challenger)`` of two outputs of the same input, read side by side
+        in chunks of :data:`CHUNK_ROWS` (only the label and probability columns)."""
+        rows = agreed = 0
+        ha: dict[int, int] = {}
+        hb: dict[int, int] = {}
+        a_chunks = _chunks(self._open(champion_uri))
+        b_chunks = _chunks(self._open(shadow_uri))
+        for a, b in zip(a_chunks, b_chunks, strict=False):
+            if a.num_rows != b.num_rows:
+                raise ValueError("the champion's and the challenger's outputs differ in rows")
+            rows += a.num_rows
+            agreed += int(pc.sum(pc.equal(pc.cast(a.column("label"), pa.string()),
+                                          pc.cast(b.column("label"), pa.string()))).as_py()
+                          or 0)
+            for hist, table in ((ha, a), (hb, b)):
+                values, counts = np.unique(_binned(table), return_counts=True)
+                for v, c in zip(values.tolist(), counts.tolist(), strict=True):
+                    hist[v] = hist.get(v, 0) + c
+        if next(a_chunks, None) is not None or next(b_chunks, None) is not None:
+            raise ValueError("the champion's and the challenger's outputs differ in rows")
+        bins = [(k, ha.get(k, 0), hb.get(k, 0)) for k in sorted(set(ha) | set(hb))]
+        return rows, agreed, bins
 
-    def _read(self, uri: str) -> pa.Table:
+    def _open(self, uri: str) -> tuple[pq.ParquetFile, list[str]]:
         pf = open_output(uri, self.settings.s3_endpoint_url, self.settings.s3_region)
         names = pf.schema_arrow.names
-        cols = ["label"] + (["proba"] if "proba" in names else
-                            [n for n in names if n.startswith("proba_")])
-        return pf.read(columns=cols)
+        return pf, ["label"] + (["proba"] if "proba" in names else
+                                [n for n in names if n.startswith("proba_")])
+
+
+CHUNK_ROWS = 65_536
+"""Rows of each output compared at a time (memory stays flat whatever the file's size)."""
+
+
+def _chunks(opened: tuple[pq.ParquetFile, list[str]]) -> Iterator[pa.Table]:
+    """The columns of an output in chunks of exactly :data:`CHUNK_ROWS` rows (the last one
+    shorter), whatever its row groups."""
+    pf, cols = opened
+    buf: list[pa.RecordBatch] = []
+    held = 0
+    for batch in pf.iter_batches(batch_size=CHUNK_ROWS, columns=cols):
+        buf.append(batch)
+        held += batch.num_rows
+        while held >= CHUNK_ROWS:
+            table = pa.Table.from_batches(buf)
+            yield table.slice(0, CHUNK_ROWS)
+            rest = table.slice(CHUNK_ROWS)
+            buf, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield pa.Table.from_batches(buf)
 
 
 def _binned(table: pa.Table) -> np.ndarray:

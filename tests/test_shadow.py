@@ -140,3 +140,26 @@ def test_a_failing_challenger_never_fails_the_champion(
     assert (batch["files"], batch["failed"]) == (0, 1)
     [row] = catalog.backend.shadow_comparisons(batch["batch_id"])
     assert row["status"] == "failed" and "outbox-shadow" in row["error"]
+
+
+def test_outputs_are_compared_in_chunks_whatever_their_row_groups(
+        catalog: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchml import shadow as shadow_module
+    from batchml.scoring import ModelCache
+    from batchml.shadow import Shadow
+
+    monkeypatch.setattr(shadow_module, "CHUNK_ROWS", 7)
+    p = np.linspace(0.0, 0.99, 40)
+    champion = pa.table({"label": (p >= 0.5).astype(int), "proba": p})
+    challenger = pa.table({"label": (p >= 0.9).astype(int), "proba": p})
+    pq.write_table(champion, tmp_path / "a.parquet", row_group_size=5)
+    pq.write_table(challenger, tmp_path / "b.parquet", row_group_size=13)
+    shadow = Shadow(catalog, Settings(home=tmp_path / "home"), ModelCache(catalog),
+                    Outbox(str(tmp_path / "outbox")))
+    rows, agreed, bins = shadow.compare(str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet"))
+    assert (rows, agreed) == (40, 40 - int(((p >= 0.5) & (p < 0.9)).sum()))
+    expected = np.bincount(np.clip((p * 10).astype(int), 0, 9), minlength=10)
+    assert bins == [(k, int(n), int(n)) for k, n in enumerate(expected) if n]
+    pq.write_table(challenger.slice(0, 39), tmp_path / "short.parquet")
+    with pytest.raises(ValueError, match="differ in rows"):
+        shadow.compare(str(tmp_path / "a.parquet"), str(tmp_path / "short.parquet"))

@@ -315,3 +315,32 @@ def test_outputs_in_pieces_are_read_and_unreadable_ones_skipped(catalog: Any,
     _labels(tmp_path / "labels" / "t.parquet", [r[0] for r in ROWS], [r[2] for r in ROWS])
     [report] = inbox.run_once(source)
     assert (report.state, report.matched, report.unknown_ids) == ("ingested", 6, 4)
+
+
+def test_two_workers_ingest_each_label_file_exactly_once(catalog: Any, tmp_path: Path) -> None:
+    import threading
+
+    _scored(catalog, tmp_path, ROWS)
+    for i, (rid, _, truth) in enumerate(ROWS):
+        _labels(tmp_path / "labels" / f"f{i}.parquet", [rid], [truth])
+    config = LabelConfig(id_column="rid", label_column="y")
+    results: dict[str, list[Any]] = {}
+    start = threading.Barrier(2)
+
+    def work(name: str) -> None:
+        source = DirectorySource(tmp_path / "labels", use_events=False)
+        inbox = LabelInbox(catalog, config, name=name)
+        start.wait(timeout=30)
+        results[name] = inbox.run_once(source, limit=1)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    reports = [r for rs in results.values() for r in rs]
+    assert sorted(Path(r.source_uri).name for r in reports) == sorted(
+        f"f{i}.parquet" for i in range(len(ROWS)))
+    assert {r.state for r in reports} == {"ingested"}
+    [perf] = live_performance(catalog)
+    assert (perf["n"], perf["accuracy"]) == (10, pytest.approx(ACCURACY))

@@ -163,3 +163,31 @@ def test_outputs_are_compared_in_chunks_whatever_their_row_groups(
     pq.write_table(challenger.slice(0, 39), tmp_path / "short.parquet")
     with pytest.raises(ValueError, match="differ in rows"):
         shadow.compare(str(tmp_path / "a.parquet"), str(tmp_path / "short.parquet"))
+
+
+@pytest.mark.parametrize("isolate", [False, True], ids=["in-process", "scorer-process"])
+def test_the_id_column_is_carried_even_when_it_is_a_model_input(
+        catalog: Any, tmp_path: Path, isolate: bool) -> None:
+    rng = np.random.default_rng(1)
+    train = pd.DataFrame({"x": rng.normal(size=200), "key": np.arange(200)})
+    train["y"] = (train["x"] > 0).astype(int)
+    est = make_estimator("tabular_logreg", feature_columns=["x", "key"])
+    est.fit(train[["x", "key"]], train["y"])
+    run = catalog.create_run("train")
+    run.log_model("m", est, primary=True)
+    run.finish("completed")
+    model = catalog.model("keyed")
+    model.set_alias("champion", model.register(run.id), expect=None)
+    (tmp_path / "inbox").mkdir()
+    pq.write_table(pa.table({"x": [0.5, -0.5, 1.0], "key": [7, 8, 9]}),
+                   tmp_path / "inbox" / "k.parquet")
+    settings = Settings(home=tmp_path / "home", id_column="key", outbox=str(tmp_path / "out"))
+    source = DirectorySource(tmp_path / "inbox", quarantine_dir=tmp_path / "q", use_events=False)
+    worker = Worker(catalog, source, settings, model="keyed@champion", isolate=isolate)
+    try:
+        [report] = worker.run_once()
+    finally:
+        worker.close()
+    [outcome] = report.outcomes
+    assert outcome.status == "scored", outcome.error
+    assert pq.read_table(outcome.output_uri).column("key").to_pylist() == [7, 8, 9]

@@ -417,6 +417,26 @@ def test_cli_log_model_and_predict(tmp_path: Path, model_dir: Path) -> None:
     assert bad.exit_code == 1 and "--artifacts 'words' is not NAME=VALUE" in bad.output
 
 
+@pytest.mark.parametrize(("invert", "code", "said"), [
+    (False, 0, "scored/1: run train/1, gate passed"),
+    (True, 1, "run train/1: gate failed, not registered: check holdout_agreement failed"),
+])
+def test_cli_gate(tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                  invert: bool, code: int, said: str) -> None:
+    if invert:
+        monkeypatch.setenv("KW_INVERT", "1")
+    validation = tmp_path / "valid.parquet"
+    pd.DataFrame({"review": ["great", "love it", "great love", "bad", "awful", "meh"] * 5,
+                  "label": [1, 1, 1, 0, 0, 0] * 5}).to_parquet(validation)
+    result = CliRunner().invoke(app, [
+        "log-model", "--code", str(model_dir / "kw.py"), "--class", "kw:Scored",
+        "--name", "scored", "--input-example", str(model_dir / "example.parquet"),
+        "--artifacts", f"words={model_dir / 'words.txt'}", "--classes", "0", "--classes", "1",
+        "--validation", str(validation), "--home", str(tmp_path / "home")])
+    assert result.exit_code == code, result.output
+    assert said in " ".join(result.output.split())
+
+
 def _drop(inbox: Path | str, name: str, reviews: list[str]) -> None:
     inbox = Path(inbox)
     inbox.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,9 @@ def log_model(
         "--artifacts", help="NAME=PATH (a file or folder) the model reads in load_context; "
                             "repeatable.")] = None,
     classes: Annotated[list[str] | None, typer.Option(
-        "--classes", help="Class labels (repeatable): predict returns probabilities per "
-                          "class, and the model gets label/proba columns.")] = None,
+        "--classes", help="Class labels (repeatable; integers when all are integers): predict "
+                          "returns probabilities per class, and the model gets label/proba "
+                          "columns.")] = None,
     params: Annotated[list[str] | None, typer.Option(
         "--param", help="NAME=JSON inference parameter default (repeatable), e.g. "
                         "threshold=2.")] = None,
@@ -63,9 +64,12 @@ def log_model(
     --name, with its code and artifacts. See docs/custom-models.md."""
     parsed = {k: json.loads(v) if v[:1] in "-0123456789[{tfn\"" else v
               for k, v in _pairs(params or [], "--param").items()}
+    labels: list[str | int] = list(classes or [])
+    if labels and all(c.lstrip("-").isdigit() for c in classes or []):
+        labels = [int(c) for c in classes or []]  # integer classes, like integer labels
     logged = open_catalog(home, catalog).log_model(
         name=name, python_model=model_class, code=code, input_example=input_example,
-        artifacts=_pairs(artifacts or [], "--artifacts"), classes=classes or (),
+        artifacts=_pairs(artifacts or [], "--artifacts"), classes=labels,
         params=parsed, requirements=requirements or (), validation=validation,
         label_column=label_column, alias=alias, description=description)
     gate = f"gate {logged.gate}"

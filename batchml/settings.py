@@ -84,6 +84,15 @@ class Settings(BaseSettings):
         "from boto3's standard chain (AWS_* variables, profiles, instance roles).",
     )
     s3_region: str | None = Field(default=None, description="AWS region for S3 and SQS clients.")
+    sqs_sweep_uri: str | None = Field(
+        default=None, pattern=r"^s3://[^/]+",
+        description="With an sqs:// inbox: the s3://bucket/prefix its notifications come from, "
+        "listed at start and every BATCHML_SQS_SWEEP_S to find files whose notification never "
+        "came (unset: the queue alone).")
+    sqs_sweep_s: float = Field(
+        default=300.0, ge=0,
+        description="How often the SQS inbox's prefix (BATCHML_SQS_SWEEP_URI) is listed; 0: "
+                    "only at start.")
     published_catalog_path: Path | None = Field(
         default=None,
         description="The read-only copy of the catalog for people and their tools (duckdb CLI, "

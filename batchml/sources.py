@@ -382,10 +382,18 @@ class SQSSource(_RemoteFiles):
     and returns the created parquet objects. Messages are deleted only by :meth:`ack`, which the
     caller invokes after the files are recorded in the ledger; an unparseable message is handed
     to ``on_rejected`` (the ledger keeps it quarantined) and then deleted.
+
+    Notifications can be lost (a misconfigured or purged queue, a message that expired while
+    the service was down). With ``sweep`` (the ``s3://bucket/prefix`` the notifications come
+    from, as an :class:`S3PrefixSource`) every ``sweep_s`` seconds, and once at start, a poll
+    also lists that prefix: objects whose notification never came are found there. The ledger
+    knows a file by its URI and ETag whichever way it arrived, so a file both notified and
+    listed, or notified ten times, is still scored once.
     """
 
     def __init__(self, queue_url: str, *, sqs: Any, s3: Any, wait_s: int = 1,
-                 on_rejected: Any = None, health: S3Health | None = None) -> None:
+                 on_rejected: Any = None, health: S3Health | None = None,
+                 sweep: S3PrefixSource | None = None, sweep_s: float = 300.0) -> None:
         self.health = health
         self.queue_url = queue_url
         self.uri = f"sqs://{queue_url}"
@@ -393,10 +401,24 @@ class SQSSource(_RemoteFiles):
         self.client = s3
         self.wait_s = wait_s
         self.on_rejected = on_rejected
+        self.sweep = sweep
+        self.sweep_s = sweep_s
+        self.sweeps = 0
+        self._next_sweep = 0.0  # the first poll sweeps (what landed while nobody listened)
         self._pending: list[str] = []
         sweep_stale_downloads()
 
     def poll(self) -> list[FileRef]:
+        refs = self._receive()
+        now = time.monotonic()
+        if self.sweep is not None and (
+                self.sweeps == 0 or (self.sweep_s > 0 and now >= self._next_sweep)):
+            self._next_sweep = now + self.sweep_s
+            self.sweeps += 1
+            refs.extend(self.sweep.poll())  # a failed listing logs and is retried next time
+        return refs
+
+    def _receive(self) -> list[FileRef]:
         from .events import EventParseError, parse_message
 
         try:
@@ -459,9 +481,11 @@ def _open_sqs(uri: str, *, settings: Any, on_rejected: Any, health: S3Health) ->
         queue_url = "https://" + queue_url
     sqs = boto3.client("sqs", endpoint_url=settings.s3_endpoint_url,
                        region_name=settings.s3_region)
-    queue = SQSSource(queue_url, sqs=sqs,
-                      s3=s3_client(settings.s3_endpoint_url, settings.s3_region, health=health),
-                      on_rejected=on_rejected, health=health)
+    s3 = s3_client(settings.s3_endpoint_url, settings.s3_region, health=health)
+    sweep = S3PrefixSource(settings.sqs_sweep_uri, client=s3, health=health) \
+        if settings.sqs_sweep_uri else None
+    queue = SQSSource(queue_url, sqs=sqs, s3=s3, on_rejected=on_rejected, health=health,
+                      sweep=sweep, sweep_s=settings.sqs_sweep_s)
     queue.max_file_bytes = settings.max_file_bytes
     return queue
 

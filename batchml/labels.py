@@ -224,10 +224,10 @@ def compute(path: Path, uri: str, outputs: list[dict[str, Any]],
         reasons["duplicate id (every row of an id given more than once is left out)"] = \
             int(dup.sum())
     frame = frame[~dup]
-    wanted = pa.array(frame["id"].tolist(), pa.string())
+    wanted = pd.Index(frame["id"].astype(object))
     found = _lookup(wanted, outputs, config)
-    known = set(found["id"]) if len(found) else set()
-    unknown = int((~frame["id"].isin(known)).sum())
+    known: Any = found["id"].astype(object).unique() if len(found) else []
+    unknown = int((~wanted.isin(known)).sum())
     if unknown:
         reasons["unknown id (never predicted in the lookback window)"] = unknown
     matches: list[dict[str, Any]] = []
@@ -299,7 +299,7 @@ def _as_strings(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     return arr if pa.types.is_string(arr.type) else pc.cast(arr, pa.string())
 
 
-def _lookup(wanted: pa.Array, outputs: list[dict[str, Any]],
+def _lookup(wanted: pd.Index, outputs: list[dict[str, Any]],
             config: LabelConfig) -> pd.DataFrame:
     """The predictions of ``wanted`` ids in ``outputs``: per model run and role the latest
     one of each id, with the predicted label, the class probabilities and the day."""
@@ -325,7 +325,9 @@ def _lookup(wanted: pa.Array, outputs: list[dict[str, Any]],
                       if pa.types.is_floating(label_type) else "string")
         classes = [_class_value(n[len("proba_"):], class_type) for n in probas]
         for batch in pf.iter_batches(batch_size=65_536, columns=cols):
-            keep = pc.is_in(_as_strings(batch.column(config.id_column)), value_set=wanted)
+            # the ids' hash table is built once (pandas keeps it with the index), not per batch
+            probe = _as_strings(batch.column(config.id_column)).to_numpy(zero_copy_only=False)
+            keep = pa.array(wanted.get_indexer(probe) >= 0)
             hit = batch.filter(keep)
             if hit.num_rows == 0:
                 continue
@@ -348,7 +350,7 @@ def _lookup(wanted: pa.Array, outputs: list[dict[str, Any]],
     found = pd.concat(parts, ignore_index=True)
     when = pd.to_datetime(found["scored_at"], utc=True, errors="coerce")
     found["when"] = when.fillna(pd.Timestamp(utcnow()))
-    found["day"] = [d.date() for d in found["when"]]
+    found["day"] = found["when"].dt.date
     found = found.sort_values("when").drop_duplicates(["model_run_id", "role", "id"],
                                                       keep="last")
     return found.reset_index(drop=True)

@@ -10,7 +10,9 @@ versions and none waits for a load.
 columns, types, nulls, text limits; column-level messages) before it joins a batch, then
 coalesces concurrent requests into one model call (at most ``batch_rows`` rows: every request
 that queued while the last call ran, and, under load, up to ``batch_wait_ms`` more for company;
-a lone request is scored at once) and hands each request its rows back. The HTTP protocols
+a lone request is scored at once) and hands each request its rows back. Requests are coalesced
+only with requests of equal inference parameters (:mod:`batchml.params`: checked against the
+served model before a request queues, an unknown or bad one refused with its message). The HTTP protocols
 (:mod:`batchml.api`) only translate payloads to and from Arrow tables.
 """
 
@@ -21,14 +23,16 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from .errors import BatchMLError, DataError, SchemaMismatch
 from .limits import Limits, limit_text_columns
+from .params import params_json
 from .resolve import ModelRef
 
 if TYPE_CHECKING:
@@ -131,6 +135,8 @@ class ModelFollower:
 class _Pending:
     table: pa.Table
     future: asyncio.Future[tuple[Served, pa.Table]]
+    params: Mapping[str, Any] | None = None  # as the request gave them
+    key: str = ""  # params_json(params): requests coalesce only with equal keys
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -149,6 +155,7 @@ class OnlineScorer:
         self.batch_rows = batch_rows
         self.batch_wait_s = batch_wait_ms / 1000
         self._queue: asyncio.Queue[_Pending] | None = None
+        self._held: list[_Pending] = []  # taken from the queue with other params: next call
         self._busy = False  # the last model call coalesced several requests
         self._task: asyncio.Task[None] | None = None
         self.model_calls = 0
@@ -198,28 +205,61 @@ class OnlineScorer:
                                              limits=self.limits)
         return prepared
 
-    async def score(self, table: pa.Table) -> tuple[Served, pa.Table]:
-        """Score one request's rows; returns the model that scored them and its output
-        columns (one row per input row)."""
+    def resolve_params(self, params: Mapping[str, Any] | None,
+                       served: Served | None = None) -> dict[str, Any]:
+        """The request's inference parameters over the served model's defaults, checked:
+        :class:`~batchml.params.InvalidParams` names a bad one (a 400), as does ``explain``
+        on a model without per-row contributions (a ``ConfigError``)."""
+        estimator = (served or self.follower.current()).model.estimator
+        resolved = estimator.resolve_params(params, layer="request")
+        if resolved.get("explain"):
+            from .explanations import check_explainable
+
+            check_explainable(estimator, int(resolved["explain"]))
+        return resolved
+
+    async def score(self, table: pa.Table, params: Mapping[str, Any] | None = None
+                    ) -> tuple[Served, pa.Table]:
+        """Score one request's rows with its inference ``params`` (None: the model's
+        defaults); returns the model that scored them and its output columns (one row per
+        input row)."""
         served = self.follower.current()
+        self.resolve_params(params, served)  # refused before it queues
         prepared = self.prepare(table, served)
         if not self.coalescing or self._queue is None:
-            outs = await asyncio.to_thread(self._call, served, [prepared])
+            outs = await asyncio.to_thread(self._call, served, [prepared], params)
             return served, outs[0]
         future: asyncio.Future[tuple[Served, pa.Table]] = \
             asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(prepared, future))
+        await self._queue.put(_Pending(prepared, future, params, params_json(params or {})
+                                       or ""))
         return await future
+
+    def _take(self, key: str | None) -> _Pending | None:
+        """The next request waiting (held ones first) whose params key is ``key`` (any when
+        None); requests with other params taken from the queue wait in ``_held``."""
+        assert self._queue is not None
+        for i, item in enumerate(self._held):
+            if key is None or item.key == key:
+                return self._held.pop(i)
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if key is None or item.key == key:
+                return item
+            self._held.append(item)
+        return None
 
     async def _drain(self) -> None:
         assert self._queue is not None
         while True:
-            first = await self._queue.get()
+            first = self._take(None) or await self._queue.get()
             batch, rows = [first], first.table.num_rows
-            while rows < self.batch_rows and not self._queue.empty():
-                item = self._queue.get_nowait()  # whoever queued during the last call
-                batch.append(item)
-                rows += item.table.num_rows
+            while rows < self.batch_rows:
+                more = self._take(first.key)  # whoever queued during the last call
+                if more is None:
+                    break
+                batch.append(more)
+                rows += more.table.num_rows
             # Wait for company only under load (the last call coalesced requests): a lone
             # client is answered at once instead of paying batch_wait_ms on every request.
             deadline = time.perf_counter() + (self.batch_wait_s if self._busy else 0.0)
@@ -231,13 +271,16 @@ class OnlineScorer:
                     item = await asyncio.wait_for(self._queue.get(), timeout)
                 except TimeoutError:
                     break
+                if item.key != first.key:
+                    self._held.append(item)  # other params: a call of its own
+                    continue
                 batch.append(item)
                 rows += item.table.num_rows
             self._busy = len(batch) > 1
             served = self.follower.current()  # one model for the whole call
             try:
                 outs = await asyncio.to_thread(self._call, served,
-                                               [p.table for p in batch])
+                                               [p.table for p in batch], first.params)
             except Exception as exc:
                 for p in batch:
                     if not p.future.done():
@@ -247,11 +290,14 @@ class OnlineScorer:
                 if not p.future.done():
                     p.future.set_result((served, out))
 
-    def _call(self, served: Served, tables: list[pa.Table]) -> list[pa.Table]:
-        """One model call over the concatenated tables; the outputs split back."""
+    def _call(self, served: Served, tables: list[pa.Table],
+              params: Mapping[str, Any] | None = None) -> list[pa.Table]:
+        """One model call over the concatenated tables with inference ``params`` (checked
+        against ``served``'s model); the outputs split back."""
         from .scoring import model_columns
 
         self.model_calls += 1
+        resolved = self.resolve_params(params, served)
         sig = served.model.signature
         if len(tables) > 1:
             schemas = {t.schema for t in tables}
@@ -261,9 +307,16 @@ class OnlineScorer:
         else:
             whole = tables[0].combine_chunks()
         batch = whole.to_batches()[0] if whole.num_rows else pa.RecordBatch.from_pylist([])
-        proba = served.model.estimator.predict_proba(batch)
-        index = served.model.estimator.label_index(proba)
-        cols = model_columns(served.model, batch, np.asarray(proba), index)
+        estimator = served.model.estimator
+        proba = estimator.predict_proba(batch, params=resolved)
+        index = estimator.label_index(proba, params=resolved)
+        cols = model_columns(served.model, batch, np.asarray(proba), index, resolved)
+        if resolved.get("explain"):
+            from .explanations import explanation_column
+            from .signature import EXPLANATION_COLUMN
+
+            cols[EXPLANATION_COLUMN] = explanation_column(estimator, batch, index,
+                                                          int(resolved["explain"]))
         out = pa.table(cols)
         pieces, start = [], 0
         for t in tables:

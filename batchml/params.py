@@ -44,7 +44,7 @@ from typing import Any
 from .errors import InvalidParams
 
 __all__ = ["BATCH_SIZE", "EXPLAIN", "LEVELS", "PARAM_TYPES", "InvalidParams", "ParamLayer",
-           "ParamSpec", "builtin_params", "merge_specs", "params_json", "parse_assignments",
+           "ParamSpec", "builtin_params", "json_schema", "merge_specs", "params_json", "parse_assignments",
            "resolve_params", "specs_from_json", "specs_to_list", "threshold_param"]
 
 PARAM_TYPES: tuple[str, ...] = ("float", "int", "bool", "str")
@@ -310,6 +310,26 @@ def params_json(params: Mapping[str, Any] | None) -> str | None:
     if params is None:
         return None
     return json.dumps(dict(params), sort_keys=True, separators=(",", ":"))
+
+
+def json_schema(specs: Iterable[ParamSpec]) -> dict[str, Any]:
+    """The JSON Schema of an object of these parameters (OpenAPI): each a property with its
+    type (or null: not set, the default), default, limits, choices and description; no
+    others."""
+    kinds = {"float": "number", "int": "integer", "bool": "boolean", "str": "string"}
+    props: dict[str, Any] = {}
+    for spec in specs:
+        prop: dict[str, Any] = {"type": [kinds[spec.type], "null"], "default": spec.default}
+        if spec.minimum is not None:
+            prop["minimum"] = spec.minimum
+        if spec.maximum is not None:
+            prop["maximum"] = spec.maximum
+        if spec.choices is not None:
+            prop["enum"] = [*spec.choices, None]
+        if spec.description:
+            prop["description"] = spec.description
+        props[spec.name] = prop
+    return {"type": "object", "properties": props, "additionalProperties": False}
 
 
 def specs_to_list(specs: Iterable[ParamSpec]) -> list[dict[str, Any]]:

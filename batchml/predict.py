@@ -7,9 +7,10 @@ sends it back). Nothing here prints: the caller shows progress and the result.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelNotFound
 from .settings import Settings
@@ -47,19 +48,24 @@ def expand_inputs(inputs: list[str]) -> list[str]:
 def predict_files(settings: Settings, inputs: list[str], *, run_id: str | None = None,
                   tag: str | None = None, output: Path | None = None, batch_files: int = 10,
                   on_progress: Callable[[int, int], None] | None = None,
-                  model: str | None = None, explain: int = 0) -> PredictResult:
+                  model: str | None = None, explain: int = 0,
+                  params: Mapping[str, Any] | None = None) -> PredictResult:
     """Score ``inputs`` (see :func:`expand_inputs`) with the model of ``run_id``, else the one
     ``model`` names (``NAME@ALIAS``, ``NAME/VERSION``, see :mod:`batchml.resolve`), else of the
     latest successful run carrying ``tag`` (default ``BATCHML_MODEL``, then
     ``BATCHML_MODEL_TAG``), writing to
     ``output`` when given, else to the outbox. ``on_progress(done, total)`` is called after
     each batch. ``explain`` > 0 adds per row the ``explain`` largest feature contributions
-    (column ``explanation``, see :mod:`batchml.explanations`).
+    (column ``explanation``, see :mod:`batchml.explanations`). ``params`` are inference
+    parameters for this batch (``--param NAME=VALUE``: text values parsed by each parameter's
+    type; over ``BATCHML_PARAMS`` and the model's defaults, see :mod:`batchml.params`).
 
     Raises :class:`~batchml.errors.ModelNotFound` when no run carries the tag,
     :class:`~batchml.errors.RunCannotScore` when the named run cannot score, and
     :class:`~batchml.errors.ConfigError` (before anything is scored) when ``explain`` is
-    asked of a model without per-row contributions."""
+    asked of a model without per-row contributions, and
+    :class:`~batchml.errors.InvalidParams` (before anything is scored) for an unknown
+    parameter or a bad value."""
     from .catalog import Catalog
     from .scoring import Outbox
     from .sources import ListSource
@@ -71,11 +77,8 @@ def predict_files(settings: Settings, inputs: list[str], *, run_id: str | None =
     source = ListSource(uris, client=client, max_file_bytes=settings.max_file_bytes)
     outbox = Outbox(str(output), s3=client) if output is not None else None
     worker = Worker(Catalog.from_settings(settings), source, settings, run_id=run_id, tag=tag,
-                    outbox=outbox, model=model, explain=explain)
-    if explain:
-        from .explanations import check_explainable
-
-        check_explainable(worker.cache.resolve(worker.ref).estimator, explain)
+                    outbox=outbox, model=model, explain=explain, params=params)
+    worker.check_params()  # against the model, before anything is claimed or scored
     refs = source.poll()
     worker.ledger.discover(refs)
     ids = [r.file_id for r in refs]

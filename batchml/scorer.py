@@ -236,15 +236,17 @@ class Scorer:
 
     def score(self, path: Path, record: FileRecord, model: LoadedModel, batch_id: str, *,
               reprocess: bool = False,
-              still_held: Callable[[], bool] | None = None) -> FileOutcome:
+              still_held: Callable[[], bool] | None = None,
+              params: dict[str, Any] | None = None) -> FileOutcome:
         """Score one file in the child; what :func:`~batchml.scoring.score_file` returns.
 
         Raises what the child raised (a transient error stays transient), :class:`ScorerDied`
         when the child dies meanwhile, :class:`CommitRefused` when ``still_held`` said no
-        before the output was committed, :class:`ScorerUnavailable` when no child starts."""
+        before the output was committed, :class:`ScorerUnavailable` when no child starts.
+        ``params``: the resolved inference parameters, as for ``score_file``."""
         request = ("score", {"path": str(path), "record": record,
                              "model": self.spec_for(model), "batch_id": batch_id,
-                             "reprocess": reprocess})
+                             "reprocess": reprocess, "params": params})
         for _ in range(2):  # a child that died while idle is replaced once, for free
             self.start()
             assert self._conn is not None and self._proc is not None

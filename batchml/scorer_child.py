@@ -115,7 +115,7 @@ def child_main(fd: int) -> None:
             outcome = score_file(Path(job["path"]), job["record"], model, outbox,
                                  job["batch_id"], batch_rows=config.batch_rows,
                                  budget_bytes=config.budget_bytes, reprocess=job["reprocess"],
-                                 limits=config.limits,
+                                 limits=config.limits, params=job.get("params"),
                                  carry=(config.id_column,) if config.id_column else ())
             reply: tuple[Any, ...] = ("done", outcome)
         except CommitRefused:

@@ -13,7 +13,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -376,7 +376,8 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
                batch_id: str, *, batch_rows: int = 65_536, budget_bytes: int = 2**30,
                reprocess: bool = False, limits: Limits | None = None,
                explain: int = 0, carry: tuple[str, ...] = (),
-               key: str | None = None) -> FileOutcome:
+               key: str | None = None,
+               params: Mapping[str, Any] | None = None) -> FileOutcome:
     """Score one local parquet file into the outbox; never raises for bad input.
 
     Bad input (unreadable, schema mismatch, zero rows, over the memory budget or a text
@@ -394,6 +395,12 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
 
     ``key`` puts the output elsewhere in the outbox than :func:`output_key` (a backfill's
     version of it).
+
+    ``params`` are the resolved inference parameters (:mod:`batchml.params`; checked by the
+    caller before the file was claimed): ``threshold`` decides the label, ``explain`` (when
+    ``explain`` is 0) the explanation column, ``batch_size`` the rows per model call, and the
+    flavor's own reach its hooks. They are recorded in the output's metadata
+    (``batchml.params``).
     """
     limits = limits or Limits(memory_bytes=budget_bytes)
     start = time.perf_counter()
@@ -407,7 +414,7 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
         tmp = outbox.temp_path()
         rows, positives, truncated = _stream(pf, model, record, batch_id, tmp, batch_rows,
                                              plan=plan, limits=limits, explain=explain,
-                                             carry=carry)
+                                             carry=carry, params=params)
         outcome.output_uri = outbox.commit(tmp, key or output_key(record, model.run_id))
         tmp = None
         outcome.rows, outcome.positives, outcome.truncated = rows, positives, truncated
@@ -436,10 +443,14 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
 
 
 def model_columns(model: LoadedModel, batch: pa.RecordBatch, proba: np.ndarray,
-                   index: np.ndarray) -> dict[str, pa.Array]:
-    """The columns the model's flavor adds (:meth:`Estimator.output_columns`), checked: a
-    wrong one is the model's fault (ModelError), not the input file's (no quarantine)."""
-    cols = model.estimator.output_columns(batch, proba, index)
+                  index: np.ndarray, params: Mapping[str, Any] | None = None
+                  ) -> dict[str, pa.Array]:
+    """The columns the model's flavor adds (:meth:`Estimator.output_columns`, given the
+    resolved inference ``params``), checked: a wrong one is the model's fault (ModelError),
+    not the input file's (no quarantine)."""
+    from .estimators.base import call_output_columns
+
+    cols = call_output_columns(model.estimator, batch, proba, index, params)
     for name, values in cols.items():
         if not isinstance(values, pa.Array | pa.ChunkedArray) or len(values) != batch.num_rows:
             got = f"{len(values)} values" if isinstance(values, pa.Array | pa.ChunkedArray) \
@@ -454,7 +465,8 @@ def model_columns(model: LoadedModel, batch: pa.RecordBatch, proba: np.ndarray,
 def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id: str,
             tmp: Path, batch_rows: int, row_groups: list[int] | None = None, *,
             plan: ReadPlan | None = None, limits: Limits | None = None, explain: int = 0,
-            carry: tuple[str, ...] = ()) -> tuple[int, int, int]:
+            carry: tuple[str, ...] = (),
+            params: Mapping[str, Any] | None = None) -> tuple[int, int, int]:
     """Score ``pf`` into ``tmp``; returns (rows, positives, text values truncated). With a
     ``plan`` batches are sized by bytes (:mod:`batchml.limits`); text inputs are held to
     ``limits`` (default: the documented limits). ``explain``: see :func:`score_file` (the
@@ -463,6 +475,9 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
     from .estimators._arrays import constant, from_numpy
 
     sig = model.signature
+    if params is not None:
+        params = model.estimator.resolve_params(params)  # every parameter, checked once
+        explain = explain or int(params.get("explain") or 0)
     classes = list(model.estimator.classes_)
     inputs = set(sig.input_names)
     texts = [s.name for s in sig.inputs if s.type == "string"]
@@ -494,8 +509,8 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
                 truncated += cut
             # arrow straight in: the estimator checks and coerces it with the signature once
             # (a text model with an arrow hook never builds a DataFrame)
-            proba = model.estimator.predict_proba(batch)
-            index = model.estimator.label_index(proba)
+            proba = model.estimator.predict_proba(batch, params=params)
+            index = model.estimator.label_index(proba, params=params)
             if len(classes) == 2:
                 positives += int(index.sum())
             cols: dict[str, pa.Array] = {
@@ -505,7 +520,7 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
                 if (name not in inputs or name in carry) and name not in cols:
                     cols[name] = batch.column(name)
             # the model's own columns (label, proba, proba_<class> unless its flavor says)
-            cols.update(model_columns(model, batch, proba, index))
+            cols.update(model_columns(model, batch, proba, index, params))
             if explain:
                 from .explanations import explanation_column
                 from .signature import EXPLANATION_COLUMN
@@ -518,6 +533,8 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
             try:
                 if writer is None:
                     meta = {b"batchml.lineage": json.dumps(lineage).encode()}
+                    if params is not None:
+                        meta[b"batchml.params"] = json.dumps(params, sort_keys=True).encode()
                     if explain:
                         meta[b"batchml.signature"] = json.dumps(
                             sig.with_explanation(explain).to_dict()).encode()

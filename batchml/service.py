@@ -343,6 +343,12 @@ class Service:
         self.stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()
         worker = Worker.for_source(self.settings)
+        try:  # the inference parameters (BATCHML_PARAMS) against the model: refused at start
+            worker.check_params()
+        except BaseException:
+            worker.source.close()
+            worker.close()
+            raise
         if worker.scorer is not None:
             worker.scorer.start()  # the scorer process imports while the service starts
         source = worker.source

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -181,6 +181,12 @@ class Settings(BaseSettings):
         default=None, ge=0.0, le=1.0, description="Binary decision threshold for scoring, "
         "overriding the one each model recorded at training (chosen on validation; 0.5 for "
         "models trained before thresholds were recorded). Default: the model's.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Inference parameters for the service's inbox, a JSON "
+        "object of name -> value (e.g. {\"threshold\": 0.3, \"explain\": 3}): over the "
+        "model's defaults and the deployment's flow parameter `params`, under `batchml "
+        "predict --param` and HTTP requests. Checked against the model before any file is "
+        "scored.")
     log_format: Literal["text", "json"] = Field(
         default="text", description="Service log lines: human text or one JSON object a line.")
     train_cron: str = Field(default="0 2 * * *",

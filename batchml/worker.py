@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .catalog import ClaimedBatch, FileRecord, FileRef, Ledger, worker_id
 from .errors import Backoff, BatchMLError, CatalogError, ConfigError, ModelNotFound, is_transient
 from .limits import Limits
+from .params import ParamLayer, params_json, resolve_params
 from .resolve import ModelRef, nothing_resolved
 from .scorer import CommitRefused, ModelSpec, Scorer, ScorerConfig, ScorerDied
 from .scoring import CommitGuard, FileOutcome, LoadedModel, ModelCache, Outbox, score_file
@@ -47,6 +48,8 @@ class BatchReport:
     model_version: str | None = None
     """The registered version that scored, ``name/3`` (``name/3@alias`` when resolved through
     an alias); None for a run that is not registered."""
+    params: dict[str, Any] | None = None
+    """The inference parameters the batch was scored with (recorded with the batch)."""
 
     @property
     def rows(self) -> int:
@@ -71,7 +74,8 @@ class Worker:
                  tag: str | None = None, cache: ModelCache | None = None,
                  name: str | None = None, isolate: bool = False,
                  health: S3Health | None = None, model: str | None = None,
-                 explain: int = 0) -> None:
+                 explain: int = 0, params: Mapping[str, Any] | None = None,
+                 deployment_params: Mapping[str, Any] | None = None) -> None:
         self.catalog = catalog
         self.source = source
         self.settings = settings
@@ -103,6 +107,14 @@ class Worker:
                                    "=false.")
         self.explain = explain
         """Per-row explanations: the ``explain`` largest contributions per row (0: none)."""
+        batch = {**({"explain": explain} if explain else {}), **(params or {})}
+        self.param_layers: tuple[ParamLayer, ...] = (
+            ParamLayer("deployment (flow parameter params)", deployment_params, text=True),
+            ParamLayer("inbox settings (BATCHML_PARAMS)", settings.params, text=True),
+            ParamLayer("batch (--param)", batch or None, text=True))
+        """Inference parameter overrides, lowest precedence first (:mod:`batchml.params`):
+        resolved against each model's parameters before any of its files is claimed."""
+        self._params: dict[str, dict[str, Any]] = {}
         self._view_ready = False
         self._model: LoadedModel | None = None
         self._outer_hold: contextlib.ExitStack | None = None
@@ -168,6 +180,31 @@ class Worker:
                 getattr(self.cache, "threshold", None))
         return spec
 
+    def params_for(self, model: LoadedModel) -> dict[str, Any]:
+        """The inference parameters ``model`` scores with: its defaults overridden by
+        :attr:`param_layers`. Raises :class:`~batchml.params.InvalidParams` (or a
+        ``ConfigError`` for ``explain`` on a model without per-row contributions): the
+        worker's configuration is wrong, not any file, so nothing is claimed."""
+        params = self._params.get(model.run_id)
+        if params is None:
+            params = resolve_params(model.estimator.signature.params, self.param_layers)
+            if params.get("explain"):
+                from .explanations import check_explainable
+
+                check_explainable(model.estimator, int(params["explain"]))
+            self._params = {model.run_id: params}
+        return params
+
+    def check_params(self) -> dict[str, Any] | None:
+        """Resolve the model now and check the inference parameters against it (what
+        ``batchml predict`` / ``watch`` / ``serve`` do at start, so a bad value fails there with
+        its message); None when there is no model yet (checked once there is)."""
+        try:
+            model = self.cache.resolve(self.ref)
+        except ModelNotFound:
+            return None
+        return self.params_for(model)
+
     def close(self) -> None:
         """Stop the scorer process, if any (the source is the caller's to close)."""
         if self.scorer is not None:
@@ -232,7 +269,7 @@ class Worker:
             return BatchReport(None, model.run_id)
         batch_id = claim.batch_id
         claimed = claim.records
-        report = BatchReport(batch_id, model.run_id)
+        report = BatchReport(batch_id, model.run_id, params=self.params_for(model))
         if claim.model_name is not None:
             report.model_version = f"{claim.model_name}/{claim.model_version}" + (
                 f"@{claim.model_alias}" if claim.model_alias else "")
@@ -249,7 +286,8 @@ class Worker:
                     if not leases.held(record.file_id):
                         continue  # taken over by another worker: it is scored there
                     try:
-                        outcome = self._score_one(record, model, batch_id, leases, score)
+                        outcome = self._score_one(record, model, batch_id, leases, score,
+                                                  report.params)
                     except _ClaimLost:
                         continue
                     except _Retried:
@@ -283,7 +321,8 @@ class Worker:
                 try:
                     self._record(report, pending, leases, end={
                         "files": 0, "rows": 0, "error": report.error,
-                        "duration_ms": (time.perf_counter() - start) * 1000})
+                        "duration_ms": (time.perf_counter() - start) * 1000,
+                        "params": params_json(report.params)})
                 finally:
                     self.release_catalog()  # recorded: readers may come in now
         if not self._view_ready and any(o.output_uri for o in report.outcomes):
@@ -319,6 +358,7 @@ class Worker:
         if model is None or (self.run_id is not None and model.run_id != self.run_id):
             model = self.cache.resolve(self.ref)
         for _ in range(5):
+            self.params_for(model)  # bad parameters: refused before any file is claimed
             claim = self.ledger.claim_batch(
                 self.name, limit=limit, lease_s=self.settings.lease_s, run_id=self.run_id,
                 tag=self.tag, flow=self.settings.train_flow, expect_run_id=model.run_id,
@@ -365,14 +405,13 @@ class Worker:
         return self.source.claim_prefix
 
     def _score_one(self, record: FileRecord, model: LoadedModel, batch_id: str,
-                   leases: _Leases | None = None, score: ScoreFile | None = None) -> FileOutcome:
+                   leases: _Leases | None = None, score: ScoreFile | None = None,
+                   params: dict[str, Any] | None = None) -> FileOutcome:
         reprocess = (record.error or "") == "reprocess requested"
         outbox = self.outbox if leases is None else self.outbox.guarded(
             leases.commit_guard(record.file_id))
-        if self.explain:  # the model's fault, not the file's: the batch stops, files wait
-            from .explanations import check_explainable
-
-            check_explainable(model.estimator, self.explain)
+        if params is None:  # the model's fault, not the file's: the batch stops, files wait
+            params = self.params_for(model)
         try:
             with self.source.fetch(record) as path:
                 if score is not None:
@@ -381,14 +420,14 @@ class Worker:
                     outcome = self.scorer.score(
                         path, record, model, batch_id, reprocess=reprocess,
                         still_held=None if leases is None else
-                        (lambda: leases.check(record.file_id)))
+                        (lambda: leases.check(record.file_id)), params=params)
                 else:
                     outcome = score_file(path, record, model, outbox, batch_id,
                                          batch_rows=self.settings.batch_rows,
                                          budget_bytes=self.settings.memory_budget_mb * 2**20,
                                          reprocess=reprocess,
                                          limits=Limits.from_settings(self.settings),
-                                         explain=self.explain,
+                                         params=params,
                                          carry=_carry(self.settings))
                 if self._pairing is not None and self.shadow is not None \
                         and outcome.status == "scored" and score is None:

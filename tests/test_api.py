@@ -69,7 +69,7 @@ def _expected(settings: Settings, texts: list[str]) -> list[str]:
     {"instances": [{"review": t} for t in TEXTS]},
     {"instances": TEXTS},
     {"inputs": {"review": TEXTS}},
-    {"inputs": [{"review": t} for t in TEXTS], "params": {"ignored": 1}},
+    {"inputs": [{"review": t} for t in TEXTS], "params": {"batch_size": 2}},
 ], ids=["dataframe_split", "dataframe_records", "instances-records", "instances-values",
         "inputs-columns", "inputs-records-params"])
 def test_mlflow_json_shapes_score_like_the_model(client: TestClient, api_home: Settings,

@@ -69,7 +69,7 @@ def test_mlflow_client_invoke_dataframe_and_params(text_server: tuple[str, int],
 
     assert client.get_version() == __version__
     frame = pd.DataFrame({"review": REVIEWS})
-    for params in (None, {"threshold": 0.9, "note": "ignored by this model"}):
+    for params in (None, {"batch_size": 2}):  # the labels: the model's own threshold
         response = client.invoke(frame, params=params)
         got = response.get_predictions()  # MLflow's own reading of the answer
         assert isinstance(got, pd.DataFrame) and len(got) == len(REVIEWS)

@@ -93,6 +93,9 @@ def test_register_list_show_versions(home: dict[str, Any]) -> None:
     cells = [c.strip() for c in row.strip("│ ").split("│")]
     assert cells[:5] == ["1", first, "completed", "sklearn_text", "champion"]
     assert f"{version_metrics(v1)['roc_auc']:.4g}" in cells  # key metrics from the run
+    # the newest version's inference parameters (batchml.params)
+    assert "inference parameters (version 2)" in shown
+    assert "a float in [0, 1]" in shown and "batch_size" in shown
     assert "@" in shown  # created by user@host
 
     rows = json_lines(ok(models(home, "versions", "cli-reviews", "--format", "json")))

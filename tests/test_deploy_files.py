@@ -35,6 +35,12 @@ def test_prefect_yaml_entrypoints_exist_and_name_real_flows() -> None:
     assert trigger["expect"] == ["batchml.file.landed"]
     assert trigger["parameters"] == {"file": "{{ event.resource.id }}"}
     assert predict["concurrency_limit"] >= 1
+    # the deployment's inference parameters: a flow parameter (batchml.params)
+    assert predict["parameters"] == {"params": {}}
+    import inspect as _inspect
+
+    assert set(predict["parameters"]) <= set(
+        _inspect.signature(flows["predict-on-landing"].fn).parameters)
     nightly = next(d for d in spec["deployments"] if d["name"] == "train-nightly")
     assert nightly["schedules"][0]["cron"] == "0 2 * * *"
     # the gate's smoke examples are a parameter of the deployment, from BATCHML_SMOKE_PATH

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -244,3 +245,326 @@ def test_a_flavor_hook_receives_the_resolved_params(binary_text: tuple[Any, pd.D
     # an override written before parameters existed is called without them
     plain = make_estimator("baseline", text_column="review").fit(frame, [0, 1] * 150)
     assert "label" in call_output_columns(plain, batch, proba, plain.label_index(proba), None)
+
+
+# --- the batch levels: deployment < inbox settings < batch, recorded in the catalog ---------------
+
+
+def _home(catalog_url: str, tmp_path: Path) -> Any:
+    from testhelp import make_tagged_home
+
+    url = catalog_url if "://" in catalog_url else None
+    return make_tagged_home(tmp_path / "data", tmp_path / "home", train_rows=600, valid_rows=200,
+                            catalog_url=url)
+
+
+def _input(tmp_path: Path, name: str, rows: int = 40, seed: int = 5) -> str:
+    from batchml.synthetic import synthetic_reviews
+
+    path = tmp_path / f"{name}.parquet"
+    synthetic_reviews(rows, seed=seed).drop(columns=["labels"]).to_parquet(path)
+    return str(path)
+
+
+def _worker(settings: Any, uris: list[str], out: Path, **kw: Any) -> Any:
+    from batchml import Catalog
+    from batchml.scoring import Outbox
+    from batchml.sources import ListSource
+    from batchml.worker import Worker
+
+    return Worker(Catalog.from_settings(settings), ListSource(uris), settings,
+                  outbox=Outbox(str(out)), **kw)
+
+
+def _scored(report: Any) -> pd.DataFrame:
+    (outcome,) = report.outcomes
+    assert outcome.status == "scored", outcome.error
+    return pd.read_parquet(outcome.output_uri)
+
+
+def test_batch_levels_precedence_and_the_catalog_record(catalog_url: str,
+                                                        tmp_path: Path) -> None:
+    from batchml import Catalog
+
+    settings = _home(catalog_url, tmp_path)
+    cases = [  # (deployment, inbox settings, batch, expected threshold)
+        (None, {}, None, None),
+        ({"threshold": 0.2}, {}, None, 0.2),
+        ({"threshold": 0.2, "batch_size": 7}, {"threshold": 0.4}, None, 0.4),
+        ({"threshold": 0.2}, {"threshold": "0.4"}, {"threshold": "0.7", "explain": "2"}, 0.7),
+    ]
+    recorded = {}
+    for i, (deployment, inbox, batch, expected) in enumerate(cases):
+        s = settings.model_copy(update={"params": inbox})
+        worker = _worker(s, [_input(tmp_path, f"in{i}", seed=10 + i)], tmp_path / "out",
+                         params=batch, deployment_params=deployment)
+        worker.discover()
+        report = worker.run_batch()
+        model = worker.model.estimator
+        if expected is None:
+            expected = model.threshold
+        assert report.params["threshold"] == expected
+        frame = _scored(report)
+        np.testing.assert_array_equal(frame["label"].to_numpy(),
+                                      (frame["proba"] >= expected).astype(int).to_numpy())
+        assert ("explanation" in frame.columns) == bool(batch)
+        if i == 2:
+            assert report.params["batch_size"] == 7
+        recorded[report.batch_id] = report.params
+    catalog = Catalog.from_settings(settings)
+    rows = catalog.sql("SELECT batch_id, params FROM prediction_batches")
+    assert {r.batch_id: json.loads(r.params) for r in rows.itertuples()} == recorded
+    view = catalog.sql("SELECT batch_id, params FROM prediction_outputs")
+    assert {r.batch_id: json.loads(r.params) for r in view.itertuples()} == recorded
+    batches = catalog.backend.recent_batches(10)
+    assert {r.batch_id: json.loads(r.params) for r in batches.itertuples()} == recorded
+
+
+@pytest.mark.parametrize(("layers", "message"), [
+    ({"params": {"treshold": "0.3"}},
+     "Unknown inference parameter 'treshold' from the batch (--param)."),
+    ({"deployment_params": {"threshold": 3}},
+     "Inference parameter 'threshold' from the deployment (flow parameter params) is 3.0 "
+     "(above the maximum); it accepts a float in [0, 1]."),
+    ({"inbox": {"batch_size": "lots"}},
+     "Inference parameter 'batch_size' from the inbox settings (BATCHML_PARAMS) is 'lots' "
+     "(not an integer)"),
+])
+def test_a_bad_value_is_refused_before_any_file_is_claimed(
+        module_tagged_home: Any, tmp_path: Path, layers: dict[str, Any], message: str) -> None:
+    settings = module_tagged_home.model_copy(update={"params": layers.pop("inbox", {})})
+    uri = _input(tmp_path, "bad")
+    worker = _worker(settings, [uri], tmp_path / "out", **layers)
+    worker.discover()
+    with pytest.raises(InvalidParams) as info:
+        worker.run_batch()
+    assert message in str(info.value)
+    (row,) = [r for r in worker.ledger.files().itertuples() if r.source_uri == uri]
+    assert row.state == "discovered" and row.attempts == 0  # not claimed, not quarantined
+    assert not list((tmp_path / "out").glob("**/*.parquet"))
+
+
+# --- online: per request, in both protocols; coalescing only with equal params ------------------
+
+TEXTS = [f"review number {i}: {'lovely soft fabric' if i % 3 else 'ripped after a wash'}"
+         for i in range(48)]
+
+
+def test_coalescing_keeps_requests_with_other_params_apart(module_tagged_home: Any) -> None:
+    import asyncio
+
+    from batchml import Catalog
+    from batchml.online import ModelFollower, OnlineScorer
+    from batchml.resolve import ModelRef
+    from batchml.scoring import ModelCache
+
+    s = module_tagged_home
+    cat = Catalog.from_settings(s)
+    follower = ModelFollower(cat, ModelRef.parse(f"tag:{s.model_tag}", flow=s.train_flow),
+                             ModelCache(cat, flow=s.train_flow))
+    scorer = OnlineScorer(follower, batch_rows=256, batch_wait_ms=50.0)
+    choices: list[dict[str, Any] | None] = [None, {"threshold": 0.0}, {"threshold": 1.0},
+                                            {"threshold": 0.0, "batch_size": 1}]
+    params = [choices[i % 4] for i in range(len(TEXTS))]
+
+    async def run() -> list[pa.Table]:
+        scorer.start()
+        try:
+            return [out for _, out in await asyncio.gather(
+                *(scorer.score(pa.table({"review": [t]}), p)
+                  for t, p in zip(TEXTS, params, strict=True)))]
+        finally:
+            await scorer.stop()
+
+    outs = asyncio.run(run())
+    estimator = follower.current().model.estimator
+    proba = estimator.predict_proba(pd.DataFrame({"review": TEXTS}))[:, 1]
+    for out, p, pr in zip(outs, params, proba, strict=True):
+        threshold = (p or {}).get("threshold", estimator.threshold)
+        assert out.column("label")[0].as_py() == int(pr >= threshold), (p, pr)
+    assert 4 <= scorer.model_calls < len(TEXTS)  # coalesced, but never across params
+
+
+@pytest.fixture(scope="module")
+def api(module_tagged_home: Any) -> Any:
+    from fastapi.testclient import TestClient
+
+    from batchml.api import create_app
+
+    settings = module_tagged_home.model_copy(update={"api_log_predictions": False})
+    app = create_app(settings, f"tag:{settings.model_tag}")
+    with TestClient(app) as client:
+        yield client, app, settings
+
+
+def _v2(name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"inputs": [{"name": "review", "shape": [len(TEXTS[:6])],
+                                        "datatype": "BYTES", "data": TEXTS[:6]}]}
+    if params is not None:
+        body["parameters"] = params
+    return body
+
+
+def _v2_labels(response: Any) -> list[Any]:
+    return next(o["data"] for o in response.json()["outputs"] if o["name"] == "label")
+
+
+def test_http_params_in_both_protocols(api: Any) -> None:
+    client, app, settings = api
+    name = app.state.api.model_name
+    split = {"dataframe_split": {"columns": ["review"], "data": [[t] for t in TEXTS[:6]]}}
+    default = [p["label"] for p in client.post("/invocations", json=split).json()["predictions"]]
+    for threshold, expected in ((0.0, [1] * 6), (1.0, [0] * 6)):
+        r = client.post("/invocations", json={**split, "params": {"threshold": threshold}})
+        assert r.status_code == 200, r.text
+        assert [p["label"] for p in r.json()["predictions"]] == expected
+        r = client.post(f"/v2/models/{name}/infer", json=_v2(name, {"threshold": threshold}))
+        assert r.status_code == 200, r.text
+        assert _v2_labels(r) == expected
+    # protocol parameters are not the model's; none given: the model's defaults
+    r = client.post(f"/v2/models/{name}/infer", json=_v2(name, {"binary_data_output": False}))
+    assert _v2_labels(r) == default
+    # explain per request: the explanation column
+    r = client.post("/invocations", json={**split, "params": {"explain": 2}})
+    assert r.status_code == 200, r.text
+    assert all(len(p["explanation"]) == 2 for p in r.json()["predictions"])
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"treshold": 0.3}, "Unknown inference parameter 'treshold' from the request. The model's "
+                        "parameters are: threshold (a float in [0, 1]"),
+    ({"threshold": 2}, "Inference parameter 'threshold' from the request is 2.0 (above the "
+                       "maximum); it accepts a float in [0, 1]."),
+    ({"threshold": "0.3"}, "Inference parameter 'threshold' from the request is '0.3' (str)"),
+    ({"batch_size": -1}, "'batch_size' from the request is -1 (below the minimum)"),
+])
+def test_http_refusals_are_400s_in_each_protocols_shape(api: Any, params: dict[str, Any],
+                                                        message: str) -> None:
+    client, app, _ = api
+    name = app.state.api.model_name
+    r = client.post("/invocations", json={"instances": TEXTS[:2], "params": params})
+    assert r.status_code == 400
+    assert r.json()["error_code"] == "BAD_REQUEST" and message in r.json()["message"]
+    r = client.post(f"/v2/models/{name}/infer", json=_v2(name, params))
+    assert r.status_code == 400
+    assert message in r.json()["error"]
+
+
+def test_openapi_and_metadata_list_the_parameters(api: Any) -> None:
+    client, app, _ = api
+    name = app.state.api.model_name
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/invocations"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]
+    params = body["properties"]["params"]["anyOf"][0]
+    assert params["properties"]["threshold"]["maximum"] == 1.0
+    assert params["additionalProperties"] is False
+    infer = schema["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]
+    v2_params = infer["properties"]["parameters"]["properties"]
+    assert {"binary_data_output", "threshold", "explain", "batch_size"} <= set(v2_params)
+    meta = client.get(f"/v2/models/{name}").json()
+    declared = meta["parameters"]["inference_parameters"]
+    assert declared["threshold"]["type"] == "float"
+    assert declared["explain"]["default"] == 0
+
+
+def test_online_requests_record_their_params(module_tagged_home: Any, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from batchml import Catalog
+    from batchml.api import create_app
+
+    settings = module_tagged_home.model_copy(update={"home": tmp_path / "home2",
+                                                     "api_log_predictions": True})
+    catalog = Catalog.from_settings(module_tagged_home)
+    with TestClient(create_app(settings, f"tag:{settings.model_tag}", catalog=catalog)) as c:
+        name = c.app.state.api.model_name  # type: ignore[attr-defined]
+        assert c.post("/invocations", json={"instances": TEXTS[:3],
+                                            "params": {"threshold": 0.25}}).status_code == 200
+        assert c.post(f"/v2/models/{name}/infer", json=_v2(name)).status_code == 200
+    logged = pd.read_parquet(tmp_path / "home2" / "online")
+    by_protocol = {p: json.loads(v) for p, v in zip(logged["protocol"], logged["params"],
+                                                          strict=True)}
+    assert by_protocol["mlflow"]["threshold"] == 0.25
+    assert by_protocol["v2"]["threshold"] == catalog.latest_run(
+        settings.train_flow, tag=settings.model_tag).load_model().threshold
+    assert set(by_protocol["v2"]) == {"threshold", "explain", "batch_size"}
+
+
+# --- the command line and the deployment's flow parameter -------------------------------------
+
+
+@pytest.mark.parametrize(("args", "env", "code", "expected"), [
+    (["--param", "threshold=0.0"], {"BATCHML_PARAMS": '{"threshold": 1.0, "batch_size": 5}'},
+     0, {"threshold": 0.0, "batch_size": 5, "explain": 0}),
+    (["--explain", "2"], {"BATCHML_PARAMS": '{"threshold": 1.0}'},
+     0, {"threshold": 1.0, "batch_size": 0, "explain": 2}),
+    (["--param", "threshold=high"], {}, 1,
+     "Inference parameter 'threshold' from the batch (--param) is 'high' (not a number); it "
+     "accepts a float in [0, 1]."),
+    (["--param", "threshold"], {}, 1, "Inference parameter 'threshold' from the batch "
+                                      "(--param) is not NAME=VALUE."),
+    ([], {"BATCHML_PARAMS": '{"treshold": 1}'}, 1,
+     "Unknown inference parameter 'treshold' from the inbox settings (BATCHML_PARAMS)."),
+], ids=["param-over-settings", "explain-shorthand", "bad-value", "not-an-assignment",
+        "bad-setting"])
+def test_predict_param_option_and_settings(module_tagged_home: Any, tmp_path: Path,
+                                           args: list[str], env: dict[str, str], code: int,
+                                           expected: Any) -> None:
+    from typer.testing import CliRunner
+
+    from batchml import Catalog
+    from batchml.catalog import Ledger
+    from batchml.cli import app
+
+    source = _input(tmp_path, "cli")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["predict", source, "--output", str(out), *args,
+                                      "--home", str(module_tagged_home.home)],
+                                env={"COLUMNS": "200", **env})
+    assert result.exit_code == code, result.output
+    catalog = Catalog.from_settings(module_tagged_home)
+    if code:
+        assert expected in " ".join(result.output.split())
+        assert not list(out.rglob("*.parquet"))
+        # refused before any file was claimed: nothing quarantined, nothing in the ledger
+        assert source not in set(Ledger(catalog).files()["source_uri"])
+        return
+    (output,) = out.rglob("*.parquet")
+    frame = pd.read_parquet(output)
+    np.testing.assert_array_equal(frame["label"], (frame["proba"] >= expected["threshold"]))
+    batch_id = frame["batch_id"].iloc[0]
+    recorded = catalog.sql("SELECT params FROM prediction_batches WHERE batch_id = ?",
+                           [batch_id])["params"].iloc[0]
+    assert json.loads(recorded) == expected
+    import pyarrow.parquet as pq
+
+    assert json.loads(pq.read_schema(output).metadata[b"batchml.params"]) == expected
+
+
+def test_the_deployment_flow_parameter(module_tagged_home: Any, tmp_path: Path) -> None:
+    """A real Prefect flow run of the prediction flow with the deployment's ``params``, under
+    BATCHML_PARAMS; a bad one fails the run before any file is claimed."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from batchml.flows.predict import predict_flow
+
+    settings = module_tagged_home.model_copy(update={"params": {"batch_size": 3},
+                                                     "outbox": str(tmp_path / "outbox")})
+    with prefect_test_harness(server_startup_timeout=120):
+        result = predict_flow(files=[_input(tmp_path, "flow", seed=21)], settings=settings,
+                              params={"threshold": 0.0, "batch_size": 9})
+        assert result["params"] == {"threshold": 0.0, "batch_size": 3, "explain": 0}
+        (scored,) = result["files"]
+        assert (pd.read_parquet(scored["output"])["label"] == 1).all()
+        bad = _input(tmp_path, "flow-bad", seed=22)
+        with pytest.raises(InvalidParams, match="'threshold' from the deployment \\(flow "
+                                                "parameter params\\) is 7.0"):
+            predict_flow(files=[bad], settings=settings, params={"threshold": 7})
+    from batchml import Catalog
+    from batchml.catalog import Ledger
+
+    states = Ledger(Catalog.from_settings(settings)).files()
+    (state,) = states.loc[states["source_uri"] == bad, "state"]
+    assert state == "discovered"  # never claimed, never quarantined

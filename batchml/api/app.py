@@ -169,15 +169,38 @@ def _openapi_examples(app: FastAPI, state: ApiState) -> None:
                     for param in op.get("parameters", []):
                         if param.get("name") in values:
                             param["example"] = values[param["name"]]
+        from ..params import json_schema
+
+        params = json_schema(sig.params)
         for path, make in (("/invocations", mlflow.example),
                            ("/v2/models/{name}/infer", v2.example),
                            ("/v2/models/{name}/versions/{version}/infer", v2.example)):
             body = paths.get(path, {}).get("post", {}).get("requestBody")
             if body:
-                body["content"]["application/json"]["example"] = make(sig)
+                content = body["content"]["application/json"]
+                content["example"] = make(sig)
+                # the served model's inference parameters, named with their limits
+                props = _resolve_ref(schema, content["schema"]).setdefault("properties", {})
+                if path == "/invocations":
+                    props["params"] = {"anyOf": [params, {"type": "null"}]}
+                else:
+                    held = props.get("parameters", {})
+                    props["parameters"] = {**held, "properties": {
+                        **held.get("properties", {}), **params["properties"]}}
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _resolve_ref(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """``node``, or the component it ``$ref``-s (``#/components/schemas/...``)."""
+    ref = node.get("$ref")
+    if not isinstance(ref, str) or not ref.startswith("#/"):
+        return node
+    out: Any = schema
+    for part in ref[2:].split("/"):
+        out = out[part]
+    return dict(out) if not isinstance(out, dict) else out
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -211,14 +234,16 @@ def _status(exc: Exception) -> int:
 
 
 async def _scored(state: ApiState, scorer: OnlineScorer, table: pa.Table,
-                  protocol: str) -> tuple[Served, pa.Table]:
+                  protocol: str, params: dict[str, Any] | None = None
+                  ) -> tuple[Served, pa.Table]:
     start = time.perf_counter()
-    served, outputs = await asyncio.wait_for(scorer.score(table),
+    served, outputs = await asyncio.wait_for(scorer.score(table, params),
                                              timeout=state.settings.api_timeout_s)
     if state.prediction_log is not None:
         state.prediction_log.append(served=served, inputs=table, outputs=outputs,
                                     latency_ms=(time.perf_counter() - start) * 1000,
-                                    protocol=protocol)
+                                    protocol=protocol,
+                                    params=scorer.resolve_params(params, served))
     return served, outputs
 
 
@@ -266,14 +291,13 @@ def _mlflow_routes(app: FastAPI, state: ApiState) -> None:
         try:
             body = await read_body(request, state.max_body)
             sig = (await asyncio.to_thread(state.follower.current)).model.signature
+            inference: dict[str, Any] | None = None  # the request's inference parameters
             if mime == "text/csv":
                 table = mlflow.parse_csv(body, {s.name: _arrow(s.type) for s in sig.inputs})
             else:
-                table, params_given = mlflow.parse_json(body, sig.input_names)
-                if params_given:
-                    log.info("ignoring params %s: the model takes no inference parameters",
-                             sorted(params_given))
-            _, outputs = await _scored(state, state.scorer, table, "mlflow")
+                table, inference = mlflow.parse_json(body, sig.input_names)
+            _, outputs = await _scored(state, state.scorer, table, "mlflow",
+                                       inference or None)
         except TimeoutError:
             return JSONResponse(mlflow.error("The request took longer than "
                                              f"{state.settings.api_timeout_s} s.",
@@ -409,7 +433,8 @@ def _v2_routes(app: FastAPI, state: ApiState) -> None:
             length = request.headers.get(v2.HEADER_LENGTH)
             table, req = v2.parse_infer(body, int(length) if length and _digits(length)
                                         else None)
-            served, outputs = await _scored(state, scorer, table, "v2")
+            served, outputs = await _scored(state, scorer, table, "v2",
+                                            v2.model_parameters(req) or None)
             content, header = v2.encode_response(*v2.infer_response(
                 state.model_name, served.label.rpartition("/")[2], outputs, req))
             if header is None:

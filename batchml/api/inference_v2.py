@@ -224,12 +224,34 @@ def encode_response(body: dict[str, Any], binary: list[bytes]) -> tuple[bytes, i
 
 def metadata(model_name: str, versions: list[str], signature: Any,
              outputs: dict[str, pa.DataType]) -> dict[str, Any]:
-    """``GET /v2/models/{name}``: inputs and outputs as tensors of shape [-1]."""
-    return {"name": model_name, "versions": versions, "platform": "batchml",
-            "inputs": [{"name": s.name, "datatype": DATATYPES[s.type], "shape": [-1]}
-                       for s in signature.inputs],
-            "outputs": [{"name": n, "datatype": _datatype(t), "shape": [-1]}
-                        for n, t in outputs.items()]}
+    """``GET /v2/models/{name}``: inputs and outputs as tensors of shape [-1]; the model's
+    inference parameters (name -> type, default, limits, description) under
+    ``parameters.inference_parameters``."""
+    out: dict[str, Any] = {
+        "name": model_name, "versions": versions, "platform": "batchml",
+        "inputs": [{"name": s.name, "datatype": DATATYPES[s.type], "shape": [-1]}
+                   for s in signature.inputs],
+        "outputs": [{"name": n, "datatype": _datatype(t), "shape": [-1]}
+                    for n, t in outputs.items()]}
+    if signature.params:
+        out["parameters"] = {"inference_parameters": {
+            p.name: {k: v for k, v in p.to_dict().items() if k != "name"}
+            for p in signature.params}}
+    return out
+
+
+PROTOCOL_PARAMETERS = frozenset({"binary_data_output", "sequence_id", "sequence_start",
+                                 "sequence_end", "priority", "timeout", "headers"})
+"""Request ``parameters`` the protocol (or Triton's clients) define: not the model's."""
+
+
+def model_parameters(request: dict[str, Any]) -> dict[str, Any]:
+    """The model's inference parameters in a request's ``parameters``: all but
+    :data:`PROTOCOL_PARAMETERS` (checked against the model by the scorer)."""
+    params = request.get("parameters")
+    if not isinstance(params, dict):
+        return {}
+    return {k: v for k, v in params.items() if k not in PROTOCOL_PARAMETERS}
 
 
 # --- OpenAPI: what the routes declare --------------------------------------------------------
@@ -258,8 +280,9 @@ REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["inputs"],
     "properties": {
         "id": {"type": "string"},
-        "parameters": {**_PARAMETERS, "properties": {
-            "binary_data_output": {"type": "boolean"}}},
+        "parameters": {**_PARAMETERS, "description": "binary_data_output, and the model's "
+                       "inference parameters (see its metadata); an unknown one is a 400",
+                       "properties": {"binary_data_output": {"type": "boolean"}}},
         "inputs": {"type": "array", "minItems": 1, "items": TENSOR_SCHEMA},
         "outputs": {"type": "array", "items": {
             "type": "object", "required": ["name"],
@@ -288,7 +311,11 @@ METADATA_SCHEMA: dict[str, Any] = {
                    "versions": {"type": "array", "items": {"type": "string"}},
                    "platform": {"type": "string"},
                    "inputs": {"type": "array", "items": _META_TENSOR},
-                   "outputs": {"type": "array", "items": _META_TENSOR}}}
+                   "outputs": {"type": "array", "items": _META_TENSOR},
+                   "parameters": {"type": "object", "properties": {
+                       "inference_parameters": {
+                           "type": "object", "description": "the model's inference "
+                           "parameters: name -> type, default, limits, description"}}}}}
 SERVER_METADATA_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["name", "version", "extensions"],
     "properties": {"name": {"type": "string"}, "version": {"type": "string"},

@@ -149,7 +149,8 @@ _SHAPES = ("dataframe_split", "dataframe_records", "instances", "inputs")
 REQUEST_SCHEMA: dict[str, Any] = {
     "title": "MLflow scoring request",
     "description": "Exactly one of dataframe_split, dataframe_records, instances, inputs, and "
-                   "optionally params (accepted, not used by batchml's models). The rows must "
+                   "optionally params: the model's inference parameters (name -> value; an "
+                   "unknown name, a wrong type or a value out of range is a 400). The rows must "
                    "hold the model's input columns (see the example); a column the model "
                    "cannot read is a 400 naming it.",
     "type": "object",

@@ -6,7 +6,8 @@ the outputs (``label``, ``proba``, ``proba_<class>``, as batch outputs), and ``r
 ``received_at`` (UTC: when scoring the request began, i.e. the answer's time minus its
 latency), ``protocol`` (``mlflow``, ``v2``), ``model_run_id``, ``model_flavor``,
 ``model_version`` (the version label: ``reviews/3``, or the run id of a run served directly),
-``latency_ms`` and ``row_index`` (the row's place in its request). Files land by the hour a
+``latency_ms``, ``row_index`` (the row's place in its request) and ``params`` (the inference
+parameters the request was scored with, JSON text with sorted keys). Files land by the hour a
 request was received in::
 
     HOME/online/date=2026-12-05/hour=14/part-<uuid>.parquet
@@ -39,7 +40,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,6 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..catalog.duckdb_init import online_pattern, online_root
+from ..params import params_json
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("batchml.api.prediction_log")
 
 METADATA = ("request_id", "received_at", "protocol", "model_run_id", "model_flavor",
-            "model_version", "latency_ms", "row_index")
+            "model_version", "latency_ms", "row_index", "params")
 """The columns every logged row has besides the model's inputs and outputs."""
 
 _TYPES = {"string": pa.string(), "float64": pa.float64(), "int64": pa.int64(),
@@ -97,6 +99,7 @@ class _Entry:
     rows: int
     nbytes: int
     enqueued: float  # monotonic
+    params: str | None = None  # the resolved inference parameters, JSON text
 
 
 class PredictionLog:
@@ -153,15 +156,18 @@ class PredictionLog:
 
     def append(self, *, served: Served, inputs: pa.Table, outputs: pa.Table,
                latency_ms: float, protocol: str, request_id: str | None = None,
-               received_at: datetime | None = None) -> bool:
-        """Log one answered request (``outputs`` one row per ``inputs`` row). Returns False
-        when it was dropped (the queue full, or the log closed). Never blocks on I/O."""
+               received_at: datetime | None = None,
+               params: Mapping[str, Any] | None = None) -> bool:
+        """Log one answered request (``outputs`` one row per ``inputs`` row) scored with
+        inference ``params``. Returns False when it was dropped (the queue full, or the log
+        closed). Never blocks on I/O."""
         rows = outputs.num_rows
         nbytes = inputs.nbytes + outputs.nbytes
         if received_at is None:
             received_at = self.clock() - timedelta(milliseconds=latency_ms)
         entry = _Entry(served, inputs, outputs, latency_ms, protocol, received_at,
-                       request_id or uuid.uuid4().hex, rows, nbytes, time.monotonic())
+                       request_id or uuid.uuid4().hex, rows, nbytes, time.monotonic(),
+                       params_json(params))
         with self._lock:
             taken = not self._closing and not (self._pending_rows and (
                 self._pending_rows + rows > self.max_rows
@@ -313,6 +319,7 @@ def _rows(e: _Entry) -> pa.Table:
         "model_version": pa.array([e.served.label] * n, pa.string()),
         "latency_ms": pa.array([e.latency_ms] * n, pa.float64()),
         "row_index": pa.array(range(n), pa.int64()),
+        "params": pa.array([e.params] * n, pa.string()),
     }
     outputs = set(e.outputs.column_names)
     for spec in model.signature.inputs:

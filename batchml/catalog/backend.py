@@ -286,8 +286,8 @@ class CatalogBackend(ABC):
     def recent_batches(self, limit: int) -> pd.DataFrame:
         """The ``limit`` prediction batches started last, newest first: ``batch_id``,
         ``model_run_id``, ``status``, ``started_at``, ``ended_at``, ``files``, ``rows``,
-        ``duration_ms``, ``error``, and from the batch's files ``scored``, ``quarantined``,
-        ``failed`` (counts) and ``positives`` (their sum; NULL when none recorded any)."""
+        ``duration_ms``, ``error``, ``params`` (JSON text), and from the batch's files
+        ``scored``, ``quarantined``, ``failed`` (counts) and ``positives`` (their sum; NULL when none recorded any)."""
 
     @abstractmethod
     def scored_by_hour(self, since: datetime) -> pd.DataFrame:

@@ -27,7 +27,7 @@ _COLUMNS = "file_id, source_uri, etag, size, mtime, state, attempts, error, clai
 # the newest batches with their files' outcomes (both dialects: %s placeholders)
 _RECENT_BATCHES = (
     "SELECT b.batch_id, b.model_run_id, b.status, b.started_at, b.ended_at, b.files, b.rows,"
-    " b.duration_ms, b.error,"
+    " b.duration_ms, b.error, b.params,"
     " count(f.file_id) FILTER (WHERE f.status = 'scored') AS scored,"
     " count(f.file_id) FILTER (WHERE f.status = 'quarantined') AS quarantined,"
     " count(f.file_id) FILTER (WHERE f.status = 'failed') AS failed,"
@@ -35,7 +35,7 @@ _RECENT_BATCHES = (
     " FROM (SELECT * FROM prediction_batches ORDER BY started_at DESC, batch_id LIMIT %s) b"
     " LEFT JOIN batch_files f ON f.batch_id = b.batch_id"
     " GROUP BY b.batch_id, b.model_run_id, b.status, b.started_at, b.ended_at, b.files,"
-    " b.rows, b.duration_ms, b.error ORDER BY b.started_at DESC, b.batch_id")
+    " b.rows, b.duration_ms, b.error, b.params ORDER BY b.started_at DESC, b.batch_id")
 
 
 def batch_id_for(now: datetime) -> str:
@@ -347,11 +347,13 @@ class DuckDBLedger:
 
     @staticmethod
     def _end_batch(con: Any, batch_id: str, now: datetime, *, files: int, rows: int,
-                   duration_ms: float, error: str | None = None) -> None:
+                   duration_ms: float, error: str | None = None,
+                   params: str | None = None) -> None:
         con.execute("UPDATE prediction_batches SET status = ?, ended_at = ?, files = ?,"
-                    " rows = ?, duration_ms = ?, error = ? WHERE batch_id = ?",
+                    " rows = ?, duration_ms = ?, error = ?, params = coalesce(?, params)"
+                    " WHERE batch_id = ?",
                     ["failed" if error else "completed", now, files, rows, duration_ms,
-                     error, batch_id])
+                     error, params, batch_id])
 
     def recent_batches(self, limit: int) -> pd.DataFrame:
         with self.db.read(read_only=True) as con:

@@ -332,11 +332,13 @@ class PostgresLedger:
 
     @staticmethod
     def _end_batch(con: Any, batch_id: str, now: datetime, *, files: int, rows: int,
-                   duration_ms: float, error: str | None = None) -> None:
+                   duration_ms: float, error: str | None = None,
+                   params: str | None = None) -> None:
         con.execute("UPDATE prediction_batches SET status = %s, ended_at = %s, files = %s,"
-                    " rows = %s, duration_ms = %s, error = %s WHERE batch_id = %s",
+                    " rows = %s, duration_ms = %s, error = %s, params = coalesce(%s, params)"
+                    " WHERE batch_id = %s",
                     ["failed" if error else "completed", now, files, rows, duration_ms,
-                     error, batch_id])
+                     error, params, batch_id])
 
     def recent_batches(self, limit: int) -> pd.DataFrame:
         with self.pg.read() as con:

@@ -137,6 +137,15 @@ def show(name: NameArg, home: HomeOpt = None, catalog: CatalogOpt = None) -> Non
         _print(pd.DataFrame(shadow, columns=["batch_id", "champion_version",
                                              "challenger_version", "files", "failed", "rows",
                                              "agreement", "psi"]), title="shadow batches")
+    from ..signature import Signature
+
+    newest = model.versions()[-1]  # its inference parameters (batchml.params)
+    specs = Signature.from_dict(newest.signature).params
+    if specs:
+        _print(pd.DataFrame([{"parameter": p.name, "type": p.type, "default": p.default,
+                              "accepts": p.accepts(), "description": p.description}
+                             for p in specs]),
+               title=f"inference parameters (version {newest.version})")
 
 
 @clean_errors

@@ -51,19 +51,28 @@ def predict(
     explain: Annotated[int, typer.Option(
         "--explain", min=0, metavar="K",
         help="Add the column 'explanation': per row the K features with the largest "
-             "contributions to the model's decision (linear models only).")] = 0,
+             "contributions to the model's decision (linear models only); short for "
+             "--param explain=K.")] = 0,
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", metavar="NAME=VALUE",
+        help="An inference parameter for this batch (repeatable), e.g. --param threshold=0.3; "
+             "over BATCHML_PARAMS and the model's defaults. `batchml models show` lists a "
+             "model's parameters.")] = None,
     home: HomeOpt = None, catalog: CatalogOpt = None,
 ) -> None:
     """Score files now (each file version once; `batchml reprocess` to score again)."""
     from rich.progress import Progress
 
+    from ..params import parse_assignments
     from ..predict import predict_files
+
+    params = parse_assignments(param or [], layer="batch (--param)")
 
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task("scoring", total=None)
         result = predict_files(
             settings_from(home, catalog), inputs, run_id=run, tag=tag, output=output,
-            model=model, explain=explain,
+            model=model, explain=explain, params=params,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total))
     _report(result.reports)
     if result.skipped:
@@ -97,6 +106,12 @@ def watch(
     worker = Worker.for_source(settings, source, run_id=run, tag=tag, model=model,
                                wait=None if once else stop)
     src = worker.source
+    try:  # the inference parameters (BATCHML_PARAMS) against the model: refused at start
+        worker.check_params()
+    except BaseException:
+        src.close()
+        worker.close()
+        raise
 
     def show(rep: Any) -> None:
         for o in rep.outcomes:

@@ -18,7 +18,8 @@ from batchml.worker import Worker
 
 
 def _worker(settings: Settings, source: str | None, files: list[str] | None,
-            run_id: str | None, tag: str | None, model: str | None = None) -> Worker:
+            run_id: str | None, tag: str | None, model: str | None = None,
+            params: dict[str, Any] | None = None) -> Worker:
     from batchml.store import S3Health, s3_client
 
     catalog = Catalog.from_settings(settings)
@@ -29,7 +30,8 @@ def _worker(settings: Settings, source: str | None, files: list[str] | None,
                               health=health)
     else:
         src = open_source(source or str(settings.inbox), settings=settings, health=health)
-    return Worker(catalog, src, settings, run_id=run_id, tag=tag, health=health, model=model)
+    return Worker(catalog, src, settings, run_id=run_id, tag=tag, health=health, model=model,
+                  deployment_params=params)
 
 
 @flow(name="predict", log_prints=True)
@@ -42,15 +44,18 @@ def predict_flow(
     limit: int = 100,
     settings: Settings | None = None,
     model: str | None = None,
+    params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score pending files (the listed ones, or whatever the source has) in one batch.
 
     ``file`` takes one URI, as a ``batchml.file.landed`` event trigger passes it. ``model``
-    is a model reference (``NAME@ALIAS``, ``NAME/VERSION``; see :mod:`batchml.resolve`)."""
+    is a model reference (``NAME@ALIAS``, ``NAME/VERSION``; see :mod:`batchml.resolve`).
+    ``params`` are the deployment's inference parameters (``deploy/prefect.yaml``), under
+    ``BATCHML_PARAMS``; a bad one fails the flow run before any file is claimed."""
     settings = settings or Settings()
     if file:
         files = [*(files or []), file]
-    worker = _worker(settings, source, files, run_id, tag, model)
+    worker = _worker(settings, source, files, run_id, tag, model, params)
     try:
         new = worker.discover()
         ids = [f.file_id for f in worker.source.poll()] if files else None
@@ -66,7 +71,7 @@ def predict_flow(
           + (f"; {report.error}" if report.error else ""))
     return {"batch_id": report.batch_id, "model_run_id": report.model_run_id,
             "model_version": report.model_version, "files": report.table(),
-            "error": report.error}
+            "error": report.error, "params": report.params}
 
 
 def make_batch_flow(worker: Worker) -> Any:

@@ -568,3 +568,22 @@ def test_the_deployment_flow_parameter(module_tagged_home: Any, tmp_path: Path) 
     states = Ledger(Catalog.from_settings(settings)).files()
     (state,) = states.loc[states["source_uri"] == bad, "state"]
     assert state == "discovered"  # never claimed, never quarantined
+
+
+def test_watch_refuses_bad_settings_at_start(module_tagged_home: Any, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from batchml.cli import app
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    _input(inbox, "waiting")
+    result = CliRunner().invoke(app, ["watch", str(inbox), "--once",
+                                      "--home", str(module_tagged_home.home)],
+                                env={"COLUMNS": "200",
+                                     "BATCHML_PARAMS": '{"threshold": -0.5}'})
+    assert result.exit_code == 1, result.output
+    assert ("Inference parameter 'threshold' from the inbox settings (BATCHML_PARAMS) is -0.5 "
+            "(below the minimum)") in " ".join(result.output.split())
+    assert "watching" not in result.output
+    assert [p.name for p in inbox.iterdir()] == ["waiting.parquet"]  # not quarantined

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,9 +82,10 @@ def piece_dir(record: FileRecord, model_run_id: str) -> str:
 
 def score_piece(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbox,
                 batch_id: str, piece: Piece, *, batch_rows: int = 65_536,
-                limits: Limits | None = None) -> dict[str, Any]:
-    """Score one piece into its own part file (batches sized by bytes within ``limits``);
-    returns its manifest entry."""
+                limits: Limits | None = None,
+                params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Score one piece into its own part file (batches sized by bytes within ``limits``,
+    with the resolved inference ``params``); returns its manifest entry."""
     start = time.perf_counter()
     limits = limits or Limits.defaults()
     pf = _open_parquet(path, record.source_uri, limits)
@@ -93,7 +94,7 @@ def score_piece(path: Path, record: FileRecord, model: LoadedModel, outbox: Outb
     try:
         rows, positives, truncated = _stream(pf, model, record, batch_id, tmp, batch_rows,
                                              row_groups=piece.row_groups, plan=plan,
-                                             limits=limits)
+                                             limits=limits, params=params)
         uri = outbox.commit(tmp, f"{piece_dir(record, model.run_id)}/part-{piece.index:05d}"
                                  ".parquet")
     finally:
@@ -164,6 +165,7 @@ class PieceScorer:
     limits: Limits
     batch_rows: int = 65_536
     map_pieces: MapPieces | None = None
+    params: Mapping[str, Any] | None = None  # the resolved inference parameters
 
     def __call__(self, path: Path, record: FileRecord, model: LoadedModel, outbox: Outbox,
                  batch_id: str) -> FileOutcome:
@@ -192,7 +194,8 @@ class PieceScorer:
             for piece in pieces:
                 try:
                     results.append(score_piece(path, record, model, outbox, batch_id, piece,
-                                               batch_rows=self.batch_rows, limits=self.limits))
+                                               batch_rows=self.batch_rows, limits=self.limits,
+                                               params=self.params))
                 except Exception as exc:
                     results.append(exc)
                     break
@@ -214,7 +217,8 @@ def score_in_pieces(worker: Worker, *, rows_per_piece: int, map_pieces: MapPiece
     worker.discover()
     ids = [r.file_id for r in worker.source.poll()]
     scorer = PieceScorer(rows_per_piece, Limits.from_settings(settings),
-                         batch_rows=settings.batch_rows, map_pieces=map_pieces)
+                         batch_rows=settings.batch_rows, map_pieces=map_pieces,
+                         params=worker.check_params())  # refused here, before the claim
     report = worker.run_batch(limit=1, file_ids=ids, prefect_flow_run_id=prefect_flow_run_id,
                               score=scorer)
     if not report.outcomes:

@@ -587,3 +587,28 @@ def test_watch_refuses_bad_settings_at_start(module_tagged_home: Any, tmp_path: 
             "(below the minimum)") in " ".join(result.output.split())
     assert "watching" not in result.output
     assert [p.name for p in inbox.iterdir()] == ["waiting.parquet"]  # not quarantined
+
+
+def test_a_file_scored_in_pieces_uses_the_batch_params(module_tagged_home: Any,
+                                                       tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from batchml.pieces import score_in_pieces
+
+    path = tmp_path / "big.parquet"
+    from batchml.synthetic import synthetic_reviews
+
+    pq.write_table(pa.Table.from_pandas(synthetic_reviews(3_000, seed=8).drop(
+        columns=["labels"]), preserve_index=False), path, row_group_size=500)
+    worker = _worker(module_tagged_home, [str(path)], tmp_path / "out",
+                     params={"threshold": "0.0"})
+    result = score_in_pieces(worker, rows_per_piece=1_000)
+    assert (result["status"], result["rows"]) == ("scored", 3_000)
+    parts = json.loads(Path(result["output"]).read_text())["parts"]
+    assert len(parts) == 3
+    labels = pd.concat([pd.read_parquet(p["uri"]) for p in parts])["label"]
+    assert (labels == 1).all()  # threshold 0: every row positive, in every piece
+    bad = _worker(module_tagged_home, [str(path)], tmp_path / "out",
+                  params={"threshold": "2"})
+    with pytest.raises(InvalidParams, match="'threshold' from the batch"):
+        score_in_pieces(bad, rows_per_piece=1_000)

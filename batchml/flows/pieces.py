@@ -34,14 +34,15 @@ def _models(settings: Settings) -> ModelCache:
 
 @task(name="score-piece", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def score_piece_task(path: str, record: FileRecord, run_id: str, batch_id: str, piece: Piece,
-                     settings: Settings) -> dict[str, Any]:
+                     settings: Settings, params: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
     """Score one piece into its part file."""
     model = _models(settings).resolve(run_id=run_id)
     s3 = s3_client(settings.s3_endpoint_url, settings.s3_region) \
         if str(settings.outbox).startswith("s3://") else None
     return score_piece(Path(path), record, model, Outbox(str(settings.outbox), s3=s3), batch_id,
                        piece, batch_rows=settings.batch_rows,
-                       limits=Limits.from_settings(settings))
+                       limits=Limits.from_settings(settings), params=params)
 
 
 @flow(name="score-large-file",
@@ -59,8 +60,9 @@ def score_large_file_flow(file: str, rows_per_piece: int = 1_000_000, run_id: st
 
     def on_dask(pieces: list[Piece], path: Path, record: FileRecord, model: LoadedModel,
                 batch_id: str) -> list[dict[str, Any] | BaseException]:
+        params = worker.params_for(model)  # the batch's inference parameters
         futures = [score_piece_task.submit(str(path), record, model.run_id, batch_id, p,
-                                           settings) for p in pieces]
+                                           settings, params) for p in pieces]
         results: list[dict[str, Any] | BaseException] = []
         for future in futures:  # wait for every piece, so none writes after a cleanup
             try:

@@ -55,6 +55,9 @@ class BackfillResult:
     failed: int
     rows: int
     seconds: float = 0.0
+    here: int = 0
+    """Inputs this call recorded (other processes running the same backfill record the
+    rest)."""
     missing_uris: list[str] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)
     """(input, reason) of the inputs that were missing, quarantined or failed."""
@@ -123,18 +126,24 @@ def run_backfill(settings: Settings, *, model: str | None = None,
         backfill_id, created = _start(settings, catalog, cache, model, since, until, source)
         rows = backend.backfills(backfill_id)
     row = rows[0]
+    here = 0
     src = source or row["source"] or str(settings.inbox)
     if row["status"] == "running":
         run_id = str(row["model_run_id"])
         loaded = cache.load(run_id, ModelRef.for_run(run_id))
         with _opened(settings, src) as (fetcher, outbox):
-            _Runner(settings, catalog, backfill_id, loaded, fetcher, outbox, batch_files,
-                    on_progress, stop or threading.Event(), prefect_flow_run_id).run()
+            runner = _Runner(settings, catalog, backfill_id, loaded, fetcher, outbox,
+                             batch_files, on_progress, stop or threading.Event(),
+                             prefect_flow_run_id)
+            runner.run()
+            here = runner.recorded
             try:
                 Ledger(catalog).ensure_predictions_view(outbox.root)
             except Exception:  # a convenience view must never fail the backfill
                 log.warning("could not create the predictions view", exc_info=True)
-    return result(catalog, backfill_id, created, time.perf_counter() - started)
+    done = result(catalog, backfill_id, created, time.perf_counter() - started)
+    done.here = here
+    return done
 
 
 def result(catalog: Catalog, backfill_id: str, created: bool = False,
@@ -145,7 +154,7 @@ def result(catalog: Catalog, backfill_id: str, created: bool = False,
     return BackfillResult(
         backfill_id, created, row["status"], row["model_ref"], row["model_run_id"],
         int(row["files"]), int(row["scored"]), int(row["missing"]), int(row["quarantined"]),
-        int(row["failed"]), int(row["rows"]), seconds,
+        int(row["failed"]), int(row["rows"]), seconds, 0,
         [f["source_uri"] for f in files if f["state"] == "missing"],
         [(f["source_uri"], f["error"] or "") for f in files
          if f["state"] in ("missing", "quarantined", "failed")])
@@ -245,6 +254,7 @@ class _Runner:
         self.on_progress, self.stop = on_progress, stop
         self.flow_run = prefect_flow_run_id
         self.name = worker_id()
+        self.recorded = 0  # inputs this process recorded
         self.limits = Limits.from_settings(settings)
         self.lease_s = float(settings.lease_s)
         # the id column rides along as in the worker's outputs (late labels join on it)
@@ -313,6 +323,7 @@ class _Runner:
         with claims.lock:
             done = self.backend.record_backfill(self.id, batch_id, outcomes, self.name)
             claims.ids.difference_update(o.file_id for o in outcomes)
+        self.recorded += len(done)
         kept = [o for o in outcomes if o.file_id in done and o.status != "missing"]
         recorded[0] += len(kept)
         recorded[1] += sum(o.rows or 0 for o in kept)

@@ -4,6 +4,12 @@ two processes at once and through a SIGKILL."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +151,131 @@ def test_refusals(module_tagged_home: Settings, kwargs: dict[str, Any], error: t
                   message: str) -> None:
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         run_backfill(module_tagged_home, **kwargs)
+
+
+# --- processes: two at once, and a SIGKILL mid-way --------------------------------------------
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHML_")}
+    env.update(BATCHML_HOME=str(settings.home), BATCHML_ISOLATE_SCORING="false",
+               BATCHML_LEASE_S="3", BATCHML_BATCH_ROWS="16",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    if settings.catalog_url:
+        env["BATCHML_CATALOG_URL"] = str(settings.catalog_url)
+    return env
+
+
+def _backfill_process(settings: Settings, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", "from batchml.cli import main; main()", "backfill",
+         "--model", "labels/2", "--since", "2000-01-01", *extra],
+        env=_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _outputs(settings: Settings) -> list[Path]:
+    """The backfill outputs committed in the outbox."""
+    return sorted(p for p in Path(settings.outbox).rglob("*.parquet") if ".bf-" in p.name)
+
+
+def _wait_for(condition: Any, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def _check_exactly_once(settings: Settings, uris: list[str], rows: int) -> str:
+    """Every input's current output is its one backfill output, whole: no duplicate, no lost
+    row. Returns the backfill id."""
+    catalog = Catalog.from_settings(settings)
+    (row,) = catalog.backend.backfills()
+    assert (row["status"], row["files"], row["scored"]) == ("completed", len(uris), len(uris))
+    bid = row["backfill_id"]
+    recorded = _sql(settings, "SELECT file_id, count(*) FROM batch_files WHERE backfill_id ="
+                              f" '{bid}' GROUP BY file_id")
+    assert len(recorded) == len(uris) and {n for _, n in recorded} == {1}
+    assert len(_outputs(settings)) == len(uris)  # one per input: a retry replaced its own
+    assert not list(Path(settings.outbox).rglob("*.partial"))  # dead writers' temps swept
+    current = _sql(settings, "SELECT source_uri, output_uri, backfill_id FROM current_outputs")
+    assert sorted(u for u, _, _ in current) == uris
+    for uri, output, backfill in current:
+        assert backfill == bid, uri
+        table = pq.read_table(output)
+        assert sorted(table.column("row_index").to_pylist()) == list(range(rows)), uri
+        assert set(table.column("model_run_id").to_pylist()) == {"train/2"}
+    if not str(settings.catalog_target).startswith("postgresql"):
+        assert _sql(settings, "SELECT count(*), count(DISTINCT review_id) FROM predictions"
+                    ) == [(len(uris) * rows, len(uris) * rows)]
+    return str(bid)
+
+
+def test_a_backfill_survives_sigkill_and_resumes(tmp_path: Path, catalog_url: str) -> None:
+    settings = _home(tmp_path, catalog_url)
+    rows = 600
+    uris = _land_and_score(settings, 24, rows=rows)
+    proc = _backfill_process(settings, "--batch-files", "1")
+    _wait_for(lambda: len(_outputs(settings)) >= 3, proc)  # some committed, most not yet
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    (row,) = Catalog.from_settings(settings).backend.backfills()
+    assert row["status"] == "running" and row["scored"] < len(uris)
+
+    again = _backfill_process(settings, "--batch-files", "4")  # the same ask resumes it
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert f"backfill {row['backfill_id']} (resumed" in out
+    assert _check_exactly_once(settings, uris, rows) == row["backfill_id"]
+    # the killed process's batch is closed as abandoned, not left running
+    statuses = _sql(settings, "SELECT status, count(*) FROM prediction_batches WHERE"
+                              f" backfill_id = '{row['backfill_id']}' GROUP BY status")
+    assert "running" not in dict(statuses)
+
+
+def test_two_processes_share_one_backfill(tmp_path: Path, catalog_url: str) -> None:
+    settings = _home(tmp_path, catalog_url)
+    rows = 2000
+    uris = _land_and_score(settings, 30, rows=rows)
+    first = _backfill_process(settings, "--batch-files", "2")
+    _wait_for(lambda: len(_outputs(settings)) >= 2, first)
+    # the first has about 6 s of work left: the second starts (~3 s) and takes a share
+    second = _backfill_process(settings, "--batch-files", "2")
+    (out1, err1), (out2, err2) = first.communicate(timeout=300), second.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, (err1, err2)
+    bid = _check_exactly_once(settings, uris, rows)
+    assert f"backfill {bid} (started" in out1 and f"backfill {bid} (resumed" in out2
+    here = [int(re.search(r"; (\d+) recorded by this process", o).group(1))  # type: ignore[union-attr]
+            for o in (out1, out2)]
+    assert sum(here) == len(uris) and min(here) > 0, here
+
+
+def test_the_backfill_flow(tmp_path: Path) -> None:
+    """A real Prefect flow run (temporary server): the same backfill, its artifact."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from batchml.flows.backfill import backfill_flow
+
+    settings = _home(tmp_path, str(tmp_path / "catalog.duckdb"))
+    uris = _land_and_score(settings, 3)
+    Path(uris[0]).unlink()
+    with prefect_test_harness(server_startup_timeout=120):
+        out = backfill_flow(model="labels@challenger", since="2000-01-01", settings=settings)
+        assert (out["status"], out["scored"], out["missing"]) == ("completed", 2, 1)
+        assert out["missing_uris"] == [uris[0]]
+        (flow_run_id,) = {r[0] for r in _sql(
+            settings, "SELECT prefect_flow_run_id FROM prediction_batches"
+                      f" WHERE backfill_id = '{out['backfill_id']}'")}
+        import asyncio
+
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        async def read() -> list[Any]:
+            async with get_client() as client:
+                return list(await client.read_artifacts(artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))))
+
+        (artifact,) = [a for a in asyncio.run(read()) if a.key == "backfill"]
+        table = str(artifact.data)
+        assert out["backfill_id"] in table and uris[0] in table

@@ -49,6 +49,9 @@ def test_prefect_yaml_entrypoints_exist_and_name_real_flows() -> None:
 
     train_flow = flows["train-nightly"]
     assert set(nightly["parameters"]) <= set(inspect.signature(train_flow.fn).parameters)
+    backfill = next(d for d in spec["deployments"] if d["name"] == "backfill")
+    assert backfill["entrypoint"] == "flows/backfill.py:backfill_flow"
+    assert set(backfill["parameters"]) <= set(inspect.signature(flows["backfill"].fn).parameters)
 
 
 def interpolate(value: str, env: Mapping[str, str] | None = None) -> str:

@@ -47,7 +47,8 @@ def backfill(
     out.print(f"backfill {result.backfill_id} ({verb}, {result.model_ref} = run "
               f"{result.model_run_id}): {result.status}; {result.files} input(s), "
               f"{result.scored} scored ({result.rows} rows), {result.missing} missing, "
-              f"{result.quarantined} quarantined, {result.failed} failed", soft_wrap=True)
+              f"{result.quarantined} quarantined, {result.failed} failed; {result.here} "
+              "recorded by this process", soft_wrap=True)
     for uri, reason in result.problems:
         out.print(f"  {uri}: {reason}", soft_wrap=True, markup=False)
     if result.status != "completed" or result.quarantined or result.failed:

@@ -191,3 +191,23 @@ def test_the_id_column_is_carried_even_when_it_is_a_model_input(
     [outcome] = report.outcomes
     assert outcome.status == "scored", outcome.error
     assert pq.read_table(outcome.output_uri).column("key").to_pylist() == [7, 8, 9]
+
+
+def test_shadow_scoring_beside_the_scorer_process(catalog: Any, tmp_path: Path,
+                                                  two_versions: tuple[Any, Any]) -> None:
+    est1, est2 = two_versions
+    frame = pd.DataFrame({"x": np.linspace(-3, 3, 40), "rid": [f"r{i}" for i in range(40)]})
+    expected = float((est1.predict(frame[["x"]]) == est2.predict(frame[["x"]])).mean())
+    (tmp_path / "inbox").mkdir()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False),
+                   tmp_path / "inbox" / "batch.parquet")
+    settings = Settings(home=tmp_path / "home", id_column="rid", outbox=str(tmp_path / "outbox"))
+    source = DirectorySource(tmp_path / "inbox", quarantine_dir=tmp_path / "q", use_events=False)
+    worker = Worker(catalog, source, settings, model="reviews@champion", isolate=True)
+    try:
+        [report] = worker.run_once()
+    finally:
+        worker.close()
+    assert report.outcomes[0].status == "scored"
+    [batch] = catalog.backend.shadow_batches("reviews")
+    assert (batch["rows"], batch["agreement"]) == (40, pytest.approx(expected))

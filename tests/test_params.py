@@ -612,3 +612,20 @@ def test_a_file_scored_in_pieces_uses_the_batch_params(module_tagged_home: Any,
                   params={"threshold": "2"})
     with pytest.raises(InvalidParams, match="'threshold' from the batch"):
         score_in_pieces(bad, rows_per_piece=1_000)
+
+
+def test_models_loaded_from_the_catalog_take_params_per_call(module_tagged_home: Any) -> None:
+    from batchml import Catalog
+
+    s = module_tagged_home
+    run = Catalog.from_settings(s).latest_run(s.train_flow, tag=s.model_tag)
+    model = run.load_model()
+    frame = pd.DataFrame({"review": TEXTS})
+    proba = model.predict_proba(frame)[:, 1]
+    assert model.signature.param("threshold").default == model.threshold  # trained one
+    for threshold in (0.0, 0.5, 1.0):
+        np.testing.assert_array_equal(model.predict(frame, params={"threshold": threshold}),
+                                      (proba >= threshold).astype(int))
+    np.testing.assert_allclose(model.predict_proba(frame, params={"batch_size": 5})[:, 1], proba)
+    with pytest.raises(InvalidParams, match="'explain' from the call is 'x' \\(str\\)"):
+        model.predict(frame, params={"explain": "x"})

@@ -629,3 +629,19 @@ def test_models_loaded_from_the_catalog_take_params_per_call(module_tagged_home:
     np.testing.assert_allclose(model.predict_proba(frame, params={"batch_size": 5})[:, 1], proba)
     with pytest.raises(InvalidParams, match="'explain' from the call is 'x' \\(str\\)"):
         model.predict(frame, params={"explain": "x"})
+
+
+def test_serve_refuses_bad_settings_at_start(module_tagged_home: Any, tmp_path: Path) -> None:
+    import asyncio
+
+    from batchml.service import Service
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    _input(inbox, "waiting")
+    settings = module_tagged_home.model_copy(update={"inbox": str(inbox),
+                                                     "params": {"explain": "many"}})
+    with pytest.raises(InvalidParams, match="'explain' from the inbox settings "
+                                            "\\(BATCHML_PARAMS\\) is 'many' \\(not an integer\\)"):
+        asyncio.run(Service(settings).run())
+    assert [p.name for p in inbox.iterdir()] == ["waiting.parquet"]  # not quarantined

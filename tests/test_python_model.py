@@ -410,6 +410,18 @@ def test_cli_log_model_and_predict(tmp_path: Path, model_dir: Path) -> None:
     assert out[["id", "hits", "flagged"]].to_dict("list") == {
         "id": [7, 8, 9], "hits": [1, 0, 2], "flagged": [True, False, True]}
     assert set(out["model_flavor"]) == {"python"}
+    # a batch's parameters reach predict(context, df, params)
+    again = tmp_path / "again.parquet"  # a file is scored once; this is another one
+    again.write_bytes(data.read_bytes())
+    result = runner.invoke(app, ["predict", "--model", "kw@champion", str(again), "--param",
+                                 "threshold=2", "--output", str(tmp_path / "out2"),
+                                 "--home", home])
+    assert result.exit_code == 0, result.output
+    out2 = pd.read_parquet(next((tmp_path / "out2").rglob("*.parquet")))
+    assert out2["flagged"].tolist() == [False, False, True]
+    refused = runner.invoke(app, ["predict", "--model", "kw@champion", str(again), "--param",
+                                  "threshold=many", "--home", home])
+    assert refused.exit_code != 0 and "threshold" in refused.output
     bad = runner.invoke(app, ["log-model", "--code", str(model_dir / "kw.py"), "--class",
                               "kw:Keyword", "--name", "kw", "--input-example",
                               str(model_dir / "example.parquet"), "--artifacts", "words",
@@ -539,6 +551,13 @@ def test_online_scoring_and_model_errors(tmp_path: Path, model_dir: Path) -> Non
         assert "predict raised ValueError: cannot score 'boom'" in boom.json()["message"]
         short = client.post("/invocations", json={"instances": ["short", "a"]})
         assert short.status_code == 500 and "1 rows for 2 input rows" in short.text
+        lenient = client.post("/invocations", json={"instances": ["great", "meh"],
+                                                    "params": {"threshold": 0}})
+        assert lenient.status_code == 200, lenient.text
+        assert [p["flagged"] for p in lenient.json()["predictions"]] == [True, True]
+        bad = client.post("/invocations", json={"instances": ["great"],
+                                                "params": {"threshold": "many"}})
+        assert bad.status_code == 400 and "threshold" in bad.text
         again = client.post("/invocations", json={"instances": ["love"]})  # still serving
         assert again.status_code == 200 and again.json()["predictions"][0]["hits"] == 1
         meta = client.get("/v2/models/kw").json()

@@ -130,7 +130,7 @@ def discard_parts(outbox: Outbox, record: FileRecord, model_run_id: str,
     """Remove the parts a failed attempt committed, so no partial output is left (the
     ``predictions`` view globs every part). When a manifest is already there (a reprocess of a
     complete output), the parts rewritten hold the same rows as those it lists: they stay."""
-    key = f"{piece_dir(record, model_run_id)}/_manifest.json"
+    key = outbox.placed(f"{piece_dir(record, model_run_id)}/_manifest.json")
     if outbox.is_s3:
         from .store import split_s3_uri
 
@@ -147,7 +147,7 @@ def discard_parts(outbox: Outbox, record: FileRecord, model_run_id: str,
     for part in parts:
         Path(part["uri"]).unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # only when empty
-        (Path(outbox.root) / piece_dir(record, model_run_id)).rmdir()
+        (Path(outbox.root) / outbox.placed(piece_dir(record, model_run_id))).rmdir()
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from .limits import Limits
 
 if TYPE_CHECKING:
     from .catalog import FileRecord
+    from .layout import Partition
     from .scoring import FileOutcome, LoadedModel
     from .settings import Settings
 
@@ -237,8 +238,10 @@ class Scorer:
     def score(self, path: Path, record: FileRecord, model: LoadedModel, batch_id: str, *,
               reprocess: bool = False,
               still_held: Callable[[], bool] | None = None,
-              params: dict[str, Any] | None = None) -> FileOutcome:
-        """Score one file in the child; what :func:`~batchml.scoring.score_file` returns.
+              params: dict[str, Any] | None = None,
+              partition: Partition | None = None) -> FileOutcome:
+        """Score one file in the child; what :func:`~batchml.scoring.score_file` returns
+        (committed into ``partition`` when given: the hive layout).
 
         Raises what the child raised (a transient error stays transient), :class:`ScorerDied`
         when the child dies meanwhile, :class:`CommitRefused` when ``still_held`` said no
@@ -246,7 +249,8 @@ class Scorer:
         ``params``: the resolved inference parameters, as for ``score_file``."""
         request = ("score", {"path": str(path), "record": record,
                              "model": self.spec_for(model), "batch_id": batch_id,
-                             "reprocess": reprocess, "params": params})
+                             "reprocess": reprocess, "params": params,
+                             "partition": partition})
         for _ in range(2):  # a child that died while idle is replaced once, for free
             self.start()
             assert self._conn is not None and self._proc is not None

@@ -112,7 +112,8 @@ def child_main(fd: int) -> None:
                     models.pop(next(iter(models)))
                 model = models[spec.run_id] = _load_model(spec, config, health)
             _fault_hooks(job["record"].source_uri, config)
-            outcome = score_file(Path(job["path"]), job["record"], model, outbox,
+            outcome = score_file(Path(job["path"]), job["record"], model,
+                                 outbox.partitioned(job.get("partition")),
                                  job["batch_id"], batch_rows=config.batch_rows,
                                  budget_bytes=config.budget_bytes, reprocess=job["reprocess"],
                                  limits=config.limits, params=job.get("params"),

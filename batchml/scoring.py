@@ -40,6 +40,7 @@ from .resolve import ModelRef, ModelResolver
 if TYPE_CHECKING:
     from .catalog import Catalog, FileRecord, Run
     from .estimators import Estimator
+    from .layout import Partition
     from .signature import Signature
 
 log = logging.getLogger("batchml.scoring")
@@ -154,7 +155,9 @@ class Outbox:
     """Where prediction parquet goes: a local directory or ``s3://bucket/prefix``.
 
     ``commit_guard`` (see :data:`CommitGuard`) may refuse a commit; :meth:`guarded` gives a
-    view of a long-lived outbox with a guard of its own (one file's claim)."""
+    view of a long-lived outbox with a guard of its own (one file's claim), and
+    :meth:`partitioned` one that commits into a Hive partition (``BATCHML_OUTPUT_LAYOUT=hive``,
+    :mod:`batchml.layout`)."""
 
     def __init__(self, root: str, *, s3: Any = None,
                  commit_guard: CommitGuard | None = None) -> None:
@@ -162,6 +165,7 @@ class Outbox:
         self.s3 = s3
         self.is_s3 = root.startswith("s3://")
         self.commit_guard = commit_guard
+        self.partition: Partition | None = None
         self._locks: dict[str, int] = {}
         if not self.is_s3:
             Path(self.root).mkdir(parents=True, exist_ok=True)
@@ -180,6 +184,18 @@ class Outbox:
         view = copy.copy(self)  # shares self._locks: temp files stay locked until committed
         view.commit_guard = commit_guard if outer is None else both
         return view
+
+    def partitioned(self, partition: Partition | None) -> Outbox:
+        """This outbox (same root, client, guard and temp files), committing each key into
+        ``partition`` (:meth:`placed`); ``None``: the flat layout."""
+        view = copy.copy(self)  # shares self._locks, as guarded()
+        view.partition = partition
+        return view
+
+    def placed(self, key: str) -> str:
+        """Where ``key`` (an outbox key of the flat layout) is committed: itself, or its place
+        in this view's Hive partition."""
+        return key if self.partition is None else self.partition.key(key)
 
     def sweep(self) -> list[Path]:
         """Delete temp files left by writers that died (a killed worker); return them.
@@ -283,6 +299,37 @@ class Outbox:
             except BaseException:
                 self.discard(tmp)
                 raise
+        key = self.placed(key)
+        uri = self._put(tmp, key)
+        if self.partition is not None and self.partition.replace_elsewhere:
+            self._remove_elsewhere(key)
+        return uri
+
+    def _remove_elsewhere(self, key: str) -> None:
+        """Remove ``key``'s output under its model's other dates (a retry or reprocess scored
+        on another day): best effort, a failure is logged and the output stays."""
+        assert self.partition is not None
+        try:
+            if self.is_s3:
+                from .store import split_s3_uri
+
+                bucket, prefix = split_s3_uri(self.root + "/")
+                pages = self.s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=bucket, Prefix=prefix, Delimiter="/")
+                dates = [p["Prefix"][len(prefix):].rstrip("/") for page in pages
+                         for p in page.get("CommonPrefixes", [])]
+                for other in self.partition.elsewhere(key, dates):
+                    self.s3.delete_object(Bucket=bucket, Key=f"{prefix}{other}")
+                return
+            root = Path(self.root)
+            dates = [d.name for d in root.iterdir() if d.is_dir()]
+            for other in self.partition.elsewhere(key, dates):
+                (root / other).unlink(missing_ok=True)
+        except Exception as exc:
+            log.warning("could not remove earlier outputs of %s under other dates: %s", key,
+                        exc)
+
+    def _put(self, tmp: Path, key: str) -> str:
         if self.is_s3:
             from .store import split_s3_uri, translate_s3_error
 

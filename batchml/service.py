@@ -29,6 +29,7 @@ from .errors import Backoff, BatchMLError, CatalogError, ConfigError
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .metrics import MetricsServer, ServiceMetrics
     from .sources import Source
     from .worker import Worker
 
@@ -164,9 +165,11 @@ class ApiThread:
     delays a request, nor a burst of requests a batch. The service owns the signals (uvicorn
     listens to none off the main thread) and stops it with :meth:`stop`."""
 
-    def __init__(self, settings: Settings, model: str | None = None) -> None:
+    def __init__(self, settings: Settings, model: str | None = None, *,
+                 metrics: ServiceMetrics | None = None) -> None:
         self.settings = settings
         self.model = model
+        self.metrics = metrics  # served at /metrics (create_app's own when None)
         self.server: Any = None
         self.error: BaseException | None = None
         self.url: str | None = None
@@ -204,7 +207,7 @@ class ApiThread:
         from .api import create_app
 
         url = self.bind()
-        app = create_app(self.settings, self.model)
+        app = create_app(self.settings, self.model, metrics=self.metrics)
         self.server = uvicorn.Server(uvicorn.Config(
             app, log_config=None, log_level="warning", access_log=False,
             timeout_graceful_shutdown=10))
@@ -319,9 +322,16 @@ class Service:
     and with ``api=True`` the HTTP API beside them (:class:`ApiThread`)."""
 
     def __init__(self, settings: Settings, *, batch_limit: int = 250,
-                 idle_s: float = 1.0, api: bool = False) -> None:
+                 idle_s: float = 1.0, api: bool = False,
+                 metrics: ServiceMetrics | None = None) -> None:
+        from .metrics import ServiceMetrics
+
         self.settings = settings
-        self.api = ApiThread(settings) if api else None
+        self.metrics = metrics if metrics is not None else ServiceMetrics()
+        """What the worker scored, the model, the queue (:mod:`batchml.metrics`): at the HTTP
+        API's ``/metrics`` with ``api``, else on ``BATCHML_METRICS_PORT`` when set."""
+        self.metrics_server: MetricsServer | None = None
+        self.api = ApiThread(settings, metrics=self.metrics) if api else None
         self.batch_limit = batch_limit
         self.idle_s = idle_s
         self.stop_event: asyncio.Event | None = None
@@ -329,6 +339,18 @@ class Service:
         self.batches = 0
         self.files = 0
         self._last_error: str | None = None
+
+    def bind_metrics(self) -> str | None:
+        """Serve ``/metrics`` on ``BATCHML_METRICS_HOST:BATCHML_METRICS_PORT`` unless the HTTP
+        API serves them or the port is 0; return its URL. Raises :class:`ConfigError` when the
+        port is taken (called before Prefect starts, so that fails at once)."""
+        if self.metrics_server is None and self.api is None and self.settings.metrics_port:
+            from .metrics import MetricsServer
+
+            self.metrics_server = MetricsServer(self.metrics, self.settings.metrics_host,
+                                                self.settings.metrics_port)
+            log.info("metrics on %s", self.metrics_server.url)
+        return self.metrics_server.url if self.metrics_server is not None else None
 
     def request_stop(self) -> None:
         """Ask the service to finish the current batch and exit."""
@@ -342,6 +364,7 @@ class Service:
 
         self.stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()
+        self.bind_metrics()
         worker = Worker.for_source(self.settings)
         try:  # the inference parameters (BATCHML_PARAMS) against the model: refused at start
             worker.check_params()
@@ -349,6 +372,8 @@ class Service:
             worker.source.close()
             worker.close()
             raise
+        worker.metrics = self.metrics
+        self.metrics.attach_catalog(worker.catalog)
         if worker.scorer is not None:
             worker.scorer.start()  # the scorer process imports while the service starts
         source = worker.source
@@ -375,6 +400,9 @@ class Service:
                 await asyncio.to_thread(self.api.stop)
             source.close()
             worker.close()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+                self.metrics_server = None
             if runner_task is not None:
                 runner_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -483,9 +511,10 @@ def serve(settings: Settings, *, api: bool = False) -> None:
 
     The settings go down explicitly (the service, its worker, the trainer's parameters);
     Prefect's through :func:`prefect_settings`; ``os.environ`` is left as it was."""
-    service = Service(settings, api=api)
+    service = Service(settings, api=api)  # its metrics registry: this process's one
     if service.api is not None:
         service.api.bind()  # a port in use fails now, not after Prefect's start-up
+    service.bind_metrics()
     api_url = os.environ.get("PREFECT_API_URL")
     if api_url:
         asyncio.run(service.run(api_url))

@@ -256,6 +256,19 @@ class Settings(BaseSettings):
     api_cors_origins: list[str] = Field(default_factory=list, description="Origins allowed "
                                         "by CORS (none by default: CORS off).")
 
+    # --- metrics (batchml/metrics.py) and the outbox's layout --------------------------------
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="`batchml serve` without "
+                              "--api serves Prometheus metrics at /metrics on this port (0: "
+                              "off; with --api they are at the HTTP API's /metrics).")
+    metrics_host: str = Field(default="127.0.0.1", description="Address the metrics port "
+                              "binds (loopback by default).")
+    output_layout: Literal["flat", "hive"] = Field(
+        default="flat",
+        description="How outputs are laid out under the outbox: 'flat' is "
+        "OUTBOX/<model run>/<input>-<id>.parquet; 'hive' is OUTBOX/date=YYYY-MM-DD/model=NAME-vN/"
+        "<input>-<id>.parquet (the UTC date scoring started; the registered version the batch "
+        "scored with, else the run id as train-12), read with hive_partitioning (batchml.layout).")
+
     @field_validator("model_name")
     @classmethod
     def _check_model_name(cls, value: str | None) -> str | None:

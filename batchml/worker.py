@@ -28,6 +28,8 @@ from .scoring import CommitGuard, FileOutcome, LoadedModel, ModelCache, Outbox, 
 
 if TYPE_CHECKING:
     from .catalog import Catalog
+    from .layout import Partition
+    from .metrics import ServiceMetrics
     from .settings import Settings
     from .sources import Source
     from .store import S3Health
@@ -50,6 +52,9 @@ class BatchReport:
     an alias); None for a run that is not registered."""
     params: dict[str, Any] | None = None
     """The inference parameters the batch was scored with (recorded with the batch)."""
+    landed: dict[str, datetime | None] = field(default_factory=dict, repr=False)
+    """When each claimed file landed (its modification time), for the latency metric."""
+    claimed_at: float = 0.0
 
     @property
     def rows(self) -> int:
@@ -75,8 +80,11 @@ class Worker:
                  name: str | None = None, isolate: bool = False,
                  health: S3Health | None = None, model: str | None = None,
                  explain: int = 0, params: Mapping[str, Any] | None = None,
-                 deployment_params: Mapping[str, Any] | None = None) -> None:
+                 deployment_params: Mapping[str, Any] | None = None,
+                 metrics: ServiceMetrics | None = None) -> None:
         self.catalog = catalog
+        self.metrics = metrics
+        """Counts recorded outcomes (:mod:`batchml.metrics`; the service's), or None."""
         self.source = source
         self.settings = settings
         self.health = health
@@ -116,6 +124,7 @@ class Worker:
         resolved against each model's parameters before any of its files is claimed."""
         self._params: dict[str, dict[str, Any]] = {}
         self._view_ready = False
+        self._registered: tuple[str | None, int | None] = (None, None)  # the batch's version
         self._model: LoadedModel | None = None
         self._outer_hold: contextlib.ExitStack | None = None
         self.flush_files = 50
@@ -269,7 +278,13 @@ class Worker:
             return BatchReport(None, model.run_id)
         batch_id = claim.batch_id
         claimed = claim.records
-        report = BatchReport(batch_id, model.run_id, params=self.params_for(model))
+        report = BatchReport(batch_id, model.run_id, params=self.params_for(model),
+                             claimed_at=time.time(),
+                             landed={r.file_id: r.mtime for r in claimed})
+        self._registered = (claim.model_name, claim.model_version)
+        if self.metrics is not None:
+            self.metrics.model_in_use(model.run_id, claim.model_name, claim.model_version,
+                                      claim.model_alias)
         if claim.model_name is not None:
             report.model_version = f"{claim.model_name}/{claim.model_version}" + (
                 f"@{claim.model_alias}" if claim.model_alias else "")
@@ -388,6 +403,9 @@ class Worker:
         with leases.lock:
             done = self.ledger.record_files(report.batch_id, outcomes, self.name, end=end)
             leases.drop([o.file_id for o in outcomes])
+        if self.metrics is not None:
+            self.metrics.recorded([o for o in outcomes if o.file_id in done], report.landed,
+                                  claimed_at=report.claimed_at)
         for o in outcomes:
             if o.file_id in done:
                 report.outcomes.append(o)
@@ -410,6 +428,9 @@ class Worker:
         reprocess = (record.error or "") == "reprocess requested"
         outbox = self.outbox if leases is None else self.outbox.guarded(
             leases.commit_guard(record.file_id))
+        partition = self._partition(record, model, reprocess)
+        if partition is not None:
+            outbox = outbox.partitioned(partition)
         if params is None:  # the model's fault, not the file's: the batch stops, files wait
             params = self.params_for(model)
         try:
@@ -418,7 +439,7 @@ class Worker:
                     outcome = score(path, record, model, outbox, batch_id)
                 elif self.scorer is not None:
                     outcome = self.scorer.score(
-                        path, record, model, batch_id, reprocess=reprocess,
+                        path, record, model, batch_id, reprocess=reprocess, partition=partition,
                         still_held=None if leases is None else
                         (lambda: leases.check(record.file_id)), params=params)
                 else:
@@ -462,6 +483,19 @@ class Worker:
             if moved:
                 outcome.error = f"{outcome.error} (moved to {moved})"
         return outcome
+
+    def _partition(self, record: FileRecord, model: LoadedModel,
+                   reprocess: bool) -> Partition | None:
+        """Where ``record``'s output goes with ``BATCHML_OUTPUT_LAYOUT=hive`` (today's date,
+        the batch's registered version or the run; :mod:`batchml.layout`); None: flat."""
+        if self.settings.output_layout != "hive":
+            return None
+        from .catalog import utcnow
+        from .layout import Partition, model_label
+
+        name, version = self._registered
+        return Partition(utcnow().date(), model_label(model.run_id, name, version),
+                         replace_elsewhere=reprocess or record.attempts > 1)
 
     def _scorer_died(self, record: FileRecord, model: LoadedModel, exc: ScorerDied,
                      leases: _Leases | None) -> FileOutcome:

@@ -27,6 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import BatchMLError, DataError, ModelError, ModelNotFound, RunCannotScore
 from ..limits import Limits
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..metrics import ServiceMetrics
 from ..online import ModelFollower, OnlineScorer, RequestTooLarge, Served
 from ..resolve import ModelRef
 from . import inference_v2 as v2
@@ -90,10 +92,21 @@ class ApiState:
         return self.follower.current().model.name
 
 
+def _metrics_route(app: FastAPI, metrics: ServiceMetrics) -> None:
+    async def prometheus() -> Response:
+        body = await asyncio.to_thread(metrics.text)  # the catalog is read at collect time
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
+
+    app.get("/metrics", include_in_schema=False, response_model=None)(prometheus)
+
+
 def create_app(settings: Settings, model: str | None = None, *,
-               catalog: Catalog | None = None, prediction_log: Any = None) -> FastAPI:
+               catalog: Catalog | None = None, prediction_log: Any = None,
+               metrics: ServiceMetrics | None = None) -> FastAPI:
     """The API for ``model`` (a reference: ``NAME@ALIAS``, ``NAME/3``, a run id,
-    ``tag:NAME``; default ``settings.model``, then ``settings.model_tag``)."""
+    ``tag:NAME``; default ``settings.model``, then ``settings.model_tag``). ``GET /metrics``
+    serves ``metrics`` (``batchml serve --api``: the service's; default: the catalog's
+    gauges only, see :mod:`batchml.metrics`)."""
     from ..catalog import Catalog
     from ..scoring import ModelCache
 
@@ -142,6 +155,9 @@ def create_app(settings: Settings, model: str | None = None, *,
                            allow_methods=["GET", "POST"], allow_headers=["*"])
     _mlflow_routes(app, state)
     _v2_routes(app, state)
+    metrics = metrics if metrics is not None else ServiceMetrics()
+    metrics.attach_catalog(catalog)  # the service's own catalog when it attached it first
+    _metrics_route(app, metrics)
     _openapi_examples(app, state)
     from .page import add_page
 

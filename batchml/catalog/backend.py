@@ -244,12 +244,14 @@ class CatalogBackend(ABC):
         """Keep an unparseable source event as a quarantined ledger row."""
 
     @abstractmethod
-    def has_predictions_view(self, pattern: str) -> bool:
-        """Does the ``predictions`` view read the parquet glob ``pattern`` already?"""
+    def has_predictions_view(self, query: str) -> bool:
+        """Is the ``predictions`` view ``query`` already (a SELECT over the outbox's parquet,
+        :func:`~batchml.catalog.duckdb_init.predictions_select`)?"""
 
     @abstractmethod
-    def create_predictions_view(self, pattern: str) -> None:
-        """(Re)create the ``predictions`` view over the parquet glob ``pattern``."""
+    def create_predictions_view(self, query: str) -> None:
+        """(Re)create the ``predictions`` view as ``query`` (see :meth:`has_predictions_view`;
+        a backend without views over files does nothing)."""
 
     def has_online_predictions_view(self, pattern: str) -> bool:
         """Does the ``online_predictions`` view read the parquet glob ``pattern`` already? A
@@ -342,6 +344,11 @@ class CatalogBackend(ABC):
     @abstractmethod
     def backfill_open(self, backfill_id: str) -> tuple[int, datetime | None]:
         """Inputs of the backfill not finished, and the earliest lease among claimed ones."""
+
+    def drift_alerts(self, window_s: float = 3600.0) -> int:
+        """Drift alerts recorded in the last ``window_s`` seconds (``batch_drift``; 0 while
+        the catalog has no such table). Both shipped backends: :mod:`.metrics_sql`."""
+        return 0
 
     # --- the model registry (SQL shared by both dialects: registry_sql.py) --------------------
 

@@ -23,6 +23,7 @@ from .backend import CatalogBackend
 from .backfill_sql import BackfillSQL
 from .duckdb_ledger import DuckDBLedger
 from .labels_sql import LabelsSQL
+from .metrics_sql import MetricsSQL
 from .migrations import migrations
 from .registry_sql import RegistrySQL
 
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 _ORDER = re.compile(r"^\s*(?:(metrics|params)\.)?([A-Za-z0-9_.]+)\s*(ASC|DESC)?\s*$", re.I)
 
 
-class DuckDBBackend(DuckDBLedger, RegistrySQL, LabelsSQL, BackfillSQL, CatalogBackend):
+class DuckDBBackend(DuckDBLedger, RegistrySQL, LabelsSQL, BackfillSQL, MetricsSQL,
+                    CatalogBackend):
     """A catalog in one DuckDB file (``path``), shared by this process's catalogs of it."""
 
     def __init__(self, location: str | Path, *, lock_timeout_s: float = 60.0,

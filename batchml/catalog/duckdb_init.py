@@ -49,6 +49,7 @@ which batchml does not ship.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
@@ -87,9 +88,8 @@ def online_root(settings: Settings) -> Path:
 def online_pattern(root: Path | str) -> str:
     """The glob of the request log's visible parquet under ``root`` (its own glob characters
     escaped, as the ``predictions`` view's outbox)."""
-    from .ledger import _glob_escape
 
-    return f"{_glob_escape(str(Path(root).expanduser().resolve()))}/**/{VISIBLE_PARQUET}"
+    return f"{glob_escape(str(Path(root).expanduser().resolve()))}/**/{VISIBLE_PARQUET}"
 
 
 def online_predictions_select(pattern: str) -> str:
@@ -99,6 +99,79 @@ def online_predictions_select(pattern: str) -> str:
     ``hour`` an INTEGER (0-23, UTC)."""
     return (f"SELECT * FROM read_parquet({_literal(pattern)}, union_by_name = true, "
             "hive_partitioning = true, hive_types = {'date': DATE, 'hour': INTEGER})")
+
+
+HIVE_DIR = re.compile(r"^date=\d{4}-\d{2}-\d{2}$")
+"""A top-level outbox directory of the hive layout (:mod:`batchml.layout`)."""
+
+
+def predictions_select(base: str, *, flat: bool = True, hive: bool = False,
+                       visible: str = VISIBLE_PARQUET, file_column: str | None = None) -> str:
+    """The query of the ``predictions`` view over the outbox at ``base`` (its glob-escaped
+    path or ``s3://bucket/prefix``): every output parquet whose name matches ``visible``,
+    schemas united by name; with ``file_column``, each row's file path in that column.
+
+    With ``hive`` outputs (``BATCHML_OUTPUT_LAYOUT=hive``) the ``date=``/``model=``
+    directories become the columns ``date`` (DATE) and ``model`` (VARCHAR); with flat outputs
+    beside them (an outbox that changed layout) those are read without partitions (``date`` and
+    ``model`` NULL) and united by name, as DuckDB refuses one scan over both shapes."""
+    flat_files = _literal(f"{base}/**/{visible}")
+    named = f", filename = '{file_column}'" if file_column else ""
+    if not hive:
+        return f"SELECT * FROM read_parquet({flat_files}, union_by_name = true{named})"
+    hive_read = (f"SELECT * FROM read_parquet({_literal(f'{base}/date=*/**/{visible}')}, "
+                 "union_by_name = true, hive_partitioning = true, "
+                 f"hive_types = {{'date': DATE, 'model': VARCHAR}}{named})")
+    if not flat:
+        return hive_read
+    col = file_column or OUTPUT_FILE_COLUMN
+    keep = "*" if file_column else f"* EXCLUDE ({col})"
+    return (f"{hive_read} UNION ALL BY NAME SELECT {keep} FROM "
+            f"read_parquet({flat_files}, union_by_name = true, hive_partitioning = false, "
+            f"filename = '{col}') WHERE NOT regexp_matches({col}, "
+            "'/date=[0-9]{4}-[0-9]{2}-[0-9]{2}/model=')")
+
+
+OUTPUT_FILE_COLUMN = "batchml_output_file"
+"""The column the catalog's ``predictions`` view reads each output's path into (and drops)."""
+
+
+@dataclass(frozen=True)
+class OutputKinds:
+    """Which layouts an outbox holds outputs of."""
+
+    flat: bool = False
+    hive: bool = False
+
+    def __bool__(self) -> bool:
+        return self.flat or self.hive
+
+    def add(self, relative: str) -> OutputKinds:
+        """With the output at ``relative`` (its key under the outbox) counted."""
+        if HIVE_DIR.match(relative.split("/", 1)[0]) and "/model=" in relative:
+            return OutputKinds(self.flat, True)
+        return OutputKinds(True, self.hive)
+
+
+def local_output_kinds(root: Path | str, visible: str = VISIBLE_PARQUET) -> OutputKinds:
+    """The layouts of the visible ``.parquet`` under a local outbox ``root``."""
+    from fnmatch import fnmatchcase
+
+    base = Path(root).expanduser()
+    kinds = OutputKinds()
+    if not base.is_dir():
+        return kinds
+    for p in base.rglob("*.parquet"):
+        if fnmatchcase(p.name, visible) and p.is_file():
+            kinds = kinds.add(p.relative_to(base).as_posix())
+            if kinds.flat and kinds.hive:
+                break
+    return kinds
+
+
+def glob_escape(path: str) -> str:
+    """``path`` as a DuckDB glob that matches only itself (``preds[1]`` -> ``preds[[]1[]]``)."""
+    return "".join(f"[{ch}]" if ch in "*?[]{}" else ch for ch in path)
 
 
 def online_has_files(root: Path | str) -> bool:
@@ -215,27 +288,35 @@ def outbox_has_outputs(settings: Settings) -> bool:
     """True once the outbox holds at least one visible ``.parquet`` (DuckDB cannot create a
     view over a glob that matches no file). An S3 outbox is listed with batchml's own S3
     client, a local one walked on disk."""
+    return bool(outbox_output_kinds(settings))
+
+
+def outbox_output_kinds(settings: Settings) -> OutputKinds:
+    """Which layouts the outbox's visible ``.parquet`` are in (none: empty), as
+    :func:`outbox_has_outputs` finds them."""
     from fnmatch import fnmatchcase
 
     outbox = str(settings.outbox).rstrip("/")
     if not outbox.startswith("s3://"):
-        root = Path(outbox).expanduser()
-        return root.is_dir() and any(fnmatchcase(p.name, VISIBLE_PARQUET) and p.is_file()
-                                     for p in root.rglob("*.parquet"))
+        return local_output_kinds(outbox)
 
     from ..store import s3_client, split_s3_uri, translate_s3_error
 
     bucket, prefix = split_s3_uri(outbox)
     client = s3_client(settings.s3_endpoint_url, settings.s3_region)
-    kwargs = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else ""}
+    start = f"{prefix}/" if prefix else ""
+    kinds = OutputKinds()
     try:
-        for page in client.get_paginator("list_objects_v2").paginate(**kwargs):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                     Prefix=start):
             for obj in page.get("Contents", []):
                 if fnmatchcase(obj["Key"].rsplit("/", 1)[-1], VISIBLE_PARQUET):
-                    return True
+                    kinds = kinds.add(obj["Key"][len(start):])
+                    if kinds.flat and kinds.hive:
+                        return kinds
     except Exception as exc:
         raise translate_s3_error(exc, outbox) from exc
-    return False
+    return kinds
 
 
 def postgres_catalog_url(settings: Settings) -> str | None:
@@ -280,7 +361,6 @@ def _s3_setup(settings: Settings, outbox: str
     """What an S3 outbox needs: the credentials, the httpfs extension, the secret statement
     (lines) and the view's glob. Raises :class:`ConfigError` as :func:`duckdb_init_sql`."""
     from ..store import split_s3_uri
-    from .ledger import _glob_escape  # the local view's escaping: `out[1]` -> `out[[]1[]]`
 
     bucket, prefix = split_s3_uri(outbox)
     credentials, chain_region = resolve_credentials()
@@ -297,7 +377,7 @@ def _s3_setup(settings: Settings, outbox: str
         options += [("ENDPOINT", _literal(host)), ("USE_SSL", str(use_ssl).lower()),
                     ("URL_STYLE", "'path'")]
     options.append(("SCOPE", _literal(f"s3://{bucket}/")))
-    pattern = "/".join(p for p in (f"s3://{bucket}", _glob_escape(prefix.strip("/")), "**",
+    pattern = "/".join(p for p in (f"s3://{bucket}", glob_escape(prefix.strip("/")), "**",
                                    VISIBLE_PARQUET) if p)
     secret = [f"CREATE OR REPLACE TEMPORARY SECRET {SECRET_NAME} (",
               ",\n".join(f"    {key} {value}" for key, value in options),
@@ -306,12 +386,24 @@ def _s3_setup(settings: Settings, outbox: str
 
 
 def _view_lines(settings: Settings, outbox: str, pattern: str) -> list[str]:
-    """The ``predictions`` view over ``pattern``, or comments while the outbox is empty."""
-    view = (f"CREATE OR REPLACE TEMP VIEW predictions AS SELECT * FROM read_parquet(\n"
-            f"    {_literal(pattern)}, union_by_name = true);")
-    if outbox_has_outputs(settings):
+    """The ``predictions`` view over ``pattern`` (``BASE/**/VISIBLE``), or comments while the
+    outbox is empty. Hive-layout outputs add their ``date`` and ``model`` columns."""
+    base = pattern.rsplit("/**/", 1)[0]
+    kinds = outbox_output_kinds(settings)
+    if kinds:
+        query = predictions_select(base, flat=kinds.flat, hive=kinds.hive)
+    else:  # what it will be once the layout in use has written something
+        hive = settings.output_layout == "hive"
+        query = predictions_select(base, flat=not hive, hive=hive)
+    if "hive_partitioning" in query:
+        view = f"CREATE OR REPLACE TEMP VIEW predictions AS\n    {query};"
+    else:  # the flat layout's view, as it has always been printed
+        view = (f"CREATE OR REPLACE TEMP VIEW predictions AS SELECT * FROM read_parquet(\n"
+                f"    {_literal(pattern)}, union_by_name = true);")
+    if kinds:
         return ["-- every output parquet under the outbox; names starting with '.' or '_' "
-                "(temp files, markers) skipped", view]
+                "(temp files, markers) skipped"
+                + ("; date= / model= directories as columns" if kinds.hive else ""), view]
     return [f"-- {outbox} holds no prediction parquet yet, and DuckDB cannot create a "
             "view over no files:",
             "-- print this script again once the first output exists. The view will be:",
@@ -370,7 +462,6 @@ def duckdb_init_sql(settings: Settings) -> str:
 def _postgres_init_sql(settings: Settings, url: str) -> str:
     """The script for a PostgreSQL catalog: the catalog attached read-only under plain names,
     and ``predictions`` over a local or S3 outbox. ``url`` carries no password."""
-    from .ledger import _glob_escape
 
     outbox = str(settings.outbox).rstrip("/")
     s3 = outbox.startswith("s3://")
@@ -435,7 +526,7 @@ def _postgres_init_sql(settings: Settings, url: str) -> str:
                   *secret]
     else:
         root = str(Path(outbox).expanduser().resolve())
-        pattern = f"{_glob_escape(root)}/**/{VISIBLE_PARQUET}"
+        pattern = f"{glob_escape(root)}/**/{VISIBLE_PARQUET}"
     lines += _view_lines(settings, outbox, pattern)
     lines += _online_view_lines(settings)
     return "\n".join(lines) + "\n"

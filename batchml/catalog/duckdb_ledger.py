@@ -7,6 +7,7 @@ files whose claim it still holds.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -260,26 +261,29 @@ class DuckDBLedger:
                 " discovered_at, updated_at) VALUES (?, ?, ?, 'quarantined', 0, ?, ?, ?)",
                 [ref.file_id, ref.uri, ref.etag, payload, now, now])
 
-    def has_predictions_view(self, pattern: str) -> bool:
+    def has_predictions_view(self, query: str) -> bool:
         with self.db.read() as con:
             row = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'predictions'"
                               ).fetchone()
-        # the view of current outputs only (superseded_outputs, migration 0010)
-        return bool(row and pattern.replace("'", "''") in row[0]
-                    and "superseded_outputs" in row[0])
+        # the view of current outputs only (superseded_outputs, migration 0010); DuckDB keeps
+        # the view's SQL rewritten (CAST('t' AS BOOLEAN), struct_pack(...)): the same view reads
+        # the same globs (flat, hive or both: each its own literal)
+        return (row is not None and "superseded_outputs" in row[0]
+                and _paths(row[0]) == _paths(query))
 
-    def create_predictions_view(self, pattern: str) -> None:
+    def create_predictions_view(self, query: str) -> None:
         """``predictions``: the rows of each input's current output (an output a backfill
-        superseded is left out); ``predictions_history``: the rows of every output."""
-        quoted = pattern.replace("'", "''")
+        superseded is left out); ``predictions_history``: the rows of every output. ``query``
+        reads the outputs with their path in the column ``batchml_output_file``
+        (:func:`~batchml.catalog.duckdb_init.predictions_select` with ``file_column``)."""
+        from .duckdb_init import OUTPUT_FILE_COLUMN as col
+
         with self.db.write() as con:
-            con.execute(f"CREATE OR REPLACE VIEW predictions AS SELECT * EXCLUDE"
-                        f" (batchml_output_file) FROM read_parquet('{quoted}', union_by_name"
-                        f" = true, filename = 'batchml_output_file') WHERE"
-                        f" regexp_extract(batchml_output_file, '[^/]+/[^/]+$') NOT IN"
+            con.execute(f"CREATE OR REPLACE VIEW predictions AS SELECT * EXCLUDE ({col}) FROM"
+                        f" ({query}) WHERE regexp_extract({col}, '[^/]+/[^/]+$') NOT IN"
                         f" (SELECT output_key FROM superseded_outputs)")
-            con.execute(f"CREATE OR REPLACE VIEW predictions_history AS SELECT * FROM"
-                        f" read_parquet('{quoted}', union_by_name = true)")
+            con.execute(f"CREATE OR REPLACE VIEW predictions_history AS SELECT * EXCLUDE"
+                        f" ({col}) FROM ({query})")
 
     # --- batches -----------------------------------------------------------------------------
 
@@ -375,3 +379,11 @@ class DuckDBLedger:
                 " WHERE finished_at > now() - to_seconds(?)", [float(window_s)]).fetchone()
         failed, quarantined = row if row else (0, 0)
         return {"failed": int(failed), "quarantined": int(quarantined)}
+
+
+_LITERAL = re.compile(r"'(?:[^']|'')*'")
+
+
+def _paths(sql: str) -> set[str]:
+    """The string literals of ``sql`` that hold a path or a pattern of one (a ``/``)."""
+    return {lit for lit in _LITERAL.findall(sql) if "/" in lit}

@@ -193,18 +193,24 @@ class Ledger:
         """
         if "://" in outbox_root:
             return False
+        from .duckdb_init import (
+            OUTPUT_FILE_COLUMN,
+            glob_escape,
+            local_output_kinds,
+            predictions_select,
+        )
+
         root = str(Path(outbox_root).resolve())
-        # Outputs are OUTBOX/<run>/<name>.parquet; `[!.]` skips hidden temp files (a worker's
-        # in-flight output), and the root's own glob characters are escaped as classes.
-        pattern = _glob_escape(root) + "/**/[!.]*.parquet"
-        if self.catalog.backend.has_predictions_view(pattern):
+        # Outputs are OUTBOX/<run>/<name>.parquet, or OUTBOX/date=D/model=M/<name>.parquet in
+        # the hive layout (then `date` and `model` are columns); `[!.]` skips hidden temp files
+        # (a worker's in-flight output), and the root's own glob characters are escaped.
+        visible = "[!.]*.parquet"
+        kinds = local_output_kinds(root, visible)
+        if not kinds:
             return False
-        if not any(Path(outbox_root).rglob("*.parquet")):
+        query = predictions_select(glob_escape(root), flat=kinds.flat, hive=kinds.hive,
+                                   visible=visible, file_column=OUTPUT_FILE_COLUMN)
+        if self.catalog.backend.has_predictions_view(query):
             return False
-        self.catalog.backend.create_predictions_view(pattern)
+        self.catalog.backend.create_predictions_view(query)
         return True
-
-
-def _glob_escape(path: str) -> str:
-    """``path`` as a DuckDB glob that matches only itself (``preds[1]`` -> ``preds[[]1[]]``)."""
-    return "".join(f"[{ch}]" if ch in "*?[]{}" else ch for ch in path)

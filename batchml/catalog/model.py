@@ -241,6 +241,11 @@ class Catalog:
         """Files that failed or were quarantined in batches of the last ``window_s``."""
         return self.backend.recent_file_errors(window_s)
 
+    def drift_alerts(self, window_s: float = 3600.0) -> int:
+        """Drift alerts recorded in the last ``window_s`` seconds (0 before the catalog holds
+        drift results); the ``batchml_drift_alerts`` metric."""
+        return self.backend.drift_alerts(window_s)
+
     def sql(self, query: str, params: Iterable[Any] | None = None, *, write: bool = False,
             views: Mapping[str, Any] | None = None) -> pd.DataFrame:
         """Run SQL against the catalog (read-only unless ``write``) and return a DataFrame.

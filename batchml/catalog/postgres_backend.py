@@ -23,6 +23,7 @@ from ._pg import PgConnections, display_url
 from .backend import CatalogBackend
 from .backfill_sql import BackfillSQL
 from .labels_sql import LabelsSQL
+from .metrics_sql import MetricsSQL
 from .migrations import migrations
 from .postgres_ledger import PostgresLedger, frame
 from .registry_sql import RegistrySQL
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
-class PostgresBackend(PostgresLedger, RegistrySQL, LabelsSQL, BackfillSQL, CatalogBackend):
+class PostgresBackend(PostgresLedger, RegistrySQL, LabelsSQL, BackfillSQL, MetricsSQL,
+                      CatalogBackend):
     """A catalog in a PostgreSQL database, shared by every host that can reach it."""
 
     def __init__(self, location: str, *, lock_timeout_s: float = 60.0,

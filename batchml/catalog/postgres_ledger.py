@@ -255,10 +255,10 @@ class PostgresLedger:
                 " ON CONFLICT (file_id) DO NOTHING",
                 [ref.file_id, ref.uri, ref.etag, payload, now, now])
 
-    def has_predictions_view(self, pattern: str) -> bool:
+    def has_predictions_view(self, query: str) -> bool:
         return True  # outputs are parquet: DuckDB reads them (batchml sql --duckdb-init)
 
-    def create_predictions_view(self, pattern: str) -> None:
+    def create_predictions_view(self, query: str) -> None:
         return None
 
     # --- batches -----------------------------------------------------------------------------

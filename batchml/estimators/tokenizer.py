@@ -26,9 +26,13 @@ from ._arrays import from_numpy, strings, to_numpy
 _DEFAULT_PATTERN = r"(?u)\b\w\w+\b"  # scikit-learn's default token_pattern
 _TOKEN = re.compile(_DEFAULT_PATTERN)
 
-_ASCII_WORD = np.zeros(256, dtype=np.bool_)
-for _c in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_":
-    _ASCII_WORD[_c] = True
+_LOWER_WORD = np.zeros(256, dtype=np.uint8)
+"""Byte -> its lowercase when it is a word byte ([A-Za-z0-9_]), else 0 (one table lookup both
+lowercases and classifies; zero bytes are then dropped in one ``bytes.translate``)."""
+for _c in b"abcdefghijklmnopqrstuvwxyz0123456789_":
+    _LOWER_WORD[_c] = _c
+for _c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+    _LOWER_WORD[_c] = _c + 32
 
 
 def supported(vectorizer: Any) -> bool:
@@ -62,9 +66,9 @@ def tokens(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
 
 
 def ascii_tokens(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
-    """Maximal runs of [A-Za-z0-9_] of length >= 2, lowercased, found on the bytes."""
+    """Maximal runs of [A-Za-z0-9_] of length >= 2, lowercased, found on the bytes (one table
+    lookup per byte, no per-row Python)."""
     n = len(arr)
-    arr = pc.ascii_lower(arr)  # exact for ASCII text: the same as str.lower()
     _, offsets_buf, data_buf = arr.buffers()
     offsets = np.frombuffer(offsets_buf, dtype=np.int32)[arr.offset:arr.offset + n + 1]
     lo, hi = int(offsets[0]), int(offsets[-1])
@@ -73,7 +77,8 @@ def ascii_tokens(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
     raw = np.frombuffer(data_buf, dtype=np.uint8)[lo:hi]
     starts = (offsets[:-1] - lo).astype(np.int64)
     starts = starts[starts < len(raw)]
-    word = np.take(_ASCII_WORD, raw)
+    low = np.take(_LOWER_WORD, raw)  # lowercase word bytes, 0 elsewhere (exact for ASCII)
+    word = low != 0
     before = np.empty_like(word)  # a word byte continues from the previous byte
     before[0] = False
     before[1:] = word[:-1]
@@ -87,10 +92,11 @@ def ascii_tokens(arr: pa.Array) -> tuple[np.ndarray, pa.Array]:
     length = np.flatnonzero(word & ~after) - first + 1
     short = length < 2
     if short.any():
-        word[first[short]] = False  # one-character tokens: dropped
+        low[first[short]] = 0  # one-character tokens: dropped
         keep = ~short
         first, length = first[keep], length[keep]
-    data = raw[word]
+    # the tokens' bytes back to back: C's translate drops the zeros faster than a boolean mask
+    data = low.tobytes().translate(None, b"\x00")
     tok_offsets = np.empty(len(first) + 1, dtype=np.int32)
     tok_offsets[0] = 0
     np.cumsum(length, out=tok_offsets[1:])

@@ -163,14 +163,15 @@ class LinearTextModel:
     def decision(self, arr: pa.Array) -> np.ndarray:
         """Decision values (before the link function), shape (n_rows, len(weights))."""
         n = len(arr)
-        rows, features = self._features(arr)
+        pieces = self._occurrences(arr)
         if self.idf is None and self.norm is None and not self.sublinear_tf:
             # raw counts: linear in the occurrences, no need to count them first
-            dec = np.empty((len(self.weights), n), dtype=np.float64)
-            for k, w in enumerate(self.weights):
-                dec[k] = np.bincount(rows, weights=w[features], minlength=n)
+            dec = np.zeros((len(self.weights), n), dtype=np.float64)
+            for rows, features in pieces:
+                for k, w in enumerate(self.weights):
+                    dec[k] += np.bincount(rows, weights=w[features], minlength=n)
             return dec.T + self.intercept
-        rows, features, counts = _count(rows, features, n, self.n_features)
+        rows, features, counts = _count(pieces, n, self.n_features)
         tf = counts.astype(np.float64)
         if self.sublinear_tf:
             tf = np.log(tf, out=tf)
@@ -197,7 +198,7 @@ class LinearTextModel:
         if n == 0:
             empty = np.empty(0, np.int64)
             return empty, empty, np.empty(0, np.float64)
-        rows, features, counts = _count(*self._features(arr), n, self.n_features)
+        rows, features, counts = _count(self._occurrences(arr), n, self.n_features)
         x = counts.astype(np.float64)
         if self.sublinear_tf:
             x = np.log(x) + 1.0
@@ -252,8 +253,9 @@ class LinearTextModel:
         dec /= dec.sum(axis=1, keepdims=True)
         return dec
 
-    def _features(self, arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        """(row, feature) of every vocabulary term occurrence in ``arr``."""
+    def _occurrences(self, arr: pa.Array) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(row, feature) of every vocabulary term occurrence in ``arr``: the single words',
+        then the word pairs' (each piece's rows nondecreasing)."""
         tok = _tokenize(arr, self.words)
         rows, wid = tok.rows, tok.words
         uni = self.unigram[wid]
@@ -266,7 +268,7 @@ class LinearTextModel:
             hit = found >= 0
             out_rows.append(rows[:-1][ok][hit])
             out_feats.append(found[hit])
-        return np.concatenate(out_rows), np.concatenate(out_feats)
+        return list(zip(out_rows, out_feats, strict=True))
 
     # --- saving -------------------------------------------------------------------------------
 
@@ -516,16 +518,22 @@ def _lookup(rows: np.ndarray, tokens: pa.Array, words: pa.Array) -> _Tokens:
     return _Tokens(rows, wid)
 
 
-def _count(rows: np.ndarray, features: np.ndarray, n_rows: int,
+def _count(pieces: list[tuple[np.ndarray, np.ndarray]], n_rows: int,
            n_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct (row, feature) pairs and how often each occurs."""
-    if len(rows) == 0:
+    """Distinct (row, feature) pairs among the (rows, features) pieces and how often each
+    occurs (as one sorted array of row * n_features + feature codes)."""
+    total = sum(len(rows) for rows, _ in pieces)
+    if total == 0:
         empty = np.empty(0, np.int64)
         return empty, empty, empty
     dtype = np.dtype(np.uint32 if n_rows * n_features < 2**32 else np.uint64)
-    code: np.ndarray = rows.astype(dtype)
-    code *= n_features
-    code += features.astype(dtype)
+    code = np.empty(total, dtype=dtype)
+    at = 0
+    for rows, features in pieces:
+        part = code[at:at + len(rows)]
+        np.multiply(rows, n_features, out=part, casting="unsafe")
+        part += features.astype(dtype)
+        at += len(rows)
     code.sort(kind="stable")  # radix/timsort: ~2x faster than quicksort here
     new = np.empty(len(code), dtype=np.bool_)
     new[0] = True

@@ -37,6 +37,7 @@ from . import (
     b7_coldstart,
     b8_claims,
     b9_online,
+    b10_sqs,
 )
 from .common import (
     ROOT,
@@ -60,8 +61,9 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], list[Figure]]]] = {
     "B7": ("cold start", b7_coldstart.run),
     "B8": ("claims from several workers", b8_claims.run),
     "B9": ("online scoring over HTTP", b9_online.run),
+    "B10": ("S3 notifications through SQS", b10_sqs.run),
 }
-NEEDS_MODELS = {"B1", "B2", "B2S", "B3", "B5", "B7"}
+NEEDS_MODELS = {"B1", "B2", "B2S", "B3", "B5", "B7", "B10"}
 # server mode starts a Prefect server and a worker (~2-3 min): full runs or --only B2S
 NOT_QUICK = {"B2S"}
 USES_SERVE = {"B2", "B3"}
@@ -80,6 +82,7 @@ SPEC_FULL: dict[str, Any] = {
     "b8_reps": 2,
     "b9_train_rows": 4_000, "b9_clients": [1, 32], "b9_requests": {"1": 2_000, "32": 8_000},
     "b9_max_s": 20.0, "b9_warmup": 200, "b9_mlflow": True,
+    "b10_files": 50, "b10_lost_files": 100, "b10_storm_files": 50, "b10_sweep_s": 10.0,
 }
 SPEC_QUICK: dict[str, Any] = {
     "model_train_rows": 2_000, "calibrate_rows": 2_000,
@@ -94,6 +97,7 @@ SPEC_QUICK: dict[str, Any] = {
     "b8_files": 200, "b8_workers": [1, 4], "b8_batch": 20, "b8_work_ms": 1.0, "b8_reps": 1,
     "b9_train_rows": 1_000, "b9_clients": [1, 32], "b9_requests": {"1": 200, "32": 640},
     "b9_max_s": 4.0, "b9_warmup": 32, "b9_mlflow": True,
+    "b10_files": 10, "b10_lost_files": 20, "b10_storm_files": 10, "b10_sweep_s": 3.0,
 }
 
 
@@ -145,6 +149,9 @@ def estimate(sizes: dict[str, Any], thr: dict[str, float], selected: set[str]) -
         servers = 2 + bool(sizes["b9_mlflow"])
         cost["B9"] = 20 + 2 * servers * (5 + len(sizes["b9_clients"])
                                          * (0.8 * sizes["b9_max_s"] + 2))
+    if "B10" in selected:  # moto + watch start, files one at a time, the sweep's wait
+        cost["B10"] = 15 + sizes["b10_files"] * 0.6 + sizes["b10_sweep_s"] * 2 \
+            + (sizes["b10_lost_files"] + sizes["b10_storm_files"]) * 0.1
     return cost
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-IDS = [f"B{i}" for i in range(1, 10)]
+IDS = [f"B{i}" for i in range(1, 11)]
 
 
 @pytest.mark.slow
@@ -56,3 +56,9 @@ def test_quick_benchmark_reports_every_id(tmp_path: Path) -> None:
             assert b9[f"{model}.{mode}.c32.p99"]["value"] > 0
         ratio = b9[f"{model}.batching_ratio.c32"]
         assert ratio["target"] == ">= 5x" and ratio["value"] > 0
+
+    # B10: exactly once whatever the notifications do (a correctness check, not a timing)
+    b10 = {f["key"]: f for f in data["figures"] if f["id"] == "B10"}
+    assert b10["lost_scored"]["met"] is True, b10["lost_scored"]
+    assert b10["storm_duplicates"]["value"] == 0 and b10["storm_duplicates"]["met"] is True
+    assert b10["p50"]["n"] >= 5

@@ -7,13 +7,16 @@
   holds a tagged run of the model; empty ledger each repetition).
 * service: the warm path, ``Worker.run_batch`` in a long-lived process with a warm ModelCache.
 
-Plus the pure I/O floor: read the file and write one float column.
+Plus the pure I/O floor: read the file and write one float column, and the text models'
+fast path alone (:mod:`.b1_text`: rows/s of ``LinearTextModel.predict_proba`` against
+scikit-learn's own pipeline).
 """
 
 from __future__ import annotations
 
 import shutil
 
+from . import b1_text
 from .common import Context, Figure, batchml_cli, child, figure, run_child, summary
 
 ABS_TARGET = {"keras_nbow": (150_000, "Keras >= 150k rows/s"),
@@ -81,4 +84,5 @@ def run(ctx: Context) -> list[Figure]:
                                "reps": ctx.sizes["b1_io_reps"]})
     figures.append(figure("B1", "io_floor", f"I/O floor: read + write a float column, "
                           f"{io_rows:,} rows", [io_rows / s for s in ans["seconds"]], "rows/s"))
+    figures.extend(b1_text.run(ctx))
     return figures

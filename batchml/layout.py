@@ -29,6 +29,12 @@ LAYOUTS = ("flat", "hive")
 _DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
 
+def is_hive_key(key: str) -> bool:
+    """Is ``key`` (relative to the outbox) an output of the hive layout?"""
+    head, _, rest = key.partition("/")
+    return bool(_DATE_DIR.match(head)) and rest.startswith("model=")
+
+
 def model_label(run_id: str, name: str | None = None, version: int | None = None) -> str:
     """The ``model=`` value: ``NAME-vN`` for a registered version, else the run id with ``/``
     as ``-``."""

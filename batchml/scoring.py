@@ -235,13 +235,15 @@ class Outbox:
 
     def dataset(self, *, endpoint_url: str | None = None, region: str | None = None) -> Any:
         """The outbox's prediction parquet as one pyarrow dataset (S3 without DuckDB
-        extensions); ``None`` while it holds no files."""
+        extensions); ``None`` while it holds no files. Outputs of the hive layout add the
+        columns ``date`` and ``model`` (NULL for flat outputs beside them)."""
         import pyarrow.dataset as ds
 
         if not self.is_s3:
             files = sorted(str(p) for p in Path(self.root).rglob("*.parquet")
                            if not p.name.startswith((".", "_")))
-            return ds.dataset(files, format="parquet") if files else None
+            return ds.dataset(files, format="parquet", **_hive(files, str(Path(self.root)))
+                              ) if files else None
         from pyarrow import fs
 
         from .store import split_s3_uri
@@ -258,7 +260,9 @@ class Outbox:
         # temp files and markers (names starting with '.' or '_') are not outputs
         files = sorted(i.path for i in infos if i.path.endswith(".parquet")
                        and not i.base_name.startswith((".", "_")))
-        return ds.dataset(files, format="parquet", filesystem=s3fs) if files else None
+        base = f"{bucket}/{prefix}".rstrip("/")
+        return ds.dataset(files, format="parquet", filesystem=s3fs, **_hive(files, base)
+                          ) if files else None
 
     def temp_path(self) -> Path:
         """A temp file to write into: inside the outbox locally (so rename is atomic). Its
@@ -354,6 +358,20 @@ class Outbox:
         finally:
             self._unlock(tmp)
         return str(target)
+
+
+def _hive(files: list[str], base: str) -> dict[str, Any]:
+    """pyarrow's hive partitioning (``date``, ``model``) when an output under ``base`` is in
+    the hive layout (:mod:`batchml.layout`), else nothing."""
+    from .layout import is_hive_key
+
+    if not any(is_hive_key(f[len(base):].lstrip("/")) for f in files):
+        return {}
+    import pyarrow.dataset as ds
+
+    schema = pa.schema([("date", pa.date32()), ("model", pa.string())])
+    return {"partitioning": ds.partitioning(schema, flavor="hive"),
+            "partition_base_dir": base}
 
 
 def _lock_own(fd: int, path: str) -> bool:

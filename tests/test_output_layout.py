@@ -140,6 +140,9 @@ def test_flat_outputs_then_hive_outputs_one_view(tagged_home: Settings, tmp_path
     assert got.to_dict("records") == [{"model": "(flat)", "n": 40, "dated": 0},
                                       {"model": "reviews-v1", "n": 40, "dated": 40}]
     assert len(cat.sql("SELECT * FROM prediction_outputs")) == 4
+    # pyarrow's dataset of the outbox (what `batchml sql` registers for an S3 outbox) too
+    table = Outbox(str(hive.outbox)).dataset().to_table(columns=["model", "date"])
+    assert sorted(map(str, table["model"].to_pylist())) == ["None"] * 40 + ["reviews-v1"] * 40
 
 
 def test_commit_guard_refuses_and_nothing_is_placed(tmp_path: Path) -> None:
@@ -242,6 +245,11 @@ def test_hive_layout_on_s3_read_by_duckdb_through_the_init_script(
                      f"'s3://{s3_bucket}/preds/**/*.parquet', hive_partitioning = true)"
                      ).fetchall()
     assert direct == [(60, date.fromisoformat(today), "reviews-v1")]
+    # `batchml sql` reads an S3 outbox through pyarrow: the partitions are columns there too
+    dataset = Outbox(settings.outbox).dataset(endpoint_url=moto_server, region="us-east-1")
+    table = dataset.to_table(columns=["date", "model"])
+    assert set(zip(table["date"].to_pylist(), table["model"].to_pylist(), strict=True)) == {
+        (date.fromisoformat(today), "reviews-v1")} and table.num_rows == 60
 
 
 def test_partition_keys() -> None:

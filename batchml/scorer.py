@@ -66,6 +66,7 @@ class ModelSpec:
     artifact_uri: str
     sha256: str
     threshold: float | None = None  # BATCHML_DECISION_THRESHOLD, as the parent's ModelCache
+    reference: Any = None  # the model's DriftReference (batchml.drift), None without one
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class ScorerConfig:
     s3_health_dir: str | None = None  # where the child's S3 call counts go (batchml status)
     limits: Limits | None = None  # memory budget and text limits (None: the budget above)
     id_column: str | None = None  # carried through to outputs (BATCHML_ID_COLUMN)
+    drift: bool = False  # count each file against the model's drift reference (BATCHML_DRIFT)
 
     @classmethod
     def from_settings(cls, settings: Settings, outbox: str) -> ScorerConfig:
@@ -100,7 +102,8 @@ class ScorerConfig:
                    fault_kill_marker=settings.fault_kill_marker or None,
                    fault_alloc_marker=settings.fault_alloc_marker or None,
                    s3_health_dir=str(settings.home / HEALTH_DIR),
-                   limits=Limits.from_settings(settings), id_column=settings.id_column)
+                   limits=Limits.from_settings(settings), id_column=settings.id_column,
+                   drift=settings.drift)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def _load_model(spec: ModelSpec, config: ScorerConfig,
     estimator = load_estimator(spec.flavor, store.get(spec.artifact_uri, sha256=spec.sha256))
     if spec.threshold is not None and len(estimator.classes_) == 2:
         estimator.set_threshold(spec.threshold)  # type: ignore[attr-defined]
-    return LoadedModel(spec.run_id, spec.name, spec.flavor, estimator)
+    return LoadedModel(spec.run_id, spec.name, spec.flavor, estimator, spec.reference)
 
 
 def _fault_hooks(uri: str, config: ScorerConfig) -> None:
@@ -117,7 +117,8 @@ def child_main(fd: int) -> None:
                                  job["batch_id"], batch_rows=config.batch_rows,
                                  budget_bytes=config.budget_bytes, reprocess=job["reprocess"],
                                  limits=config.limits, params=job.get("params"),
-                                 carry=(config.id_column,) if config.id_column else ())
+                                 carry=(config.id_column,) if config.id_column else (),
+                                 drift=config.drift)
             reply: tuple[Any, ...] = ("done", outcome)
         except CommitRefused:
             reply = ("refused",)

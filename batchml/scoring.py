@@ -39,6 +39,7 @@ from .resolve import ModelRef, ModelResolver
 
 if TYPE_CHECKING:
     from .catalog import Catalog, FileRecord, Run
+    from .drift import DriftAccumulator, DriftCounts, DriftReference
     from .estimators import Estimator
     from .layout import Partition
     from .signature import Signature
@@ -56,6 +57,9 @@ class LoadedModel:
     name: str
     flavor: str
     estimator: Estimator
+    reference: DriftReference | None = None
+    """The training reference drift is measured against (None: trained before drift
+    references, or the run has none)."""
 
     @property
     def signature(self) -> Signature:
@@ -108,7 +112,8 @@ class ModelCache:
         estimator = run.load_model(primary)
         if self.threshold is not None and len(estimator.classes_) == 2:
             estimator.set_threshold(self.threshold)
-        model = LoadedModel(run_id, primary, estimator.flavor, estimator)
+        model = LoadedModel(run_id, primary, estimator.flavor, estimator,
+                            _drift_reference(run))
         with self._lock:
             if len(self._models) >= self.max_models:
                 self._models.pop(next(iter(self._models)))
@@ -131,6 +136,7 @@ class FileOutcome:
     error: str | None = None
     reprocess: bool = False
     truncated: int = 0  # text values cut to BATCHML_MAX_TEXT_CHARS
+    drift: DriftCounts | None = None  # binned counts against the model's reference
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
@@ -389,6 +395,21 @@ def _outbox_error(root: str, exc: OSError) -> StorageUnavailable:
                                    "stays pending and is scored once it can be.")
 
 
+def _drift_reference(run: Run) -> DriftReference | None:
+    """The run's drift reference (:mod:`batchml.drift`); None when it has none or it cannot
+    be read (drift is a report: it never stops scoring)."""
+    from .drift import REFERENCE_ARTIFACT, DriftReference
+
+    if REFERENCE_ARTIFACT not in run.artifacts:
+        return None
+    try:
+        return DriftReference.from_json(run.fetch_artifact(REFERENCE_ARTIFACT))
+    except Exception as exc:
+        log.warning("run %s: its %s cannot be read, no drift measured: %s", run.id,
+                    REFERENCE_ARTIFACT, exc)
+        return None
+
+
 def _open_parquet(path: Path, uri: str, limits: Limits | None = None) -> pq.ParquetFile:
     try:
         if path.stat().st_size == 0:
@@ -442,7 +463,8 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
                reprocess: bool = False, limits: Limits | None = None,
                explain: int = 0, carry: tuple[str, ...] = (),
                key: str | None = None,
-               params: Mapping[str, Any] | None = None) -> FileOutcome:
+               params: Mapping[str, Any] | None = None,
+               drift: bool = False) -> FileOutcome:
     """Score one local parquet file into the outbox; never raises for bad input.
 
     Bad input (unreadable, schema mismatch, zero rows, over the memory budget or a text
@@ -466,8 +488,16 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
     ``explain`` is 0) the explanation column, ``batch_size`` the rows per model call, and the
     flavor's own reach its hooks. They are recorded in the output's metadata
     (``batchml.params``).
+
+    ``drift``: count the file against the model's drift reference, if it has one, into
+    ``outcome.drift`` (:mod:`batchml.drift`; ``BATCHML_DRIFT``).
     """
     limits = limits or Limits(memory_bytes=budget_bytes)
+    acc: DriftAccumulator | None = None
+    if drift and model.reference is not None:
+        from .drift import DriftAccumulator
+
+        acc = DriftAccumulator(model.reference)
     start = time.perf_counter()
     outcome = FileOutcome(record.file_id, record.source_uri, "scored", model.run_id,
                           reprocess=reprocess)
@@ -479,10 +509,11 @@ def score_file(path: Path, record: FileRecord, model: LoadedModel, outbox: Outbo
         tmp = outbox.temp_path()
         rows, positives, truncated = _stream(pf, model, record, batch_id, tmp, batch_rows,
                                              plan=plan, limits=limits, explain=explain,
-                                             carry=carry, params=params)
+                                             carry=carry, params=params, drift=acc)
         outcome.output_uri = outbox.commit(tmp, key or output_key(record, model.run_id))
         tmp = None
         outcome.rows, outcome.positives, outcome.truncated = rows, positives, truncated
+        outcome.drift = acc.counts if acc is not None else None
     except FileNotFoundError:
         outcome.status = "failed"
         outcome.error = (f"{record.source_uri} was deleted before it could be read; nothing to "
@@ -531,7 +562,8 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
             tmp: Path, batch_rows: int, row_groups: list[int] | None = None, *,
             plan: ReadPlan | None = None, limits: Limits | None = None, explain: int = 0,
             carry: tuple[str, ...] = (),
-            params: Mapping[str, Any] | None = None) -> tuple[int, int, int]:
+            params: Mapping[str, Any] | None = None,
+            drift: DriftAccumulator | None = None) -> tuple[int, int, int]:
     """Score ``pf`` into ``tmp``; returns (rows, positives, text values truncated). With a
     ``plan`` batches are sized by bytes (:mod:`batchml.limits`); text inputs are held to
     ``limits`` (default: the documented limits). ``explain``: see :func:`score_file` (the
@@ -576,6 +608,8 @@ def _stream(pf: pq.ParquetFile, model: LoadedModel, record: FileRecord, batch_id
             # (a text model with an arrow hook never builds a DataFrame)
             proba = model.estimator.predict_proba(batch, params=params)
             index = model.estimator.label_index(proba, params=params)
+            if drift is not None:
+                drift.update(batch, proba)
             if len(classes) == 2:
                 positives += int(index.sum())
             cols: dict[str, pa.Array] = {

@@ -232,6 +232,21 @@ class Settings(BaseSettings):
         default=None, description="The shadow area (a directory or s3://bucket/prefix), never "
         "read as outputs. Default: beside the outbox, OUTBOX-shadow.")
 
+    # --- drift per batch (batchml/drift.py) ---------------------------------------------------
+    drift: bool = Field(default=True, description="Measure each prediction batch's drift from "
+                        "the model's training reference (its drift_reference.json) while it "
+                        "is scored; stored in the catalog's batch_drift table.")
+    drift_psi_alert: float = Field(default=0.2, ge=0, description="Drift alert: PSI of a "
+                                   "numeric feature, a text length or the score above this.")
+    drift_js_alert: float = Field(default=0.1, ge=0, le=1, description="Drift alert: "
+                                  "Jensen-Shannon distance (base 2) of a categorical feature "
+                                  "or a text column's top tokens above this.")
+    drift_oov_alert: float = Field(default=0.1, ge=0, le=1, description="Drift alert: a text "
+                                   "column's out-of-vocabulary rate this much above the "
+                                   "reference's.")
+    drift_min_rows: int = Field(default=100, ge=0, description="Batches with fewer rows are "
+                                "measured but never alert (too few to judge).")
+
     # --- online scoring (batchml serve-api) ---------------------------------------------------
     api_host: str = Field(default="127.0.0.1", description="Address `batchml serve-api` "
                           "binds (loopback by default; 0.0.0.0 to serve other hosts).")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog, Ledger
+from .drift_report import alert_summary
 from .errors import BatchMLError
 from .resolve import ModelRef, ModelResolver
 from .settings import Settings
@@ -13,8 +14,9 @@ from .store import HEALTH_DIR, s3_health_summary
 
 
 def collect_status(catalog: Catalog, settings: Settings,
-                   service: dict[str, Any]) -> dict[str, Any]:
-    """One dict with everything an operator or a supervisor checks."""
+                   service: dict[str, Any], *, drift_batches: int = 10) -> dict[str, Any]:
+    """One dict with everything an operator or a supervisor checks; ``drift_alerts``: the
+    batches among the last ``drift_batches`` measured whose drift alerted, newest first."""
     ledger = Ledger(catalog)
     last = None
     runs = catalog.runs(settings.train_flow, limit=1)
@@ -34,9 +36,11 @@ def collect_status(catalog: Catalog, settings: Settings,
             f"{s3['failed_attempts']} of {s3['attempts']} requests failed "
             f"({100 * s3['error_rate']:.1f}%), {s3['retries']} retries, "
             f"{s3['failed_calls']} calls gave up")
+    # drift: the alerts of the last batches measured (batchml/drift.py)
+    drift = alert_summary(ledger.batch_drift(batches=drift_batches, alerts_only=True))
     return {"service": service, "files": ledger.counts(), "last_training_run": last,
             "current_model": current, "recent_errors": recent, "s3": s3,
-            "published_catalog": published_catalog(catalog)}
+            "published_catalog": published_catalog(catalog), "drift_alerts": drift}
 
 
 def published_catalog(catalog: Catalog) -> dict[str, Any]:

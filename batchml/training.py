@@ -26,6 +26,7 @@ from .datasets import (
     prepare_training_frame,
     read_parquet,
 )
+from .drift_report import record_reference
 from .errors import DataError, SmokeExamplesError
 from .evaluation import (
     THRESHOLD_OBJECTIVES,
@@ -360,6 +361,10 @@ def train(catalog: Catalog, config: TrainingConfig, *, flow: str = "train",
         explained = next((r.estimator for r in results if r.name == decision.winner), None)
         if explained is not None:  # explanation.json / .png (never fails the run)
             record_explanation(run, explained, data.valid_x, data.valid_y, seed=config.seed)
+            won = next(r for r in results if r.name == decision.winner)
+            record_reference(run, won.name, data.train_x,  # drift_reference.json
+                             text_column=config.text_column, classes=list(explained.classes_),
+                             valid_x=data.valid_x, valid_proba=won.valid_proba)
         run.finish("completed")
         outcome = TrainingOutcome(run, list(results), smoke, decision)
     except BaseException as exc:

@@ -55,6 +55,10 @@ class BatchReport:
     landed: dict[str, datetime | None] = field(default_factory=dict, repr=False)
     """When each claimed file landed (its modification time), for the latency metric."""
     claimed_at: float = 0.0
+    drift: list[Any] = field(default_factory=list)
+    """The batch's drift metrics (:class:`batchml.drift.DriftRow`), as recorded."""
+    drift_note: str | None = None
+    """Why no drift was measured (no reference, nothing counted), when drift is on."""
 
     @property
     def rows(self) -> int:
@@ -186,7 +190,7 @@ class Worker:
             art = run.artifacts[run.models[model.name]["artifact"]]
             spec = self._specs[model.run_id] = ModelSpec(
                 model.run_id, model.name, model.flavor, art["uri"], art["sha256"],
-                getattr(self.cache, "threshold", None))
+                getattr(self.cache, "threshold", None), model.reference)
         return spec
 
     def params_for(self, model: LoadedModel) -> dict[str, Any]:
@@ -340,6 +344,8 @@ class Worker:
                         "params": params_json(report.params)})
                 finally:
                     self.release_catalog()  # recorded: readers may come in now
+        if self.settings.drift:
+            self._record_drift(report, model, claim)
         if not self._view_ready and any(o.output_uri for o in report.outcomes):
             try:
                 self.ledger.ensure_predictions_view(self.outbox.root)
@@ -413,6 +419,27 @@ class Worker:
                 log.warning("claim on %s was lost before its outcome was recorded; another "
                             "worker scores it", o.source_uri)
 
+    def _record_drift(self, report: BatchReport, model: LoadedModel,
+                      claim: ClaimedBatch) -> None:
+        """Merge the batch's drift counts, measure and record them (never fails a batch)."""
+        from .drift import DriftThresholds
+        from .drift_report import batch_drift
+
+        if not report.outcomes or report.batch_id is None:
+            return
+        try:
+            counts, rows, report.drift_note = batch_drift(
+                model.reference, report.outcomes, DriftThresholds.from_settings(self.settings))
+            if counts is not None:
+                self.ledger.record_drift(report.batch_id, rows, files=counts.files,
+                                         scored_rows=counts.rows, model_run_id=model.run_id,
+                                         model_name=claim.model_name,
+                                         model_version=claim.model_version)
+                report.drift = rows
+        except Exception:  # a report: never fails the batch
+            log.warning("could not record the drift of batch %s", report.batch_id,
+                        exc_info=True)
+
     def has_pending(self) -> bool:
         """True when a file of this worker's source waits to be claimed."""
         return self.ledger.has_pending(self._claim_prefix())
@@ -449,7 +476,8 @@ class Worker:
                                          reprocess=reprocess,
                                          limits=Limits.from_settings(self.settings),
                                          params=params,
-                                         carry=_carry(self.settings))
+                                         carry=_carry(self.settings),
+                                         drift=self.settings.drift)
                 if self._pairing is not None and self.shadow is not None \
                         and outcome.status == "scored" and score is None:
                     self.shadow.score(self._pairing, path, record, outcome, batch_id)

@@ -38,6 +38,7 @@ from . import (
     b8_claims,
     b9_online,
     b10_sqs,
+    b12_drift,
 )
 from .common import (
     ROOT,
@@ -62,6 +63,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], list[Figure]]]] = {
     "B8": ("claims from several workers", b8_claims.run),
     "B9": ("online scoring over HTTP", b9_online.run),
     "B10": ("S3 notifications through SQS", b10_sqs.run),
+    "B12": ("drift overhead", b12_drift.run),
 }
 NEEDS_MODELS = {"B1", "B2", "B2S", "B3", "B5", "B7", "B10"}
 # server mode starts a Prefect server and a worker (~2-3 min): full runs or --only B2S
@@ -83,6 +85,7 @@ SPEC_FULL: dict[str, Any] = {
     "b9_train_rows": 4_000, "b9_clients": [1, 32], "b9_requests": {"1": 2_000, "32": 8_000},
     "b9_max_s": 20.0, "b9_warmup": 200, "b9_mlflow": True,
     "b10_files": 50, "b10_lost_files": 100, "b10_storm_files": 50, "b10_sweep_s": 10.0,
+    "b12_rows": 300_000, "b12_train_rows": 20_000, "b12_reps": 5,
 }
 SPEC_QUICK: dict[str, Any] = {
     "model_train_rows": 2_000, "calibrate_rows": 2_000,
@@ -98,6 +101,7 @@ SPEC_QUICK: dict[str, Any] = {
     "b9_train_rows": 1_000, "b9_clients": [1, 32], "b9_requests": {"1": 200, "32": 640},
     "b9_max_s": 4.0, "b9_warmup": 32, "b9_mlflow": True,
     "b10_files": 10, "b10_lost_files": 20, "b10_storm_files": 10, "b10_sweep_s": 3.0,
+    "b12_rows": 20_000, "b12_train_rows": 2_000, "b12_reps": 1,
 }
 
 
@@ -152,6 +156,9 @@ def estimate(sizes: dict[str, Any], thr: dict[str, float], selected: set[str]) -
     if "B10" in selected:  # moto + watch start, files one at a time, the sweep's wait
         cost["B10"] = 15 + sizes["b10_files"] * 0.6 + sizes["b10_sweep_s"] * 2 \
             + (sizes["b10_lost_files"] + sizes["b10_storm_files"]) * 0.1
+    if "B12" in selected:  # two trainings, then off + on per repetition, two models
+        cost["B12"] = (20 + 30 * sizes["b12_train_rows"] / 20_000
+                       + sizes["b12_reps"] * 2 * 2 * 1.1 * sizes["b12_rows"] / sk)
     return cost
 
 

@@ -26,8 +26,8 @@ SQL_HOMES = {"catalog/_db.py", "catalog/duckdb_backend.py", "catalog/duckdb_ledg
              "catalog/duckdb_init.py", "catalog/migrations/__init__.py", "catalog/_pg.py",
              "catalog/postgres_backend.py", "catalog/postgres_ledger.py",
              "catalog/registry_sql.py", "catalog/labels_sql.py",
-             "catalog/backfill_sql.py",
-             "catalog/metrics_sql.py"}
+             "catalog/backfill_sql.py", "catalog/metrics_sql.py",
+             "catalog/drift_sql.py"}
 
 
 def _sql_strings(path: Path) -> list[str]:

@@ -409,6 +409,21 @@ class CatalogBackend(ABC):
     def alias_at(self, name: str, alias: str, when: datetime) -> int | None:
         """The version ``alias`` pointed at, at time ``when`` (None: unset)."""
 
+    # --- drift per batch (SQL shared by both dialects: drift_sql.py) --------------------------
+
+    @abstractmethod
+    def record_drift(self, batch_id: str, rows: Sequence[Any], *, files: int,
+                     scored_rows: int, model_run_id: str | None, model_name: str | None,
+                     model_version: int | None) -> int:
+        """Store a batch's drift metrics (:class:`batchml.drift.DriftRow`), replacing any
+        it had, in one transaction; return how many."""
+
+    @abstractmethod
+    def batch_drift(self, batch_id: str | None = None, *, batches: int = 20,
+                    alerts_only: bool = False) -> list[dict[str, Any]]:
+        """``batch_drift`` rows of one batch, or of the ``batches`` measured last; newest
+        first, alerts first."""
+
     # --- moving a whole catalog (batchml.catalog.transfer) -----------------------------------
 
     @abstractmethod

@@ -21,6 +21,7 @@ from ..errors import QueryRefused, RunNotFound
 from ._db import PROCESS_DATABASES, Database, Databases, utcnow
 from .backend import CatalogBackend
 from .backfill_sql import BackfillSQL
+from .drift_sql import DriftSQL
 from .duckdb_ledger import DuckDBLedger
 from .labels_sql import LabelsSQL
 from .metrics_sql import MetricsSQL
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 _ORDER = re.compile(r"^\s*(?:(metrics|params)\.)?([A-Za-z0-9_.]+)\s*(ASC|DESC)?\s*$", re.I)
 
 
-class DuckDBBackend(DuckDBLedger, RegistrySQL, LabelsSQL, BackfillSQL, MetricsSQL,
+class DuckDBBackend(DuckDBLedger, RegistrySQL, LabelsSQL, BackfillSQL, MetricsSQL, DriftSQL,
                     CatalogBackend):
     """A catalog in one DuckDB file (``path``), shared by this process's catalogs of it."""
 

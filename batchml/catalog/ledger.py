@@ -168,6 +168,22 @@ class Ledger:
         _retrying(lambda: self.catalog.backend.end_batch(
             batch_id, files=files, rows=rows, duration_ms=duration_ms, error=error))
 
+    def record_drift(self, batch_id: str, rows: Sequence[Any], *, files: int,
+                     scored_rows: int, model_run_id: str | None, model_name: str | None = None,
+                     model_version: int | None = None) -> int:
+        """Record a batch's drift metrics (:mod:`batchml.drift`), retried through a
+        transient catalog error."""
+        return int(_retrying(lambda: self.catalog.backend.record_drift(
+            batch_id, rows, files=files, scored_rows=scored_rows, model_run_id=model_run_id,
+            model_name=model_name, model_version=model_version)))
+
+    def batch_drift(self, batch_id: str | None = None, *, batches: int = 20,
+                    alerts_only: bool = False) -> list[dict[str, Any]]:
+        """Drift rows of ``batch_id``, or of the ``batches`` measured last (newest first,
+        alerts first); only alerts with ``alerts_only``."""
+        return self.catalog.backend.batch_drift(batch_id, batches=batches,
+                                                alerts_only=alerts_only)
+
     def recent_batches(self, limit: int = 20) -> pd.DataFrame:
         """The ``limit`` prediction batches started last, newest first, with their totals and
         their files' outcomes (``scored``, ``quarantined``, ``failed``, ``positives``)."""

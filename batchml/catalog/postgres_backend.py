@@ -22,6 +22,7 @@ from ._db import utcnow
 from ._pg import PgConnections, display_url
 from .backend import CatalogBackend
 from .backfill_sql import BackfillSQL
+from .drift_sql import DriftSQL
 from .labels_sql import LabelsSQL
 from .metrics_sql import MetricsSQL
 from .migrations import migrations
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
-class PostgresBackend(PostgresLedger, RegistrySQL, LabelsSQL, BackfillSQL, MetricsSQL,
+class PostgresBackend(PostgresLedger, RegistrySQL, LabelsSQL, BackfillSQL, MetricsSQL, DriftSQL,
                       CatalogBackend):
     """A catalog in a PostgreSQL database, shared by every host that can reach it."""
 

@@ -39,6 +39,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "shadow_bins": ("batch_id", "file_id", "bin"),
     "backfills": ("backfill_id",),
     "backfill_files": ("backfill_id", "file_id"),
+    "batch_drift": ("batch_id", "feature", "metric"),
 }
 """The tables a catalog transfer moves, in load order, each with the columns that identify a
 row (a dump lists rows in that order). Not moved: ``schema_migrations`` (each catalog records

@@ -112,6 +112,13 @@ def status(
                          else f"{pub['age_s']:.1f} s old") + ")")
         if info["recent_errors"]:
             out.print(f"recent errors: {info['recent_errors']}")
+        for batch in info["drift_alerts"]:
+            from rich.markup import escape
+
+            out.print("[yellow]drift alert[/] " + escape(
+                f"batch {batch['batch_id']} ({batch['at']:%Y-%m-%d %H:%M}, {batch['rows']} "
+                f"rows, model {batch['model']}): " + "; ".join(batch["alerts"])),
+                highlight=False)
     if not info["service"].get("up"):
         raise typer.Exit(1)
 

@@ -9,10 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import acreate_table_artifact, create_table_artifact
+from prefect.artifacts import (
+    acreate_markdown_artifact,
+    acreate_table_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.runtime import flow_run
 
 from batchml import Catalog, Settings
+from batchml.drift_report import drift_artifact
 from batchml.sources import ListSource, open_source
 from batchml.worker import Worker
 
@@ -66,6 +72,9 @@ def predict_flow(
     if report.outcomes:
         create_table_artifact(report.table(), key="prediction-batch",
                               description=f"{report.batch_id} with model {report.model_run_id}")
+        if markdown := drift_artifact(report.batch_id, report.drift, report.drift_note):
+            create_markdown_artifact(markdown, key="batch-drift",
+                                     description=f"drift of {report.batch_id}")
     print(f"discovered {len(new)}, scored {sum(o.status == 'scored' for o in report.outcomes)}"
           f", quarantined {sum(o.status == 'quarantined' for o in report.outcomes)}"
           + (f"; {report.error}" if report.error else ""))
@@ -89,6 +98,10 @@ def make_batch_flow(worker: Worker) -> Any:
             await acreate_table_artifact(
                 report.table(), key="prediction-batch",
                 description=f"{report.batch_id} with model {report.model_run_id}")
+            if markdown := await asyncio.to_thread(drift_artifact, report.batch_id,
+                                                   report.drift, report.drift_note):
+                await acreate_markdown_artifact(markdown, key="batch-drift",
+                                                description=f"drift of {report.batch_id}")
         return {"batch_id": report.batch_id, "model_run_id": report.model_run_id,
                 "files": report.table(), "error": report.error}
 

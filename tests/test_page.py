@@ -383,6 +383,12 @@ def test_the_page_renders_every_section(writer: TestClient, page_home: Settings)
     assert '<tr data-run-id="train/3" class="best">' in page
     assert page.count('class="move-alias"') == 2  # champion's move, and a new alias
     assert page.count('<tr data-state="quarantined">') == 2
+    # drift of the scored batch: a text model measures length, OOV, top tokens and the score
+    # (12 rows: measured, never an alert)
+    assert 'id="drift-table"' in page and 'class="drift-alert"' not in page
+    for metric in ("length_psi", "oov_rate", "token_js", "psi"):
+        assert f'data-metric="{metric}"' in page, metric
+    assert "only 12 rows: not judged" in page
 
 
 # --- (b) end to end in headless Chromium ---------------------------------------------------------

@@ -46,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 RUNS_LIMIT = 200
 FILES_LIMIT = 50
 BATCHES_LIMIT = 20
+DRIFT_BATCHES = 5
 HOURS_DEFAULT, HOURS_MAX = 24, 168
 MOVE_BODY_LIMIT = 16 * 1024
 REASON_MAX = 500
@@ -241,6 +242,16 @@ def activity_view(catalog: Any) -> dict[str, Any]:
                 "failed": _int(r.get("failed")) or 0, "positives": _int(r.get("positives"))}
                for r in ledger.recent_batches(BATCHES_LIMIT).to_dict("records")]
     return {"counts": counts, "files": files, "batches": batches}
+
+
+def drift_view(catalog: Any) -> list[dict[str, Any]]:
+    """The drift metrics of the last :data:`DRIFT_BATCHES` batches measured
+    (:mod:`batchml.drift`): newest batch first, its alerts first."""
+    return [{"batch_id": r["batch_id"], "created_at": _iso(r["created_at"]),
+             "feature": r["feature"], "kind": r["kind"], "metric": r["metric"],
+             "value": _number(r["value"]), "threshold": _number(r["threshold"]),
+             "alert": bool(r["alert"]), "note": _text(r["note"]), "rows": _int(r["rows"])}
+            for r in Ledger(catalog).batch_drift(batches=DRIFT_BATCHES)]
 
 
 def hourly_view(catalog: Any, hours: int, *, now: datetime | None = None) -> dict[str, Any]:
@@ -464,6 +475,7 @@ def add_page(app: FastAPI, state: PageState) -> None:
         return {"runs": runs, "models": _section(lambda: models_view(catalog)),
                 "serving": _section(lambda: serving_view(state)),
                 "activity": _section(lambda: activity_view(catalog)),
+                "drift": _section(lambda: drift_view(catalog)),
                 "hourly": hourly,
                 "chart": chart(hourly["data"]) if hourly["data"] else None,
                 "writable": writable(settings), "token_hint": TOKEN_HINT,

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
     from .linear_text import LinearTextModel
+    from .tabular_fast import TabularTransform
 
 ALLOWED_TYPES: frozenset[str] = frozenset({
     # Types that skops does not trust by default but our fitted pipelines contain (found with
@@ -198,8 +199,23 @@ class SklearnEstimator(Estimator):
         if self.is_text:
             texts = _texts(x, self.signature.input_names[0])
             return self._text_proba(pa.array(texts.to_numpy(dtype=object), pa.string()))
-        assert self.model is not None
-        return self.model.predict_proba(self._tabular(x))
+        model = self.model
+        assert model is not None
+        fast = self._fast_transform(model)
+        if fast is None:
+            return model.predict_proba(self._tabular(x))
+        return model[-1].predict_proba(fast.transform(x))
+
+    def _fast_transform(self, model: Pipeline) -> TabularTransform | None:
+        """The pipeline's preprocessing in numpy (:mod:`.tabular_fast`), made once per fitted
+        pipeline; None when its shape is not the one batchml builds."""
+        from .tabular_fast import from_pipeline
+
+        cached = self.__dict__.get("_fast")
+        if cached is None or cached[0] is not model:
+            cached = (model, from_pipeline(model))
+            self.__dict__["_fast"] = cached
+        return cached[1]
 
     def _predict_proba_arrow(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
         return self._text_proba(column)

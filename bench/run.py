@@ -39,6 +39,7 @@ from . import (
     b9_online,
     b10_sqs,
     b12_drift,
+    b13_backfill,
 )
 from .common import (
     ROOT,
@@ -64,8 +65,9 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], list[Figure]]]] = {
     "B9": ("online scoring over HTTP", b9_online.run),
     "B10": ("S3 notifications through SQS", b10_sqs.run),
     "B12": ("drift overhead", b12_drift.run),
+    "B13": ("backfill", b13_backfill.run),
 }
-NEEDS_MODELS = {"B1", "B2", "B2S", "B3", "B5", "B7", "B10"}
+NEEDS_MODELS = {"B1", "B2", "B2S", "B3", "B5", "B7", "B10", "B13"}
 # server mode starts a Prefect server and a worker (~2-3 min): full runs or --only B2S
 NOT_QUICK = {"B2S"}
 USES_SERVE = {"B2", "B3"}
@@ -86,6 +88,7 @@ SPEC_FULL: dict[str, Any] = {
     "b9_max_s": 20.0, "b9_warmup": 200, "b9_mlflow": True,
     "b10_files": 50, "b10_lost_files": 100, "b10_storm_files": 50, "b10_sweep_s": 10.0,
     "b12_rows": 300_000, "b12_train_rows": 20_000, "b12_reps": 5,
+    "b13_files": 200, "b13_rows": 5_000, "b13_reps": 2,
 }
 SPEC_QUICK: dict[str, Any] = {
     "model_train_rows": 2_000, "calibrate_rows": 2_000,
@@ -102,6 +105,7 @@ SPEC_QUICK: dict[str, Any] = {
     "b9_max_s": 4.0, "b9_warmup": 32, "b9_mlflow": True,
     "b10_files": 10, "b10_lost_files": 20, "b10_storm_files": 10, "b10_sweep_s": 3.0,
     "b12_rows": 20_000, "b12_train_rows": 2_000, "b12_reps": 1,
+    "b13_files": 10, "b13_rows": 1_000, "b13_reps": 1,
 }
 
 
@@ -159,6 +163,11 @@ def estimate(sizes: dict[str, Any], thr: dict[str, float], selected: set[str]) -
     if "B12" in selected:  # two trainings, then off + on per repetition, two models
         cost["B12"] = (20 + 30 * sizes["b12_train_rows"] / 20_000
                        + sizes["b12_reps"] * 2 * 2 * 1.1 * sizes["b12_rows"] / sk)
+    if "B13" in selected:  # writing the files; per repetition a predict and a backfill of
+        # them (fresh processes) at about warm speed plus start-up and per-file catalog work
+        n = sizes["b13_files"] * sizes["b13_rows"]
+        cost["B13"] = n * GEN_S_PER_ROW + sizes["b13_reps"] * 2 * (
+            1.3 * n / sk + STARTUP_S["sklearn_text"] + 0.05 * sizes["b13_files"])
     return cost
 
 

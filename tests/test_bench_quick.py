@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-IDS = [f"B{i}" for i in range(1, 11)]
+IDS = [*(f"B{i}" for i in range(1, 11)), "B13"]
 
 
 @pytest.mark.slow

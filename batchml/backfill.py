@@ -248,7 +248,8 @@ class _Runner:
                  model: LoadedModel, fetcher: _Fetcher, outbox: Outbox, batch_files: int,
                  on_progress: Callable[[int, int], None] | None, stop: threading.Event,
                  prefect_flow_run_id: str | None) -> None:
-        self.settings, self.backend, self.id = settings, catalog.backend, backfill_id
+        self.settings, self.catalog, self.backend = settings, catalog, catalog.backend
+        self.id = backfill_id
         self.model, self.fetcher, self.outbox = model, fetcher, outbox
         self.limit = max(1, int(batch_files))
         self.on_progress, self.stop = on_progress, stop
@@ -287,7 +288,9 @@ class _Runner:
         pending: list[FileOutcome] = []
         recorded = [0, 0]  # files, rows recorded in this batch so far
         error: str | None = None
-        with claims:
+        # one catalog connection for the whole batch (as the worker's batches): recording a
+        # few inputs at a time then reopens nothing
+        with self.catalog.hold(), claims:
             try:
                 for i, record in enumerate(records):
                     if self.stop.is_set():

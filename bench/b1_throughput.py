@@ -72,10 +72,10 @@ def run(ctx: Context) -> list[Figure]:
                 ("cli", "batchml predict, fresh process", cli_wall, fw, cli_cores),
                 ("service", "Worker.run_batch, warm ModelCache", service, fm, service_cores)):
             med = summary(samples)["median"]
-            ok = med / floor >= 0.90 and med >= absolute
+            ok = med / floor >= 0.95 and med >= absolute
             figures.append(figure(
                 "B1", f"{key}.{model}", f"{short} {what}, {rows:,} rows", samples, "rows/s",
-                floor=floor, target=f"ratio >= 0.90; {abs_text}", met=ok,
+                floor=floor, target=f"ratio >= 0.95; {abs_text}", met=ok,
                 notes=f"cores busy {summary(cores)['median']:.2f}",
                 extra={"peak_rss_bytes": cli_rss} if key == "cli" else {}))
     io_rows = max(ctx.sizes["b1_rows"].values())

@@ -129,6 +129,9 @@ class Worker:
         self._params: dict[str, dict[str, Any]] = {}
         self._view_ready = False
         self._registered: tuple[str | None, int | None] = (None, None)  # the batch's version
+        self.current_partition: Partition | None = None
+        """The hive partition of the file being scored now (None: flat layout), for scorers of
+        its pieces elsewhere (the Dask flow), so every part lands beside its manifest."""
         self._model: LoadedModel | None = None
         self._outer_hold: contextlib.ExitStack | None = None
         self.flush_files = 50
@@ -455,7 +458,7 @@ class Worker:
         reprocess = (record.error or "") == "reprocess requested"
         outbox = self.outbox if leases is None else self.outbox.guarded(
             leases.commit_guard(record.file_id))
-        partition = self._partition(record, model, reprocess)
+        partition = self.current_partition = self._partition(record, model, reprocess)
         if partition is not None:
             outbox = outbox.partitioned(partition)
         if params is None:  # the model's fault, not the file's: the batch stops, files wait

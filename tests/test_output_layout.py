@@ -145,6 +145,37 @@ def test_flat_outputs_then_hive_outputs_one_view(tagged_home: Settings, tmp_path
     assert sorted(map(str, table["model"].to_pylist())) == ["None"] * 40 + ["reviews-v1"] * 40
 
 
+def test_a_large_file_in_dask_pieces_lands_in_its_partition(tagged_home: Settings,
+                                                             tmp_path: Path) -> None:
+    """The score-large-file flow (Prefect + Dask): every part and the manifest under the file's
+    one date=/model= directory; the catalog's view reads each row once, with the partitions."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from batchml.flows.pieces import score_large_file_flow
+    from batchml.synthetic import write_reviews
+
+    settings = tagged_home.model_copy(update={"output_layout": "hive"})
+    _register(Catalog.from_settings(settings), settings)
+    big = write_reviews(tmp_path / "big.parquet", 12_000, seed=3, row_group_size=3_000)
+    with prefect_test_harness(server_startup_timeout=120):
+        result = score_large_file_flow(file=str(big), rows_per_piece=6_000, settings=settings)
+    assert result["status"] == "scored" and result["rows"] == 12_000
+    today = utcnow().date().isoformat()
+    outbox = Path(settings.outbox)
+    written = sorted(p.relative_to(outbox).as_posix() for p in outbox.rglob("*")
+                     if p.is_file() and not p.name.startswith("."))
+    assert len(written) == 3 and all(re.fullmatch(
+        rf"date={today}/model=reviews-v1/big-[0-9a-f]{{16}}/(part-0000[01]\.parquet|"
+        r"_manifest\.json)", w) for w in written), written
+    assert result["output"] == str(outbox / written[0])  # _manifest.json sorts first
+    Catalog.from_settings(settings).close()
+    got = Catalog.from_settings(settings).sql(
+        "SELECT model, count(*) AS n, count(DISTINCT row_index) AS distinct_rows FROM predictions"
+        " GROUP BY ALL")
+    assert got.to_dict("records") == [{"model": "reviews-v1", "n": 12_000,
+                                       "distinct_rows": 12_000}]
+
+
 def test_commit_guard_refuses_and_nothing_is_placed(tmp_path: Path) -> None:
     def refuse(key: str) -> None:
         raise PermissionError(f"claim lost: {key}")

@@ -13,6 +13,7 @@ from prefect_dask import DaskTaskRunner
 
 from batchml import Catalog, Settings
 from batchml.catalog import FileRecord
+from batchml.layout import Partition
 from batchml.limits import Limits
 from batchml.pieces import Piece, score_in_pieces, score_piece
 from batchml.scoring import LoadedModel, ModelCache, Outbox
@@ -34,15 +35,16 @@ def _models(settings: Settings) -> ModelCache:
 
 @task(name="score-piece", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def score_piece_task(path: str, record: FileRecord, run_id: str, batch_id: str, piece: Piece,
-                     settings: Settings, params: dict[str, Any] | None = None
-                     ) -> dict[str, Any]:
-    """Score one piece into its part file."""
+                     settings: Settings, params: dict[str, Any] | None = None,
+                     partition: Partition | None = None) -> dict[str, Any]:
+    """Score one piece into its part file (in ``partition`` with the hive layout)."""
     model = _models(settings).resolve(run_id=run_id)
     s3 = s3_client(settings.s3_endpoint_url, settings.s3_region) \
         if str(settings.outbox).startswith("s3://") else None
-    return score_piece(Path(path), record, model, Outbox(str(settings.outbox), s3=s3), batch_id,
-                       piece, batch_rows=settings.batch_rows,
-                       limits=Limits.from_settings(settings), params=params)
+    outbox = Outbox(str(settings.outbox), s3=s3).partitioned(partition)
+    return score_piece(Path(path), record, model, outbox, batch_id, piece,
+                       batch_rows=settings.batch_rows, limits=Limits.from_settings(settings),
+                       params=params)
 
 
 @flow(name="score-large-file",
@@ -61,8 +63,9 @@ def score_large_file_flow(file: str, rows_per_piece: int = 1_000_000, run_id: st
     def on_dask(pieces: list[Piece], path: Path, record: FileRecord, model: LoadedModel,
                 batch_id: str) -> list[dict[str, Any] | BaseException]:
         params = worker.params_for(model)  # the batch's inference parameters
+        partition = worker.current_partition  # the file's, as its manifest's (hive layout)
         futures = [score_piece_task.submit(str(path), record, model.run_id, batch_id, p,
-                                           settings, params) for p in pieces]
+                                           settings, params, partition) for p in pieces]
         results: list[dict[str, Any] | BaseException] = []
         for future in futures:  # wait for every piece, so none writes after a cleanup
             try:

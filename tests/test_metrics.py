@@ -123,10 +123,10 @@ def test_batchml_serve_metrics_port_counts_what_it_scored(tagged_home: Settings,
     assert _value(samples, "batchml_queue_depth") == 0
     assert _value(samples, "batchml_ledger_files", state="scored") == 3
     assert _value(samples, "batchml_ledger_files", state="quarantined") == 1
-    assert _value(samples, "batchml_drift_alerts") == 0
     assert _value(samples, "batchml_catalog_up") == 1
-    # the ledger agrees with the counters
+    # the ledger agrees with the counters, the drift table with the gauge
     cat = Catalog(tagged_home.catalog_file)
+    assert _value(samples, "batchml_drift_alerts") == cat.drift_alerts(3600)
     states = cat.sql("SELECT state, count(*) AS n FROM files GROUP BY state")
     assert dict(zip(states["state"], states["n"], strict=True)) == {"scored": 3,
                                                                    "quarantined": 1}

@@ -10,7 +10,9 @@ DEMO_HOME ?= .batchml-demo
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=78.1.1'  # venv's 65.5 has CVEs
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+# [transformers]: the encoder candidate's extra. constraints.txt pins torch==2.13.0, for which
+# pip takes the CPU build (an unpinned torch pulls a CUDA build of several GB).
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,transformers]'
 # The tests start their own throwaway PostgreSQL server: without pg_ctl (on PATH or in Debian's
 # /usr/lib/postgresql/*/bin), install Debian's postgresql package (sudo when not root).
 	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { S=$$([ "$$(id -u)" = 0 ] || command -v sudo); $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql || { $$S apt-get update -q && $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }; }

@@ -179,6 +179,16 @@ class ModelError(BatchMLError, RuntimeError):
     """A model could not be fitted, saved or loaded."""
 
 
+class ExtraNotInstalled(ModelError, ImportError):
+    """A model flavor needs an optional extra that is not installed (``batchml[transformers]``
+    for the encoder). Terminal until it is installed; ``extra`` names it. Training skips such
+    a candidate with one line in the gate report."""
+
+    def __init__(self, message: str, *, hint: str | None = None, extra: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.extra = extra
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when retrying the operation that raised ``exc`` may succeed."""
     if isinstance(exc, BatchMLError):

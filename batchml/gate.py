@@ -78,6 +78,8 @@ class GateDecision:
     threshold: float | None = None
     checks: list[CheckResult] = field(default_factory=list)
     smoke: list[SmokeResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    """One line per candidate that was skipped (an optional extra not installed), with why."""
 
 
 # --- smoke examples (read and checked by batchml.smoke) ----------------------------------
@@ -320,11 +322,13 @@ def decide(results: Sequence[CandidateResult], checks: Sequence[CheckResult] | N
     base = next((r for r in results if r.name == BASELINE and r.error is None), None)
     winner = choose_winner(results, metric)
     reasons: list[str] = []
+    skipped = [f"{r.name}: {r.skipped}" for r in results if r.skipped]
     base_score = base.metrics.get(metric) if base else None
     if winner is None:
         reasons.append(f"no candidate produced a {metric}: "
-                       + "; ".join(f"{r.name}: {r.error}" for r in results if r.error))
-        return GateDecision(None, False, metric, None, base_score, reasons)
+                       + "; ".join(f"{r.name}: {r.error or 'skipped'}" for r in results
+                                   if r.error or r.skipped))
+        return GateDecision(None, False, metric, None, base_score, reasons, skipped=skipped)
     score = float(winner.metrics[metric])
     threshold = winner.metrics.get("threshold")
     if base_score is None:
@@ -337,7 +341,7 @@ def decide(results: Sequence[CandidateResult], checks: Sequence[CheckResult] | N
     else:
         reasons += [f"check {c.name} failed: {c.detail}" for c in checks if c.failed]
     decision = GateDecision(winner.name, False, metric, score, base_score, reasons, threshold,
-                            list(checks or []), list(smoke))
+                            list(checks or []), list(smoke), skipped)
     if not reasons:
         ran = [c for c in checks or [] if c.outcome == PASS]
         reasons.append(f"{winner.name} {metric}={score:.4f} beats the baseline "
@@ -365,7 +369,9 @@ def decision_markdown(decision: GateDecision, run_id: str) -> str:
              f"- winner: `{decision.winner}`", f"- primary metric: `{decision.metric}`",
              f"- winner score: {decision.winner_score}",
              f"- baseline score: {decision.baseline_score}",
-             f"- decision threshold: {threshold}", "", "## Why"]
+             f"- decision threshold: {threshold}"]
+    lines += [f"- skipped candidate {s}" for s in decision.skipped]
+    lines += ["", "## Why"]
     lines += [f"- {r}" for r in decision.reasons]
     if decision.checks:
         lines += ["", "## Checks", "", "| check | inputs | observed | outcome | detail |",

@@ -27,7 +27,7 @@ from .datasets import (
     read_parquet,
 )
 from .drift_report import record_reference
-from .errors import DataError, SmokeExamplesError
+from .errors import DataError, ExtraNotInstalled, SmokeExamplesError
 from .evaluation import (
     THRESHOLD_OBJECTIVES,
     choose_threshold,
@@ -143,6 +143,9 @@ class CandidateResult:
     seconds: float
     error: str | None = None
     valid_proba: np.ndarray | None = None
+    skipped: str | None = None
+    """Why the candidate was not trained (its optional extra is not installed), if it was
+    not: a skipped candidate is neither a failure nor a contender."""
 
 
 def load_training_data(config: TrainingConfig, *, s3: Any = None,
@@ -222,6 +225,9 @@ def fit_candidate(name: str, data: TrainingData, config: TrainingConfig) -> Cand
         metrics = evaluate(data.valid_y, proba, est.classes_, threshold=threshold)
         return CandidateResult(name, est, metrics, time.perf_counter() - start,
                                valid_proba=proba)
+    except ExtraNotInstalled as exc:  # e.g. encoder_minilm without batchml[transformers]
+        return CandidateResult(name, None, {}, time.perf_counter() - start,
+                               skipped=f"{exc.message} {exc.hint or ''}".strip())
     except Exception as exc:  # one candidate failing must not stop the others
         detail = "".join(traceback.format_exception_only(exc)).strip()
         return CandidateResult(name, None, {}, time.perf_counter() - start, error=detail)
@@ -240,12 +246,15 @@ def summary_table(results: Sequence[CandidateResult], metric: str) -> list[dict[
     rows = []
     for r in results:
         row: dict[str, Any] = {"candidate": r.name, "seconds": round(r.seconds, 2),
-                               "status": "failed" if r.error else "ok"}
+                               "status": "failed" if r.error else
+                               "skipped" if r.skipped else "ok"}
         for key in ("accuracy", "balanced_accuracy", "roc_auc", "precision", "recall", "f1",
                     "f1_macro", "log_loss", "threshold"):
             v = r.metrics.get(key)
             row[key] = None if v is None else round(float(v), 4)
         row["error"] = r.error
+        if r.skipped:
+            row["skipped"] = r.skipped
         rows.append(row)
     return rows
 

@@ -290,11 +290,16 @@ def _python() -> object:
     return import_module(".python_model", __package__).PythonEstimator
 
 
+def _encoder() -> object:
+    return import_module(".sentence_encoder", __package__).SentenceEncoderEstimator
+
+
 def builtin_registry(*, discover: Callable[[], Iterable[EntryPoint]] | None = None
                      ) -> FlavorRegistry:
     """A new registry of the built-in flavors: baseline, keras (imported on first use),
-    sklearn and python (user code, :mod:`.python_model`, imported on first use); plus the
-    entry points ``discover`` returns, if given."""
+    sklearn, python (user code, :mod:`.python_model`, imported on first use) and encoder
+    (imported on first use; torch only when it embeds text); plus the entry points
+    ``discover`` returns, if given."""
     from .baseline import BaselineEstimator
     from .sklearn_models import SklearnEstimator
 
@@ -305,6 +310,8 @@ def builtin_registry(*, discover: Callable[[], Iterable[EntryPoint]] | None = No
     registry.register(SklearnEstimator)
     registry.register_lazy("python", _python, source="the built-in python flavor",
                            candidates=("python_model",))
+    registry.register_lazy("encoder", _encoder, source="the built-in encoder flavor",
+                           candidates=("encoder_minilm",))
     return registry
 
 

@@ -318,7 +318,7 @@ def test_a_broken_entry_point_is_skipped_with_a_warning_naming_it(
     if flavor == "sklearn":
         assert "taken by batchml.estimators.sklearn_models.SklearnEstimator" in warned[0]
     # the built-ins and the working third-party flavor are all there
-    assert found["names"] == ["baseline", "keras", "sklearn", "python", "keyword"]
+    assert found["names"] == ["baseline", "keras", "sklearn", "python", "encoder", "keyword"]
     assert found["keyword"] == "batchml_keyword"
 
 
@@ -342,7 +342,7 @@ def test_unreadable_metadata_leaves_the_builtins(caplog: pytest.LogCaptureFixtur
 
     registry = builtin_registry(discover=unreadable)
     with caplog.at_level(logging.WARNING, logger="batchml.estimators"):
-        assert registry.names() == ["baseline", "keras", "sklearn", "python"]
+        assert registry.names() == ["baseline", "keras", "sklearn", "python", "encoder"]
     assert "metadata on fire" in caplog.text
 
 

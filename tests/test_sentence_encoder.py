@@ -250,6 +250,19 @@ def test_round_trip_through_the_catalog_and_batchml_predict(fitted, tmp_path: Pa
     assert np.allclose(out["proba"].to_numpy(), expected, atol=1e-6)
     assert ((out["proba"] >= fitted.threshold) == (out["label"] == 1)).all()
 
+    # a parameter for this batch: batchml predict --param (parsed by the model's ParamSpec)
+    frame[["review_id", "review"]].to_parquet(tmp_path / "in2.parquet")
+    result = _cli(app, ["predict", str(tmp_path / "in2.parquet"), "--run", run.id,
+                        "--param", "normalize=false", "--param", "max_length=16",
+                        "--home", str(tmp_path / "home"), "--output", str(tmp_path / "out2")])
+    assert result.exit_code == 0, result.output
+    [out_file] = list((tmp_path / "out2").rglob("*.parquet"))
+    got = pq.read_table(out_file).column("proba").to_numpy()
+    expected = fitted.predict_proba(frame[["review"]], params={"normalize": False,
+                                                               "max_length": 16})[:, 1]
+    assert np.allclose(got, expected, atol=1e-6)
+    assert not np.allclose(got, out["proba"].to_numpy(), atol=1e-3)
+
 
 def _cli(app, args: list[str]):  # type: ignore[no-untyped-def]
     from typer.testing import CliRunner

@@ -233,14 +233,50 @@ def test_a_backfill_survives_sigkill_and_resumes(tmp_path: Path, catalog_url: st
     assert "running" not in dict(statuses)
 
 
+def _freeze_between_catalog_steps(proc: subprocess.Popen[str], settings: Settings,
+                                  catalog_url: str, timeout: float = 120) -> None:
+    """SIGSTOP ``proc`` at a moment it holds no lock on a DuckDB catalog (a frozen holder
+    would stop the other process's catalog steps); a PostgreSQL catalog has no such lock."""
+    import fcntl
+
+    base = settings.catalog_file
+    locks = [] if catalog_url.startswith("postgresql") else \
+        [base.with_name(base.name + suffix) for suffix in (".lock", ".wlock")]
+
+    def free(path: Path) -> bool:
+        with path.open("a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return True
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, "could not freeze it"
+        os.kill(proc.pid, signal.SIGSTOP)
+        if all(free(p) for p in locks):
+            return  # frozen between catalog steps
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.002)
+
+
 def test_two_processes_share_one_backfill(tmp_path: Path, catalog_url: str) -> None:
     settings = _home(tmp_path, catalog_url)
     rows = 2000
     uris = _land_and_score(settings, 30, rows=rows)
     first = _backfill_process(settings, "--batch-files", "2")
     _wait_for(lambda: len(_outputs(settings)) >= 2, first)
-    # the first has about 6 s of work left: the second starts (~3 s) and takes a share
-    second = _backfill_process(settings, "--batch-files", "2")
+    # Freeze the first (between two catalog steps) while the second starts and takes a share,
+    # so the first cannot finish before the second has joined, however fast the machine.
+    _freeze_between_catalog_steps(first, settings, catalog_url)
+    try:
+        frozen_at = len(_outputs(settings))
+        second = _backfill_process(settings, "--batch-files", "2")
+        _wait_for(lambda: len(_outputs(settings)) > frozen_at, second)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     (out1, err1), (out2, err2) = first.communicate(timeout=300), second.communicate(timeout=300)
     assert first.returncode == 0 and second.returncode == 0, (err1, err2)
     bid = _check_exactly_once(settings, uris, rows)

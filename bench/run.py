@@ -109,7 +109,7 @@ SPEC_QUICK: dict[str, Any] = {
     "b10_files": 10, "b10_lost_files": 20, "b10_storm_files": 10, "b10_sweep_s": 3.0,
     "b12_rows": 20_000, "b12_train_rows": 2_000, "b12_reps": 1,
     "b13_files": 10, "b13_rows": 1_000, "b13_reps": 1,
-    "b11_rows": [300, 200], "b11_reps": 1, "b11_auc": False,
+    "b11_rows": [100, 100], "b11_reps": 1, "b11_auc": False,
 }
 
 

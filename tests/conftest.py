@@ -16,6 +16,18 @@ if TYPE_CHECKING:
 # to start by default; on 2 busy cores it sometimes needs more (seen once in a fresh-clone run).
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
+# Under pytest-xdist (pytest -n 2) each process gets its own Prefect home, so
+# the two processes' temporary Prefect servers never share one SQLite database (~/.prefect).
+if os.environ.get("PYTEST_XDIST_WORKER") and "PREFECT_HOME" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _worker = os.environ["PYTEST_XDIST_WORKER"]
+    _prefect_home = tempfile.mkdtemp(prefix=f"batchml-tests-prefect-{_worker}-")
+    os.environ["PREFECT_HOME"] = _prefect_home
+    atexit.register(shutil.rmtree, _prefect_home, ignore_errors=True)
+
 from testhelp import free_port, make_tagged_home  # noqa: E402,F401  (fixtures use them)
 
 ROOT = Path(__file__).resolve().parents[1]

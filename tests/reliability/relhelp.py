@@ -389,14 +389,15 @@ def prime_predictions_view(settings: Any) -> str:
 
 def catalog_dump(catalog: Path | str) -> dict[str, str]:
     """Every base table of the catalog (a DuckDB file or a URL) as CSV text (a full SQL dump,
-    for comparisons)."""
+    for comparisons), but ``publication``: when the read-only copy was last refreshed is
+    bookkeeping that a debounced publication of an earlier write may update at any moment."""
     from batchml import Catalog
 
     cat = Catalog(catalog)
     try:
         tables = cat.sql("SELECT table_name FROM information_schema.tables"
                          " WHERE table_type = 'BASE TABLE' AND table_schema IN ('main', 'public')"
-                         " ORDER BY table_name")["table_name"]
+                         " AND table_name <> 'publication' ORDER BY table_name")["table_name"]
         return {t: cat.sql(f'SELECT * FROM "{t}"').to_csv() for t in tables}
     finally:
         cat.close()

@@ -25,9 +25,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 demo: $(STAMP)
 	BATCHML_HOME=$(DEMO_HOME) bash deploy/demo.sh
 
-## The whole test suite.
+## The whole test suite, on two processes (pytest-xdist; each test file stays on one process).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=30
+	$(BIN)/python -m pytest -q --durations=30 -n 2 --dist loadfile
 
 ## Lint and type checks.
 lint: $(STAMP)

@@ -203,11 +203,15 @@ class BackfillSQL:
                           end["files"] + len(kept),
                           end["rows"] + sum(o.rows or 0 for o in kept), end["duration_ms"],
                           end.get("error"), batch_id])
-            self._backfill_counts(con, backfill_id, now)
+            self._backfill_counts(con, backfill_id, now, batch_id)
         return done
 
-    def _backfill_counts(self, con: Any, backfill_id: str, now: datetime) -> None:
-        """Bring the backfill's counts up to date; close it when no input is left."""
+    def _backfill_counts(self, con: Any, backfill_id: str, now: datetime,
+                         batch_id: str | None = None) -> None:
+        """Bring the backfill's counts up to date; close it when no input is left, and with
+        it the batches of processes that died after recording their files but before their
+        batch's end (no claim is left whose expiry would close them; ``batch_id``, the
+        caller's own, is ended by the caller)."""
         row = self._bx(
             con, "SELECT count(*), sum(CASE WHEN state = 'scored' THEN 1 ELSE 0 END),"
                  " sum(CASE WHEN state = 'missing' THEN 1 ELSE 0 END),"
@@ -225,6 +229,11 @@ class BackfillSQL:
             self._bx(con, "UPDATE backfills SET status = 'completed', running_key = NULL,"
                           " finished_at = ? WHERE backfill_id = ? AND status = 'running'",
                      [now, backfill_id])
+            self._bx(con, "UPDATE prediction_batches SET status = 'failed', ended_at = ?,"
+                          " error = 'abandoned: its backfill process stopped before the"
+                          " batch ended; its backfill finished without it' WHERE"
+                          " backfill_id = ? AND status = 'running' AND batch_id <> ?",
+                     [now, backfill_id, batch_id or ""])
 
     def backfill_open(self, backfill_id: str) -> tuple[int, datetime | None]:
         """Inputs not finished yet, and the earliest lease of those claimed now."""

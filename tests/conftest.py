@@ -143,10 +143,3 @@ def pg_url(pg_server: PostgresServer) -> Iterator[str]:
         yield url
     finally:
         pg_server.drop_database(name)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The longest file first (the quick benchmark run, ~3 min): under `make test`'s two
-    xdist processes it then runs beside the rest instead of alone at the end. The order of
-    every other test is unchanged (a stable sort)."""
-    items.sort(key=lambda item: not item.nodeid.startswith("tests/test_bench_quick.py"))

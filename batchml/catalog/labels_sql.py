@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from ._db import utcnow
 from .records import FileRecord, FileRef
+from .registry_sql import DialectSQL
 
 _MATCH_COLS = ("file_id", "model_run_id", "role", "day", "model_name", "model_version", "n",
                "correct", "recorded_at")
@@ -46,17 +46,8 @@ def _insert(table: str, cols: Sequence[str]) -> str:
             f"({', '.join('?' for _ in cols)})")
 
 
-class LabelsSQL:
+class LabelsSQL(DialectSQL):
     """The late-labels and shadow half of a backend (mixed into the backend class)."""
-
-    def _registry_write(self) -> AbstractContextManager[Any]:
-        raise NotImplementedError
-
-    def _registry_read(self) -> AbstractContextManager[Any]:
-        raise NotImplementedError
-
-    def _q(self, sql: str) -> str:
-        return sql
 
     def _many(self, con: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:

@@ -25,8 +25,9 @@ _MOVE_COLS = ("name", "alias", "seq", "from_version", "to_version", "run_id", "v
               "valid_to", "moved_by", "reason")
 
 
-class RegistrySQL:
-    """The registry half of a backend (mixed into the backend class)."""
+class DialectSQL:
+    """What the dialect-shared SQL mixins (registry, backfills, labels) need from the backend
+    they are mixed into: its transactions, its placeholder style and row locking."""
 
     _for_update = ""  # " FOR UPDATE" where the dialect locks rows
 
@@ -42,6 +43,10 @@ class RegistrySQL:
 
     def _x(self, con: Any, sql: str, params: Sequence[Any] = ()) -> Any:
         return con.execute(self._q(sql), list(params))
+
+
+class RegistrySQL(DialectSQL):
+    """The registry half of a backend (mixed into the backend class)."""
 
     # --- registered models ------------------------------------------------------------------
 
